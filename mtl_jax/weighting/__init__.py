@@ -1,0 +1,58 @@
+"""Loss-weighting methods for multi-task learning: pure functions and factories.
+
+Each method is a pure function of the per-task losses and a factory returning
+a :class:`Weighting` (``init``, ``apply``), found by name with :func:`get`.
+"""
+from mtl_jax.weighting._base import EmptyState
+from mtl_jax.weighting._base import Weighting
+from mtl_jax.weighting._base import WeightedLoss
+from mtl_jax.weighting._base import check_positive_losses
+from mtl_jax.weighting._registry import get
+from mtl_jax.weighting._registry import names
+from mtl_jax.weighting.dwa import DWAState
+from mtl_jax.weighting.dwa import dwa
+from mtl_jax.weighting.dwa import dwa_weights
+from mtl_jax.weighting.ew import ew
+from mtl_jax.weighting.gls import gls
+from mtl_jax.weighting.gls import gls_loss
+from mtl_jax.weighting.imtl_l import imtl_l
+from mtl_jax.weighting.imtl_l import imtl_l_loss
+from mtl_jax.weighting.rlw import RLWState
+from mtl_jax.weighting.rlw import rlw
+from mtl_jax.weighting.rlw import rlw_weights
+from mtl_jax.weighting.scalarization import scalarization
+from mtl_jax.weighting.scalarization import scalarization_grid
+from mtl_jax.weighting.uw import uncertainty_loss
+from mtl_jax.weighting.uw import uw
+from mtl_jax.weighting.uw_o import uw_o
+from mtl_jax.weighting.uw_o import uw_o_weights
+from mtl_jax.weighting.uw_so import uw_so
+from mtl_jax.weighting.uw_so import uw_so_weights
+
+__all__ = (
+    "DWAState",
+    "EmptyState",
+    "RLWState",
+    "WeightedLoss",
+    "Weighting",
+    "check_positive_losses",
+    "dwa",
+    "dwa_weights",
+    "ew",
+    "get",
+    "gls",
+    "gls_loss",
+    "imtl_l",
+    "imtl_l_loss",
+    "names",
+    "rlw",
+    "rlw_weights",
+    "scalarization",
+    "scalarization_grid",
+    "uncertainty_loss",
+    "uw",
+    "uw_o",
+    "uw_o_weights",
+    "uw_so",
+    "uw_so_weights",
+)

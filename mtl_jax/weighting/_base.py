@@ -1,0 +1,175 @@
+"""Shared types and input checks of the loss-weighting methods.
+
+Every method of :mod:`mtl_jax.weighting` comes in two forms:
+
+* a pure function of the per-task losses (``uw_so_weights``, ``gls_loss``...),
+  for users who want the formula and nothing else;
+* a factory (``uw_so(temperature=2.0)``) returning a :class:`Weighting`, a pair
+  of pure functions in the style of ``optax.GradientTransformation``:
+
+  - ``init(num_tasks, *, key=None) -> (params, state)``: ``params`` is the pytree
+    of learnable parameters (``{}`` when there are none; UW's ``log_vars``),
+    meant to live in the Flax param tree under its own key, for example
+    ``params["weighting"]``, so the optimiser trains it with the model;
+    ``state`` is the non-learnable state (DWA's epoch averages, RLW's key);
+  - ``apply(params, state, losses) -> WeightedLoss(total, weights, state)``.
+
+``WeightedLoss.weights`` is always the effective multiplier of each task loss,
+``d total / d losses``, with no gradient attached. For the linear methods it is
+the weight vector itself; for GLS it is ``GLS(L) / (K L_k)``. This makes the
+weights comparable across methods in logs and plots, and it is what a
+data-parallel train step needs to linearise a method around the globally
+averaged losses.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Params = Any   # a pytree of learnable weighting parameters
+State = Any    # a pytree of non-learnable weighting state
+
+
+class WeightedLoss(NamedTuple):
+  """What :attr:`Weighting.apply` returns."""
+  total: jax.Array    # () scalar to differentiate
+  weights: jax.Array  # (K,) d total / d losses, stop-gradient
+  state: State        # the new non-learnable state
+
+
+class EmptyState(NamedTuple):
+  """State of a method that keeps none."""
+
+
+class InitFn(Protocol):
+
+  def __call__(self, num_tasks: int, *,
+               key: Optional[jax.Array] = None) -> tuple[Params, State]:
+    ...
+
+
+class ApplyFn(Protocol):
+
+  def __call__(self, params: Params, state: State,
+               losses: jax.Array) -> WeightedLoss:
+    ...
+
+
+class Weighting(NamedTuple):
+  """A loss-weighting method as a pair of pure functions (optax style)."""
+  init: InitFn
+  apply: ApplyFn
+
+
+def check_num_tasks(num_tasks: Any) -> int:
+  """Returns ``num_tasks`` as an int, or raises a ValueError naming it."""
+  if (isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral)
+      or num_tasks < 1):
+    raise ValueError(
+        f"num_tasks must be a positive integer, got {num_tasks!r}.")
+  return int(num_tasks)
+
+
+def check_losses_shape(losses: jax.Array, num_tasks: Optional[int],
+                       method: str) -> None:
+  """Raises a ValueError unless ``losses`` holds one loss per task.
+
+  Shapes are static under jit, so this runs in Python at trace time.
+  """
+  shape = jnp.shape(losses)
+  if len(shape) != 1:
+    raise ValueError(
+        f"{method}: losses must be a vector of shape (num_tasks,), got shape "
+        f"{shape}. Reduce each task loss to a scalar and stack them; use "
+        "jax.vmap for a batch of loss vectors.")
+  if num_tasks is not None and shape[0] != num_tasks:
+    raise ValueError(
+        f"{method}: got {shape[0]} losses but the method was initialised for "
+        f"{num_tasks} tasks. Pass one loss per task, in the order of init.")
+
+
+def check_temperature(temperature: Any, method: str) -> None:
+  """Raises a ValueError for a temperature that is known and not > 0."""
+  try:
+    value = float(temperature)
+  except (TypeError, jax.errors.ConcretizationTypeError):
+    return  # traced: cannot be checked before the computation runs
+  if not value > 0:
+    raise ValueError(
+        f"{method}: temperature must be > 0, got {temperature!r}. Small T "
+        "concentrates the weight on one task; large T tends to equal weights.")
+
+
+def check_eps(eps: Any, method: str) -> None:
+  if not float(eps) >= 0:
+    raise ValueError(f"{method}: eps must be >= 0, got {eps!r}.")
+
+
+def _raise_on_bad_losses(losses: np.ndarray, method: str) -> None:
+  losses = np.asarray(losses)
+  bad = ~(np.isfinite(losses) & (losses > 0))
+  if bad.any():
+    idx = np.flatnonzero(bad.reshape(-1)).tolist()
+    raise ValueError(
+        f"{method} needs positive, finite losses (it weights tasks by 1/L), "
+        f"got {losses.tolist()}; bad tasks at flat index {idx}. Make each task "
+        "loss strictly positive (e.g. add a constant offset to losses that can "
+        "reach zero) and look for the NaN or Inf upstream.")
+
+
+def check_positive_losses(losses: jax.Array, method: str) -> None:
+  """Raises when a loss is zero, negative or non-finite.
+
+  Works eagerly and under ``jit``/``vmap``: traced values are checked on the
+  host through ``jax.debug.callback``, so the error surfaces as a
+  ``JaxRuntimeError`` carrying this message. That costs one host round trip
+  per call, which is why the check is off unless asked for
+  (``check_losses=True`` in the factories).
+  """
+  jax.debug.callback(_raise_on_bad_losses, losses, method=method)
+
+
+def weighted_total(weights: jax.Array, losses: jax.Array) -> jax.Array:
+  """``sum_k sg(w_k) L_k``: the total whose gradient in ``L`` is ``w``."""
+  return jnp.sum(jax.lax.stop_gradient(weights) * losses, axis=-1)
+
+
+def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
+                                         tuple[jax.Array, State]],
+                    init_state: Callable[[int, Optional[jax.Array]], State],
+                    method: str,
+                    num_tasks: Optional[int] = None,
+                    check: Optional[Callable[[jax.Array], None]] = None,
+                    ) -> Weighting:
+  """Builds a :class:`Weighting` with no learnable parameters.
+
+  ``weights_fn(params, state, losses) -> (weights, new_state)`` computes the
+  weights; the total is ``sum_k sg(w_k) L_k``.
+  """
+
+  def init(n: int, *, key: Optional[jax.Array] = None):
+    n = check_num_tasks(n)
+    if num_tasks is not None and n != num_tasks:
+      raise ValueError(
+          f"{method}: init got num_tasks={n} but the method was built for "
+          f"{num_tasks} tasks.")
+    return {}, init_state(n, key)
+
+  def apply(params, state, losses):
+    check_losses_shape(losses, num_tasks, method)
+    if check is not None:
+      check(losses)
+    weights, new_state = weights_fn(params, state, losses)
+    weights = jax.lax.stop_gradient(weights.astype(jnp.result_type(losses)))
+    return WeightedLoss(weighted_total(weights, losses), weights, new_state)
+
+  return Weighting(init, apply)
+
+
+def empty_state(num_tasks: int, key: Optional[jax.Array]) -> EmptyState:
+  del num_tasks, key
+  return EmptyState()

@@ -1,0 +1,64 @@
+"""Look a weighting method up by name: ``get("uw_so", temperature=2.0)``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from mtl_jax.weighting import _base
+from mtl_jax.weighting.dwa import dwa
+from mtl_jax.weighting.ew import ew
+from mtl_jax.weighting.gls import gls
+from mtl_jax.weighting.imtl_l import imtl_l
+from mtl_jax.weighting.rlw import rlw
+from mtl_jax.weighting.scalarization import scalarization
+from mtl_jax.weighting.uw import uw
+from mtl_jax.weighting.uw_o import uw_o
+from mtl_jax.weighting.uw_so import uw_so
+
+_FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
+    "dwa": dwa,
+    "ew": ew,
+    "gls": gls,
+    "imtl_l": imtl_l,
+    "rlw": rlw,
+    "scalarization": scalarization,
+    "uw": uw,
+    "uw_o": uw_o,
+    "uw_so": uw_so,
+}
+
+
+def names() -> tuple[str, ...]:
+  """The registered method names, sorted."""
+  return tuple(sorted(_FACTORIES))
+
+
+def get(name: str, **hparams: Any) -> _base.Weighting:
+  """Builds the weighting method ``name`` with its hyperparameters.
+
+  Args:
+    name: one of :func:`names`: ``"dwa"``, ``"ew"``, ``"gls"``, ``"imtl_l"``,
+      ``"rlw"``, ``"scalarization"``, ``"uw"``, ``"uw_o"``, ``"uw_so"``.
+    **hparams: keyword arguments of that method's factory, for example
+      ``temperature=2.0`` for ``"uw_so"`` or ``weights=(0.5, 0.5)`` for
+      ``"scalarization"``.
+
+  Returns:
+    A :class:`~mtl_jax.weighting.Weighting` (``init``, ``apply``).
+
+  Raises:
+    ValueError: for an unknown name (listing the valid ones), or for a
+      hyperparameter the method does not take (listing the ones it takes).
+  """
+  key = str(name).lower().replace("-", "_")
+  if key not in _FACTORIES:
+    raise ValueError(
+        f"unknown weighting method {name!r}; valid names are {list(names())}.")
+  factory = _FACTORIES[key]
+  accepted = inspect.signature(factory).parameters
+  unknown = sorted(set(hparams) - set(accepted))
+  if unknown:
+    raise ValueError(
+        f"weighting method {key!r} takes no hyperparameter(s) {unknown}; it "
+        f"takes {list(accepted)}.")
+  return factory(**hparams)

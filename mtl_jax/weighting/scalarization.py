@@ -1,0 +1,86 @@
+r"""Scalarization: fixed task weights, and the simplex grid to search them.
+
+.. math::
+
+  \mathcal{L} = \sum_{k=1}^{K} w_k L_k, \qquad w \text{ fixed}
+
+The costly baseline of Kirchdorfer et al. (GCPR 2024,
+https://arxiv.org/abs/2408.07985): one full training per point of a grid over
+the simplex, keeping the best on validation.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from mtl_jax.weighting import _base
+
+
+def scalarization_grid(num_tasks: int, step: float = 0.1) -> np.ndarray:
+  r"""Every weight vector on the simplex grid with all weights >= ``step``.
+
+  .. math::
+
+    \{\, w = \mathrm{step} \cdot n \;:\; n \in \mathbb{Z}^K,\ n_k \ge 1,\
+    \textstyle\sum_k n_k = 1/\mathrm{step} \,\}
+
+  There are :math:`\binom{N-1}{K-1}` such vectors with :math:`N = 1/\mathrm{step}`:
+  36 for 3 tasks and 9 for 2 tasks at step 0.1.
+
+  Args:
+    num_tasks: :math:`K \ge 1`.
+    step: grid spacing; ``1 / step`` must be an integer :math:`N \ge K`.
+
+  Returns:
+    ``(num_points, K)`` float64 numpy array, rows summing to 1, in
+    lexicographic order of the integer counts, largest first weight first.
+
+  References:
+    Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
+    Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
+  """
+  num_tasks = _base.check_num_tasks(num_tasks)
+  if not step > 0:
+    raise ValueError(f"step must be > 0, got {step!r}.")
+  n = round(1.0 / step)
+  if abs(n * step - 1.0) > 1e-9:
+    raise ValueError(
+        f"1 / step must be an integer, got step={step!r} (1/step = {1/step}).")
+  if n < num_tasks:
+    raise ValueError(
+        f"step={step!r} leaves no grid point with every weight >= step for "
+        f"{num_tasks} tasks; use step <= {1 / num_tasks}.")
+  # Choose K-1 cut points among the N-1 gaps of N unit cells ("stars and bars").
+  rows = []
+  for cuts in itertools.combinations(range(1, n), num_tasks - 1):
+    bounds = (0,) + cuts + (n,)
+    rows.append([b - a for a, b in zip(bounds[:-1], bounds[1:])])
+  counts = np.array(sorted(rows, reverse=True), dtype=np.float64)
+  return counts / n
+
+
+def scalarization(weights: Sequence[float]) -> _base.Weighting:
+  r"""Fixed task weights as a :class:`~mtl_jax.weighting.Weighting`.
+
+  .. math::
+
+    \mathcal{L} = \sum_{k=1}^{K} w_k L_k
+
+  Args:
+    weights: the :math:`K` fixed, finite weights (for example a row of
+      :func:`scalarization_grid`). Their length fixes the number of tasks.
+  """
+  weights = np.asarray(weights, dtype=np.float64)
+  if weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)):
+    raise ValueError(
+        f"scalarization: weights must be a non-empty vector of finite numbers, "
+        f"got {weights.tolist()!r}.")
+  num_tasks = weights.size
+
+  return _base.fixed_weighting(
+      lambda params, state, losses: (
+          jnp.asarray(weights, jnp.result_type(losses)), state),
+      _base.empty_state, "scalarization", num_tasks=num_tasks)
