@@ -151,16 +151,18 @@ def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
   weights; the total is ``sum_k sg(w_k) L_k``.
   """
 
-  def init(n: int, *, key: Optional[jax.Array] = None):
-    n = check_num_tasks(n)
-    if num_tasks is not None and n != num_tasks:
+  fixed_num_tasks = num_tasks
+
+  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+    num_tasks = check_num_tasks(num_tasks)
+    if fixed_num_tasks is not None and num_tasks != fixed_num_tasks:
       raise ValueError(
-          f"{method}: init got num_tasks={n} but the method was built for "
-          f"{num_tasks} tasks.")
-    return {}, init_state(n, key)
+          f"{method}: init got num_tasks={num_tasks} but the method was built "
+          f"for {fixed_num_tasks} tasks.")
+    return {}, init_state(num_tasks, key)
 
   def apply(params, state, losses):
-    check_losses_shape(losses, num_tasks, method)
+    check_losses_shape(losses, fixed_num_tasks, method)
     if check is not None:
       check(losses)
     weights, new_state = weights_fn(params, state, losses)
