@@ -1,0 +1,22 @@
+"""Multi-task models with hard parameter sharing (Flax linen).
+
+Every model's ``__call__(x, train)`` returns ``{task: output}`` with float32
+outputs, whatever the compute ``dtype``; parameters are float32.
+"""
+from mtl_jax.models.digit_scene import DigitSceneNet
+from mtl_jax.models.mlp import MLPTrunk
+from mtl_jax.models.mtan import MTAN
+from mtl_jax.models.resnet import ResNet18
+from mtl_jax.models.segnet import CITYSCAPES_HEADS
+from mtl_jax.models.segnet import NYUV2_HEADS
+from mtl_jax.models.segnet import SegNet
+
+__all__ = (
+    "CITYSCAPES_HEADS",
+    "DigitSceneNet",
+    "MLPTrunk",
+    "MTAN",
+    "NYUV2_HEADS",
+    "ResNet18",
+    "SegNet",
+)
