@@ -64,22 +64,24 @@ _MIN_VISIBLE = 4  # a digit with fewer visible pixels is not counted
 
 # ------------------------------------------------------------------ generation
 
+def pool_indices(num_digits: int = 1797) -> dict[str, np.ndarray]:
+  """Disjoint indices into sklearn's digits for train, validation and test."""
+  order = np.random.default_rng(_POOL_SEED).permutation(num_digits)
+  cuts = np.cumsum([int(f * num_digits) for f in POOL_FRACTIONS[:-1]])
+  return dict(zip(SPLITS, np.split(order, cuts)))
+
+
 def digit_pools() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  """Splits sklearn's 1797 digits into disjoint train/validation/test pools.
+  """The pools of :func:`pool_indices` as arrays.
 
   Returns:
     ``{split: (images (n, 8, 8) float32 in [0, 1], labels (n,) int64)}``.
   """
   from sklearn.datasets import load_digits
   digits = load_digits()
-  order = np.random.default_rng(_POOL_SEED).permutation(len(digits.target))
-  bounds = np.cumsum([0] + [int(f * len(order)) for f in POOL_FRACTIONS[:-1]] + [len(order)])
-  bounds[-1] = len(order)
-  pools = {}
-  for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
-    idx = order[lo:hi]
-    pools[split] = (digits.images[idx].astype(np.float32) / 16.0, digits.target[idx])
-  return pools
+  images = digits.images.astype(np.float32) / 16.0
+  return {split: (images[idx], digits.target[idx])
+          for split, idx in pool_indices(len(digits.target)).items()}
 
 
 def _resize_bilinear(img: np.ndarray, size: int) -> np.ndarray:

@@ -1,0 +1,42 @@
+"""Input pipelines: TFDS array_record sources read through Grain, no TensorFlow.
+
+One module per dataset, each with a ``load(...)`` returning a
+``grain.IterDataset`` of batches (dicts of numpy arrays), and module constants
+``TASKS``, ``LOSSES`` and class counts for the experiments:
+
+* :mod:`digit_scenes`: offline dense benchmark from sklearn's digits
+  (segmentation, depth, normal, count); generated and cached on first use.
+* :mod:`synthetic`: GradNorm's synthetic regression, in memory.
+* :mod:`nyuv2`: MTAN's NYUv2 (segmentation, depth, normal) from a manual dir.
+* :mod:`cityscapes`: MTAN's Cityscapes (segmentation, inverse depth).
+* :mod:`celeba`: TFDS ``celeb_a``, 40 attributes, 64x64.
+
+Checkpointing the data position: ``it = iter(ds)``, then ``it.get_state()``
+and, on a fresh ``iter(ds)`` of the same pipeline, ``it.set_state(state)``
+(:func:`save_state` / :func:`restore_state` do this through a JSON file).
+"""
+from mtl_jax.data import celeba
+from mtl_jax.data import cityscapes
+from mtl_jax.data import digit_scenes
+from mtl_jax.data import nyuv2
+from mtl_jax.data import synthetic
+from mtl_jax.data._mtan import LayoutError
+from mtl_jax.data._pipeline import DATA_DIR_ENV
+from mtl_jax.data._pipeline import default_data_dir
+from mtl_jax.data._pipeline import make_pipeline
+from mtl_jax.data._pipeline import restore_state
+from mtl_jax.data._pipeline import save_state
+
+__all__ = (
+    "DATA_DIR_ENV",
+    "LayoutError",
+    "celeba",
+    "cityscapes",
+    "default_data_dir",
+    "digit_scenes",
+    "make_pipeline",
+    "nyuv2",
+    "restore_state",
+    "save_state",
+    "synthetic",
+)
