@@ -1,0 +1,191 @@
+"""The one table of pinned values of mtl_jax.weighting.
+
+Each row is ``(fn_or_method, kwargs, inputs, expected)``:
+
+* a pure function: ``fn(*inputs, **kwargs)`` must equal ``expected`` (an
+  array, or a tuple ``(total, weights)``);
+* a registry name: ``get(name, **kwargs)`` is initialised for K tasks and
+  applied to each loss vector of ``inputs`` in turn (the state carried from
+  step to step); the last step's ``(total, weights)`` must equal ``expected``.
+
+Every expected number is computed by hand in the row's comment, never by the
+library. All rows are checked in float32 and in float64 with the same fixed
+absolute tolerance ``ATOL``.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtl_jax import weighting
+from mtl_jax.weighting import dwa_weights
+from mtl_jax.weighting import gls_loss
+from mtl_jax.weighting import imtl_l_loss
+from mtl_jax.weighting import rlw_weights
+from mtl_jax.weighting import scalarization_grid
+from mtl_jax.weighting import uncertainty_loss
+from mtl_jax.weighting import uw_o_weights
+from mtl_jax.weighting import uw_so_weights
+
+ATOL = 1e-5
+LN2 = math.log(2.0)
+E = math.e
+
+ROWS = [
+    # --- pure functions ---------------------------------------------------
+    # 1 / [0.5, 2] = [2, 0.5] (eps = 1e-8 moves them by < 1e-7).
+    (uw_o_weights, {}, ([0.5, 2.0],), [2.0, 0.5]),
+    # eps = 1: 1 / (1 + 1) = 0.5, 1 / (3 + 1) = 0.25.
+    (uw_o_weights, {"eps": 1.0}, ([1.0, 3.0],), [0.5, 0.25]),
+    # softmax([2, 0.5] / 2) = softmax([1, 0.25]):
+    # 1 / (1 + e^-0.75) = 0.6791787, e^-0.75 / (1 + e^-0.75) = 0.3208213.
+    (uw_so_weights, {"temperature": 2.0}, ([0.5, 2.0],),
+     [0.6791787, 0.3208213]),
+    # softmax([2, 1, 0.5]) = [e^2, e^1, e^0.5] / (7.389056 + 2.718282 + 1.648721)
+    # = [7.389056, 2.718282, 1.648721] / 11.756059.
+    (uw_so_weights, {"temperature": 1.0}, ([0.5, 1.0, 2.0],),
+     [0.6285317, 0.2312239, 0.1402444]),
+    # The saturation example: 1/L = [20, 2], T = 1: [1/(1+e^-18), e^-18/(...)]
+    # = [1 - 1.523e-8, 1.523e-8].
+    (uw_so_weights, {"temperature": 1.0}, ([0.05, 0.5],), [1.0, 1.523e-8]),
+    # s = 0, regression: 0.5 * 1 + 0.5 * 2 + 0 = 1.5; weights 0.5 e^0 = 0.5.
+    (uncertainty_loss, {}, ([1.0, 2.0], [0.0, 0.0]), (1.5, [0.5, 0.5])),
+    # s = [-1, 1], regression: 0.5 e^1 * 1 - 0.5 + 0.5 e^-1 * 2 + 0.5
+    # = 1.3591409 + 0.3678794 = 1.7270204; weights [0.5 e, 0.5 / e].
+    (uncertainty_loss, {}, ([1.0, 2.0], [-1.0, 1.0]),
+     (1.7270204, [1.3591409, 0.1839397])),
+    # classification then regression, s = [ln 2, 0], L = [1, 2]:
+    # e^-ln2 * 1 + 0.5 ln 2 + 0.5 * 2 + 0 = 0.5 + 0.3465736 + 1 = 1.8465736;
+    # weights [e^-ln2, 0.5] = [0.5, 0.5].
+    (uncertainty_loss, {"task_types": ("classification", "regression")},
+     ([1.0, 2.0], [LN2, 0.0]), (1.8465736, [0.5, 0.5])),
+    # r = [1/2, 2/2] = [0.5, 1], T = 2: 2 softmax([0.25, 0.5])
+    # = 2 [1/(1+e^0.25), 1/(1+e^-0.25)] = [0.875647, 1.124353].
+    (dwa_weights, {"temperature": 2.0}, ([1.0, 2.0], [2.0, 2.0]),
+     [0.8756470, 1.1243530]),
+    # Equal ratios [3, 3, 3]: 3 * (1/3) = 1 each, whatever T.
+    (dwa_weights, {"temperature": 0.1}, ([3.0, 6.0, 9.0], [1.0, 2.0, 3.0]),
+     [1.0, 1.0, 1.0]),
+    # One task: softmax of one number is 1, whatever the key.
+    (rlw_weights, {"num_tasks": 1}, (jax.random.PRNGKey(7),), [1.0]),
+    # (1 * 4)^(1/2) = 2.
+    (gls_loss, {}, ([1.0, 4.0],), 2.0),
+    # (2 * 4 * 8)^(1/3) = 64^(1/3) = 4.
+    (gls_loss, {}, ([2.0, 4.0, 8.0],), 4.0),
+    # (1e-8 * 1e8)^(1/2) = 1: computed in log space, no underflow.
+    (gls_loss, {}, ([1e-8, 1e8],), 1.0),
+    # s = [0, ln 0.5]: e^0 * 1 - 0 + 0.5 * 2 - ln 0.5 = 1 + 1 + ln 2 = 2.6931472;
+    # weights e^s = [1, 0.5].
+    (imtl_l_loss, {}, ([1.0, 2.0], [0.0, -LN2]), (2.6931472, [1.0, 0.5])),
+    # Step 0.5, two tasks: only [0.5, 0.5].
+    (scalarization_grid, {"step": 0.5}, (2,), [[0.5, 0.5]]),
+    # Step 0.25, two tasks: counts (3,1), (2,2), (1,3) over 4.
+    (scalarization_grid, {"step": 0.25}, (2,),
+     [[0.75, 0.25], [0.5, 0.5], [0.25, 0.75]]),
+    # Step 0.25, three tasks: counts summing to 4, each >= 1: (2,1,1), (1,2,1),
+    # (1,1,2), largest first weight first.
+    (scalarization_grid, {"step": 0.25}, (3,),
+     [[0.5, 0.25, 0.25], [0.25, 0.5, 0.25], [0.25, 0.25, 0.5]]),
+    # One task: the single point [1].
+    (scalarization_grid, {"step": 0.1}, (1,), [[1.0]]),
+
+    # --- registry methods: (total, weights) of the last step ----------------
+    # 0.5 + 2 = 2.5, weights 1 (summed, not averaged).
+    ("ew", {}, ([0.5, 2.0],), (2.5, [1.0, 1.0])),
+    # 0.3 * 0.5 + 0.7 * 2 = 0.15 + 1.4 = 1.55.
+    ("scalarization", {"weights": (0.3, 0.7)}, ([0.5, 2.0],),
+     (1.55, [0.3, 0.7])),
+    # init s = 0: 0.5 * 0.5 + 0.5 * 2 + 0 = 1.25, weights 0.5.
+    ("uw", {}, ([0.5, 2.0],), (1.25, [0.5, 0.5])),
+    # init s = -0.5 (LibMTL): 0.5 e^0.5 (0.5 + 2) + 2 * 0.5 * (-0.5)
+    # = 0.8243606 * 2.5 - 0.5 = 1.5609016; weights 0.5 e^0.5 = 0.8243606.
+    ("uw", {"init_log_var": -0.5}, ([0.5, 2.0],),
+     (1.5609016, [0.8243606, 0.8243606])),
+    # classification, s = 0: e^0 * 0.5 + e^0 * 2 = 2.5, weights 1.
+    ("uw", {"task_types": ("classification", "classification")},
+     ([0.5, 2.0],), (2.5, [1.0, 1.0])),
+    # weights 1/L = [2, 0.5]; every term w L = 1, total 2.
+    ("uw_o", {}, ([0.5, 2.0],), (2.0, [2.0, 0.5])),
+    # weights as the uw_so_weights row above;
+    # 0.6791787 * 0.5 + 0.3208213 * 2 = 0.3395894 + 0.6416426 = 0.9812320.
+    ("uw_so", {"temperature": 2.0}, ([0.5, 2.0],),
+     (0.9812320, [0.6791787, 0.3208213])),
+    # First step of epoch 0: weights 1, total 0.5 + 2 = 2.5.
+    ("dwa", {"steps_per_epoch": 2}, ([0.5, 2.0],), (2.5, [1.0, 1.0])),
+    # Epoch 1 (steps 2, 3) still weights 1: total of step 3 = 0.4 + 0.8.
+    ("dwa", {"steps_per_epoch": 2},
+     ([1.0, 1.0], [1.0, 1.0], [0.6, 1.2], [0.4, 0.8]), (1.2, [1.0, 1.0])),
+    # Epoch means: e0 = [1, 1], e1 = [(0.6+0.4)/2, (1.2+0.8)/2] = [0.5, 1].
+    # Step 4 (epoch 2): r = [0.5, 1], T = 2 -> [0.875647, 1.124353] (the
+    # dwa_weights row above); total 0.875647 * 0.25 + 1.124353 * 1 = 1.3432648.
+    ("dwa", {"steps_per_epoch": 2},
+     ([1.0, 1.0], [1.0, 1.0], [0.6, 1.2], [0.4, 0.8], [0.25, 1.0]),
+     (1.3432648, [0.8756470, 1.1243530])),
+    # One task: softmax(z) = 1 for any draw; total = L.
+    ("rlw", {}, ([0.7],), (0.7, [1.0])),
+    # total (2 * 4 * 8)^(1/3) = 4; weights 4 / (3 L) = [2/3, 1/3, 1/6].
+    ("gls", {}, ([2.0, 4.0, 8.0],), (4.0, [0.6666667, 0.3333333, 0.1666667])),
+    # init s = 0: 0.5 + 2 - 0 = 2.5, weights 1.
+    ("imtl_l", {}, ([0.5, 2.0],), (2.5, [1.0, 1.0])),
+    # init s = ln 2: 2 * (0.5 + 2) - 2 ln 2 = 5 - 1.3862944 = 3.6137056; weights 2.
+    ("imtl_l", {"init_log_scale": LN2}, ([0.5, 2.0],),
+     (3.6137056, [2.0, 2.0])),
+]
+
+
+def _row_id(row):
+  fn, kwargs = row[0], row[1]
+  name = fn if isinstance(fn, str) else fn.__name__
+  args = ",".join(f"{k}={v}" for k, v in kwargs.items())
+  return f"{name}({args})" if args else name
+
+
+def _as_float(x, dtype):
+  if isinstance(x, (list, tuple)) or isinstance(x, float):
+    return jnp.asarray(x, dtype)
+  return x  # an int (num_tasks) or a PRNG key
+
+
+def _evaluate(fn, kwargs, inputs, dtype):
+  if isinstance(fn, str):
+    method = weighting.get(fn, **kwargs)
+    params, state = method.init(len(inputs[0]))
+    for losses in inputs:
+      out = method.apply(params, state, jnp.asarray(losses, dtype))
+      state = out.state
+    return out.total, out.weights
+  if fn is rlw_weights:
+    return fn(*inputs, dtype=dtype, **kwargs)
+  return fn(*[_as_float(x, dtype) for x in inputs], **kwargs)
+
+
+def _check(actual, expected):
+  if isinstance(expected, tuple):
+    assert isinstance(actual, tuple) and len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+      _check(a, e)
+    return
+  actual = np.asarray(actual)
+  expected = np.asarray(expected, np.float64)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  np.testing.assert_allclose(actual, expected, rtol=0.0, atol=ATOL)
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
+def test_pinned_value(row, x64):
+  fn, kwargs, inputs, expected = row
+  with jax.enable_x64(x64):
+    dtype = jnp.float64 if x64 else jnp.float32
+    actual = _evaluate(fn, kwargs, inputs, dtype)
+    _check(actual, expected)
+
+
+def test_table_covers_every_function_and_method():
+  covered = {r[0] if isinstance(r[0], str) else r[0].__name__ for r in ROWS}
+  functions = {"uw_o_weights", "uw_so_weights", "uncertainty_loss",
+               "dwa_weights", "rlw_weights", "gls_loss", "imtl_l_loss",
+               "scalarization_grid"}
+  assert functions | set(weighting.names()) <= covered
