@@ -141,8 +141,16 @@ def make_pipeline(
       num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size if read_threads else 0)
   it_ds = ds.to_iter_dataset(options)
   if worker_count > 0:
+    _ensure_absl_flags_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it_ds
+
+
+def _ensure_absl_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; outside an absl app none are parsed."""
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
 
 
 def save_state(iterator: grain.DatasetIterator, path: str | os.PathLike) -> None:
