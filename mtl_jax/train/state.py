@@ -1,0 +1,106 @@
+"""The train state: one pytree holding everything a run needs to resume.
+
+``params`` is a single param tree with two top-level keys, ``"model"`` and
+``"weighting"``, so one optax optimiser (see :func:`make_optimizer`) trains
+the network and the learnable weighting parameters (UW's ``log_vars``,
+IMTL-L's ``log_scales``) together, and one checkpoint holds both.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from mtl_jax.weighting import Weighting
+
+PyTree = Any
+Batch = Mapping[str, Any]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything that changes during training, as one pytree.
+
+  Attributes:
+    step: () int32, number of batches consumed (skipped steps included).
+    params: ``{"model": ..., "weighting": ...}``, the trained parameters.
+    opt_state: the optax state of ``params``.
+    model_state: non-trained model collections, e.g. ``{"batch_stats": ...}``
+      (``{}`` when the model has none).
+    weighting_state: the weighting method's non-learnable state (DWA's epoch
+      means, RLW's key).
+    rng: (2,) uint32 PRNG key, split at every step (dropout keys).
+    consecutive_skips: () int32, steps skipped in a row by the non-finite
+      guard; 0 after a good step.
+    total_skips: () int32, steps skipped since the start of the run.
+  """
+  step: jax.Array
+  params: PyTree
+  opt_state: optax.OptState
+  model_state: PyTree
+  weighting_state: PyTree
+  rng: jax.Array
+  consecutive_skips: jax.Array
+  total_skips: jax.Array
+
+
+def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
+                     weighting: Weighting, optimizer: optax.GradientTransformation,
+                     num_tasks: int) -> TrainState:
+  """Builds a :class:`TrainState` from already initialised model variables.
+
+  Args:
+    rng: a PRNG key (``jax.random.PRNGKey``); split for the weighting and the
+      step keys.
+    model_variables: Flax variables, ``{"params": ..., **other collections}``.
+    weighting: a method from :func:`mtl_jax.weighting.get`.
+    optimizer: trains ``{"model": ..., "weighting": ...}``; see
+      :func:`make_optimizer`.
+    num_tasks: K, the number of task losses.
+
+  Returns:
+    The state at step 0.
+  """
+  weighting_key, rng = jax.random.split(rng)
+  weighting_params, weighting_state = weighting.init(num_tasks, key=weighting_key)
+  variables = dict(model_variables)
+  params = {"model": variables.pop("params"), "weighting": weighting_params}
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=optimizer.init(params),
+                    model_state=variables, weighting_state=weighting_state,
+                    rng=rng, consecutive_skips=zero, total_skips=zero)
+
+
+def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
+                       weighting: Weighting,
+                       optimizer: optax.GradientTransformation, num_tasks: int,
+                       *, input_key: str = "image",
+                       init_kwargs: Optional[Mapping[str, Any]] = None
+                       ) -> TrainState:
+  """Initialises a Flax linen model and returns the state at step 0.
+
+  The model is initialised with ``model.init(rngs, sample_batch[input_key],
+  train=False, **init_kwargs)`` (rngs ``"params"`` and ``"dropout"``); only
+  the shapes of ``sample_batch`` matter, so one local batch will do.
+
+  Args:
+    rng: a PRNG key.
+    model: a linen Module whose ``__call__(x, train)`` returns the outputs.
+    sample_batch: a batch (dict) holding the model input under ``input_key``.
+    weighting: a method from :func:`mtl_jax.weighting.get`.
+    optimizer: see :func:`make_optimizer`.
+    num_tasks: K.
+    input_key: key of the model input in the batch.
+    init_kwargs: extra keyword arguments of ``model.init``.
+
+  Returns:
+    A :class:`TrainState` with float32 parameters on the default device.
+  """
+  init_rng, params_rng, dropout_rng = jax.random.split(rng, 3)
+  variables = model.init({"params": params_rng, "dropout": dropout_rng},
+                         jnp.asarray(sample_batch[input_key]), train=False,
+                         **dict(init_kwargs or {}))
+  return init_train_state(init_rng, variables, weighting, optimizer, num_tasks)
