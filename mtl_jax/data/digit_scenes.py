@@ -8,9 +8,10 @@ per image, with losses on very different scales:
 
 * ``segmentation`` int32 (H, W): 0 background, 1 + digit class (11 classes);
   cross-entropy, about 2.4 at initialisation.
-* ``depth`` float32 (H, W, 1), in centimetres: digits 100..210 (nearer digits
-  look larger: depth = 100 * (0.6 * H) / digit size), background plane
-  300..400 plus its tilt; L1, about 100 at initialisation.
+* ``depth`` float32 (H, W, 1), in centimetres: digit centres at
+  100 * (0.6 * H) / digit size (nearer digits look larger, about 100..200),
+  tilted by up to 40 degrees (about 70..250 in all); the background plane at
+  300..400 tilted by up to 20 degrees; L1, about 100 at initialisation.
 * ``normal`` float32 (H, W, 3): unit normal of a tilted plane per digit and of
   the background (x right, y down, z towards the camera; (0, 0, 1) faces the
   camera); 1 - cos.
