@@ -6,6 +6,7 @@ the gradient of its total).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -43,9 +44,18 @@ def assert_no_gradient(fn: Callable, x, *, argnums: int = 0) -> None:
   The Jacobian of ``fn`` at ``x`` is all zeros (and not NaN), so a weight
   vector built by ``fn`` cannot leak gradient into what it weights.
   """
-  jac = jax.jacrev(fn, argnums=argnums)(x)
+  jac = jax.jit(jax.jacrev(fn, argnums=argnums))(x)
   for leaf in jax.tree.leaves(jac):
     np.testing.assert_array_equal(np.asarray(leaf), 0.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _weights_and_grads(apply, params, state, losses):
+  weights = apply(params, state, losses).weights
+  grad_total = jax.grad(lambda l: apply(params, state, l).total)(losses)
+  grad_weighted = jax.grad(
+      lambda l: jnp.sum(apply(params, state, l).weights * l))(losses)
+  return weights, grad_total, grad_weighted
 
 
 def assert_grad_equals_weights(apply: Callable, params, state, losses, *,
@@ -55,16 +65,17 @@ def assert_grad_equals_weights(apply: Callable, params, state, losses, *,
   * ``d total / d losses == weights`` (the documented meaning of weights);
   * ``d sum(weights * losses) / d losses == weights``: the weights carry no
     gradient, so they act as constants in any loss built from them.
+
+  Jitted with ``apply`` static (one compile per method and shape): build the
+  method once per test module, not once per example.
   """
-  losses = jnp.asarray(losses)
-  weights = apply(params, state, losses).weights
-  grad_total = jax.grad(lambda l: apply(params, state, l).total)(losses)
+  weights, grad_total, grad_weighted = _weights_and_grads(
+      apply, params, state, jnp.asarray(losses))
   np.testing.assert_allclose(grad_total, weights, rtol=rtol, atol=atol)
-  grad_weighted = jax.grad(
-      lambda l: jnp.sum(apply(params, state, l).weights * l))(losses)
   np.testing.assert_allclose(grad_weighted, weights, rtol=rtol, atol=atol)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def grad_under_scaling(total: Callable, task_losses: Callable, theta, scales):
   """``d/dtheta total(scales * task_losses(theta))``: the model's gradient
   when each task loss ``L_k = c_k f_k(theta)`` is rescaled by ``c_k``."""

@@ -81,11 +81,10 @@ def build(name: str, num_tasks: int, *, seed: int = 0,
 
 
 # Hypothesis: per-task loss vectors with bounded size and range.
-def loss_vectors(min_tasks: int = 1, max_tasks: int = 6, low: float = 1e-3,
+def loss_vectors(min_tasks: int = 1, max_tasks: int = 4, low: float = 1e-3,
                  high: float = 1e3) -> st.SearchStrategy[np.ndarray]:
   """Strategy of float32 positive loss vectors of length min..max_tasks."""
-  element = st.floats(low, high, allow_nan=False, allow_infinity=False,
-                      width=32)
+  element = st.floats(low, high, allow_nan=False, allow_infinity=False)
   return st.lists(element, min_size=min_tasks, max_size=max_tasks).map(
       lambda xs: np.asarray(xs, np.float32))
 
