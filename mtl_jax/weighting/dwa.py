@@ -84,7 +84,9 @@ def dwa(temperature: float = 2.0, *,
 
   def init_state(num_tasks: int, key) -> DWAState:
     del key
-    zeros = jnp.zeros((num_tasks,), jnp.float32)
+    # The default float dtype: float32, or float64 under jax_enable_x64, so
+    # that float64 losses keep float64 precision through the epoch means.
+    zeros = jnp.zeros((num_tasks,))
     return DWAState(jnp.zeros((), jnp.int32), zeros, zeros, zeros)
 
   def weights_fn(params, state: DWAState, losses):
