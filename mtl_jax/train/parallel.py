@@ -54,20 +54,29 @@ def to_host(tree: PyTree) -> PyTree:
   """One host (numpy) copy of a replicated or single-device pytree.
 
   Works for arrays that are not fully addressable (multi-host replicated
-  arrays): it reads this process's first shard.
+  arrays): it reads this process's first shard. All transfers are started
+  before the first one is waited for. The result owns its memory, so the
+  device buffers can be donated afterwards.
   """
-  def get(x):
+  def shard(x):
+    return x.addressable_data(0) if isinstance(x, jax.Array) else x
+  shards = jax.tree.map(shard, tree)
+  for x in jax.tree.leaves(shards):
     if isinstance(x, jax.Array):
-      return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-  return jax.tree.map(get, tree)
+      x.copy_to_host_async()
+  return jax.tree.map(np.array, shards)
 
 
-def replicate(tree: PyTree, devices: Optional[list] = None) -> PyTree:
-  """Copies ``tree`` to every local device, with a leading device axis (pmap)."""
+def replicate(tree: PyTree, axis_name: str = "batch",
+              devices: Optional[list] = None) -> PyTree:
+  """Copies ``tree`` to every local device, with a leading device axis (pmap).
+
+  The arrays get the sharding that ``jax.pmap(..., axis_name=axis_name)``
+  gives its outputs, so the second call of the pmapped step reuses the
+  first call's executable instead of compiling again.
+  """
   devices = devices or jax.local_devices()
-  sharding = NamedSharding(Mesh(np.array(devices), ("devices",)),
-                           P("devices"))
+  sharding = NamedSharding(Mesh(np.array(devices), (axis_name,)), P(axis_name))
   def put(x):
     x = np.asarray(x)
     return jax.device_put(np.broadcast_to(x, (len(devices),) + x.shape),
@@ -168,9 +177,9 @@ def single_device() -> Placement:
   return Placement(jax.device_put, lambda b: b, to_host)
 
 
-def pmap_placement() -> Placement:
+def pmap_placement(axis_name: str = "batch") -> Placement:
   """For :func:`pmap_step`: replicated state, batch split over local devices."""
-  return Placement(replicate, shard_batch, unreplicate)
+  return Placement(lambda s: replicate(s, axis_name), shard_batch, unreplicate)
 
 
 def mesh_placement(mesh: Mesh, axis_name: str = "data") -> Placement:

@@ -69,9 +69,12 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
   variables = dict(model_variables)
   params = {"model": variables.pop("params"), "weighting": weighting_params}
   zero = jnp.zeros((), jnp.int32)
-  return TrainState(step=zero, params=params, opt_state=optimizer.init(params),
-                    model_state=variables, weighting_state=weighting_state,
-                    rng=rng, consecutive_skips=zero, total_skips=zero)
+  state = TrainState(step=zero, params=params, opt_state=optimizer.init(params),
+                     model_state=variables, weighting_state=weighting_state,
+                     rng=rng, consecutive_skips=zero, total_skips=zero)
+  # One buffer per leaf: init functions may share arrays between leaves
+  # (a single `zeros` for several fields), which a donating step rejects.
+  return jax.tree.map(lambda x: jnp.array(x, copy=True), state)
 
 
 def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,

@@ -242,9 +242,10 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 
   Returns:
     ``train_step(state, batch) -> (state, metrics)`` with metrics
-    ``step, total, losses (K,), weights (K,), losses_finite (K,),
-    grads_finite, skipped, consecutive_skips, total_skips, grad_norm,
-    param_norm``; all global, identical on every device.
+    ``step`` (steps done, this one included), ``total``, ``losses`` (K,),
+    ``weights`` (K,), ``losses_finite`` (K,), ``grads_finite``, ``skipped``,
+    ``consecutive_skips``, ``total_skips``, ``grad_norm``, ``param_norm``;
+    all global, identical on every device.
   """
   aggregate = aggregator or weighted_sum_aggregator(weighting)
 
@@ -278,7 +279,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
         consecutive_skips=consecutive.astype(jnp.int32),
         total_skips=state.total_skips + (~ok).astype(jnp.int32))
     metrics = {
-        "step": state.step,
+        "step": new_state.step,
         "total": agg.total.astype(jnp.float32),
         "losses": agg.losses,
         "weights": agg.weights.astype(jnp.float32),
@@ -287,8 +288,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
         "skipped": ~ok,
         "consecutive_skips": new_state.consecutive_skips,
         "total_skips": new_state.total_skips,
-        "grad_norm": optax.global_norm(agg.grads),
-        "param_norm": optax.global_norm(new_state.params),
+        "grad_norm": optax.tree.norm(agg.grads),
+        "param_norm": optax.tree.norm(new_state.params),
     }
     return new_state, metrics
 

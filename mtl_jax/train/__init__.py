@@ -1,0 +1,90 @@
+"""The training engine: a pure, data-parallel train step and the loop around it.
+
+* :func:`create_train_state`, :class:`TrainState`: one pytree with
+  ``params["model"]``, ``params["weighting"]``, optimiser, model and
+  weighting state, step, PRNG key and skip counters.
+* :func:`make_train_step`, :func:`make_eval_step`: pure steps that run
+  unchanged under ``jax.jit``, ``jax.pmap`` and ``jax.shard_map``, with the
+  same maths on one device and many (see :mod:`mtl_jax.train.step`).
+* :func:`make_optimizer`: ``optax.partition`` of model and weighting params.
+* :func:`pmap_step`, :func:`mesh_step` and the placements, plus multi-host
+  helpers (:func:`initialize_distributed`, :func:`global_batch`).
+* :func:`train`: the loop (metrics, logs, checkpoints, resume, non-finite
+  guard); :class:`Checkpointer` on its own.
+* :func:`count_collectives`: the collectives of a compiled step.
+"""
+from mtl_jax.train.checkpoint import Checkpointer
+from mtl_jax.train.hlo import CollectiveOp
+from mtl_jax.train.hlo import count_collectives
+from mtl_jax.train.hlo import host_transfers
+from mtl_jax.train.loop import NonFiniteError
+from mtl_jax.train.loop import NonFiniteWarning
+from mtl_jax.train.loop import train
+from mtl_jax.train.optim import make_optimizer
+from mtl_jax.train.optim import param_labels
+from mtl_jax.train.parallel import Placement
+from mtl_jax.train.parallel import global_batch
+from mtl_jax.train.parallel import initialize_distributed
+from mtl_jax.train.parallel import is_main_process
+from mtl_jax.train.parallel import make_mesh
+from mtl_jax.train.parallel import mesh_placement
+from mtl_jax.train.parallel import mesh_step
+from mtl_jax.train.parallel import pmap_placement
+from mtl_jax.train.parallel import pmap_step
+from mtl_jax.train.parallel import replicate
+from mtl_jax.train.parallel import replicate_on_mesh
+from mtl_jax.train.parallel import shard_batch
+from mtl_jax.train.parallel import single_device
+from mtl_jax.train.parallel import to_host
+from mtl_jax.train.parallel import unreplicate
+from mtl_jax.train.state import TrainState
+from mtl_jax.train.state import create_train_state
+from mtl_jax.train.state import init_train_state
+from mtl_jax.train.step import Aggregated
+from mtl_jax.train.step import Aggregator
+from mtl_jax.train.step import global_losses
+from mtl_jax.train.step import make_eval_step
+from mtl_jax.train.step import make_train_step
+from mtl_jax.train.step import module_apply_fn
+from mtl_jax.train.step import weighted_sum_aggregator
+from mtl_jax.train.writers import MetricsWriter
+from mtl_jax.train.writers import read_metrics
+
+__all__ = (
+    "Aggregated",
+    "Aggregator",
+    "Checkpointer",
+    "CollectiveOp",
+    "MetricsWriter",
+    "NonFiniteError",
+    "NonFiniteWarning",
+    "Placement",
+    "TrainState",
+    "count_collectives",
+    "create_train_state",
+    "global_batch",
+    "global_losses",
+    "host_transfers",
+    "init_train_state",
+    "initialize_distributed",
+    "is_main_process",
+    "make_eval_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_train_step",
+    "mesh_placement",
+    "mesh_step",
+    "module_apply_fn",
+    "param_labels",
+    "pmap_placement",
+    "pmap_step",
+    "read_metrics",
+    "replicate",
+    "replicate_on_mesh",
+    "shard_batch",
+    "single_device",
+    "to_host",
+    "train",
+    "unreplicate",
+    "weighted_sum_aggregator",
+)

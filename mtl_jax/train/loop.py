@@ -1,0 +1,204 @@
+"""The training loop: steps, on-device metrics, logs, checkpoints, resume.
+
+:func:`train` is config-free: it takes an already built (jitted, pmapped or
+mesh-mapped) step, the initial state, an iterator of batches and a workdir.
+It
+
+* resumes from the latest checkpoint in ``workdir/checkpoints`` if there is
+  one (train state and data-iterator position);
+* keeps each step's metrics on device and fetches them every ``log_every``
+  steps, at checkpoints and at the end: no host sync on the other steps;
+* writes one JSON line per step to ``workdir/metrics.jsonl`` (losses, weights,
+  total, gradient and parameter norms, skips), optionally TensorBoard
+  scalars, and shows a tqdm progress bar with an ETA; only process 0 writes;
+* saves a checkpoint every ``checkpoint_every`` steps and at the end,
+  keeping the last ``keep_checkpoints``;
+* warns about every step skipped by the non-finite guard, naming the task,
+  and raises :class:`NonFiniteError` after more than
+  ``max_consecutive_skips`` skips in a row.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from mtl_jax.train.checkpoint import Checkpointer
+from mtl_jax.train.parallel import Placement, single_device, to_host
+from mtl_jax.train.state import TrainState
+from mtl_jax.train.writers import MetricsWriter, step_record
+
+PyTree = Any
+StepFn = Callable[[TrainState, PyTree], tuple[TrainState, Mapping[str, jax.Array]]]
+
+
+class NonFiniteError(FloatingPointError):
+  """Training stopped: too many consecutive steps had non-finite values."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+  """A train step was skipped because a loss or a gradient was not finite."""
+
+
+def _allow_fetch():
+  """The loop's deliberate device-to-host transfers (logging, checkpoints).
+
+  Wrapping them lets a caller run :func:`train` under
+  ``jax.transfer_guard_device_to_host("disallow")`` to prove that no other
+  step transfers anything to the host.
+  """
+  return jax.transfer_guard_device_to_host("allow")
+
+
+def _describe(record: Mapping[str, Any]) -> str:
+  tasks = record.get("non_finite_tasks") or []
+  if tasks:
+    return f"non-finite loss in task(s) {tasks}"
+  return "non-finite gradient or total (every task loss was finite)"
+
+
+def check_skips(records: Sequence[Mapping[str, Any]],
+                max_consecutive_skips: int) -> None:
+  """Warns for each skipped step; raises past ``max_consecutive_skips``.
+
+  Raises:
+    NonFiniteError: naming the step and the task(s).
+  """
+  for record in records:
+    if not record["skipped"]:
+      continue
+    what = _describe(record)
+    run = record["consecutive_skips"]
+    if run > max_consecutive_skips:
+      raise NonFiniteError(
+          f"step {record['step']}: {what}; {run} consecutive step(s) skipped "
+          f"(max_consecutive_skips={max_consecutive_skips}), stopping. The "
+          "parameters were not updated by the skipped steps and no "
+          "checkpoint holds non-finite values; look for the NaN/Inf in the "
+          "data or lower the learning rate.")
+    warnings.warn(
+        f"step {record['step']}: {what}; update skipped ({run} in a row, "
+        f"{record['total_skips']} in all).", NonFiniteWarning, stacklevel=3)
+
+
+def _fetch(pending: list, placement: Placement,
+           task_names: Optional[Sequence[str]]) -> list[dict[str, Any]]:
+  with _allow_fetch():
+    host = placement.get(pending)
+  if not host:
+    return []
+  names = task_names or [f"task_{k}" for k in range(np.size(host[0]["losses"]))]
+  return [step_record(metrics, names) for metrics in host]
+
+
+def _data_state(batches: Any) -> Any:
+  return batches.get_state() if hasattr(batches, "get_state") else None
+
+
+def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
+          num_steps: int, workdir: str | os.PathLike,
+          placement: Optional[Placement] = None, log_every: int = 50,
+          checkpoint_every: Optional[int] = None, keep_checkpoints: int = 3,
+          max_consecutive_skips: int = 10,
+          task_names: Optional[Sequence[str]] = None,
+          tensorboard: bool = False, progress: bool = True,
+          async_checkpoints: bool = True) -> TrainState:
+  """Runs ``train_step`` until ``num_steps`` steps are done; resumes if it can.
+
+  Args:
+    train_step: the compiled step, ``(state, batch) -> (state, metrics)``
+      (``jax.jit``, :func:`pmap_step` or :func:`mesh_step` of
+      :func:`make_train_step`).
+    state: the initial, host or single-device state (as from
+      :func:`create_train_state`); ignored when a checkpoint is resumed,
+      apart from its structure.
+    batches: an iterator of process-local batches. If it has ``get_state()``
+      and ``set_state()`` (Grain iterators do), its position is checkpointed
+      and restored; otherwise a resumed run starts the iterator afresh (a
+      warning says so).
+    num_steps: total number of steps of the run (not of this call).
+    workdir: holds ``metrics.jsonl``, ``checkpoints/``, ``tensorboard/``.
+    placement: how states and batches reach the step; default
+      :func:`single_device`; :func:`pmap_placement` or
+      :func:`mesh_placement` for the data-parallel steps.
+    log_every: fetch the metrics from the devices every this many steps.
+    checkpoint_every: save every this many steps (and at the end); None:
+      no checkpoints and no resume.
+    keep_checkpoints: how many of the latest checkpoints to keep.
+    max_consecutive_skips: the number of non-finite steps in a row that are
+      skipped before :class:`NonFiniteError`. 0 stops at the first one: then
+      the skip flag is fetched every step (one small host sync per step).
+    task_names: names of the K tasks in the logs; default ``task_0``...
+    tensorboard: also write TensorBoard scalars (needs tensorboardX).
+    progress: show a tqdm progress bar (process 0 only).
+    async_checkpoints: write checkpoints in a background thread.
+
+  Returns:
+    The final state, as a host (numpy) copy of one replica.
+
+  Raises:
+    NonFiniteError: see ``max_consecutive_skips``.
+  """
+  if log_every < 1 or num_steps < 0 or max_consecutive_skips < 0:
+    raise ValueError(
+        f"need log_every >= 1, num_steps >= 0, max_consecutive_skips >= 0; got "
+        f"{log_every!r}, {num_steps!r}, {max_consecutive_skips!r}.")
+  if checkpoint_every is not None and checkpoint_every < 1:
+    raise ValueError(f"checkpoint_every must be >= 1 or None, got "
+                     f"{checkpoint_every!r}.")
+  placement = placement or single_device()
+  main = jax.process_index() == 0
+  with _allow_fetch():
+    host_state = to_host(state)
+  checkpointer = None
+  if checkpoint_every is not None:
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                max_to_keep=keep_checkpoints,
+                                async_save=async_checkpoints)
+    if checkpointer.latest_step() is not None:
+      host_state, data_state = checkpointer.restore(host_state)
+      if data_state is not None and hasattr(batches, "set_state"):
+        batches.set_state(data_state)
+      else:
+        warnings.warn("resuming without a data-iterator state: the iterator "
+                      "starts from its beginning.", RuntimeWarning)
+  start = int(host_state.step)
+  device_state = placement.put_state(host_state)
+  writer = MetricsWriter(workdir, resume_step=start, tensorboard=tensorboard,
+                         enabled=main)
+  fetch_every = 1 if max_consecutive_skips == 0 else log_every
+  pending = []
+  bar = tqdm.tqdm(total=num_steps, initial=start, disable=not (progress and main),
+                  desc="train", unit="step", dynamic_ncols=True)
+  try:
+    for step in range(start, num_steps):
+      device_state, metrics = train_step(device_state,
+                                         placement.put_batch(next(batches)))
+      pending.append(metrics)
+      bar.update(1)
+      done = step + 1
+      save = checkpointer is not None and (
+          done % checkpoint_every == 0 or done == num_steps)
+      if save or done % fetch_every == 0 or done == num_steps:
+        records, pending = _fetch(pending, placement, task_names), []
+        writer.write(records)
+        if records:
+          last = records[-1]
+          bar.set_postfix(total=last["total"], skips=last["total_skips"],
+                          refresh=False)
+        check_skips(records, max_consecutive_skips)
+      if save:
+        with _allow_fetch():
+          host = placement.get(device_state)
+        checkpointer.save(done, host, _data_state(batches))
+    with _allow_fetch():
+      return placement.get(device_state)
+  finally:
+    bar.close()
+    writer.close()
+    if checkpointer is not None:
+      checkpointer.close()

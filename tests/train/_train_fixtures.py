@@ -1,0 +1,118 @@
+"""Tiny model, synthetic data and helpers shared by the train tests.
+
+Nothing here depends on mtl_jax.data or mtl_jax.models: a two-layer MLP with
+three regression heads and seeded numpy batches keep every compile around a
+second on CPU.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mtl_jax import train
+from mtl_jax import weighting
+
+NUM_TASKS = 3
+FEATURES = 5
+BATCH = 16  # divisible by the 4 fake devices
+TASK_NAMES = ("seg", "depth", "normal")
+SCALES = np.array([1.0, 3.0, 0.3], np.float32)  # losses of different sizes
+
+
+class TinyMLP(nn.Module):
+  """A shared tanh layer and one linear head per task."""
+  hidden: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    del train
+    h = nn.tanh(nn.Dense(self.hidden)(x))
+    return {name: nn.Dense(1, name=name)(h)[:, 0] for name in TASK_NAMES}
+
+
+def task_losses(outputs, batch) -> jax.Array:
+  """Per-task mean squared errors, strictly positive (GLS, UW-O need it)."""
+  return jnp.stack([
+      jnp.mean((outputs[name] - batch["y"][:, k]) ** 2) + 0.01
+      for k, name in enumerate(TASK_NAMES)])
+
+
+def make_batch(seed: int, batch_size: int = BATCH) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(batch_size, FEATURES)).astype(np.float32)
+  y = (np.tanh(x[:, :NUM_TASKS]) * SCALES
+       + 0.1 * rng.normal(size=(batch_size, NUM_TASKS))).astype(np.float32)
+  return {"image": x, "y": y}
+
+
+def hparams(name: str) -> dict[str, Any]:
+  return {"dwa": {"steps_per_epoch": 2},
+          "scalarization": {"weights": (0.2, 0.3, 0.5)},
+          "uw_so": {"temperature": 2.0}}.get(name, {})
+
+
+def get_weighting(name: str) -> weighting.Weighting:
+  return weighting.get(name, **hparams(name))
+
+
+def default_optimizer() -> optax.GradientTransformation:
+  return train.make_optimizer(optax.adam(1e-2), weighting_learning_rate=5e-2)
+
+
+def init_state(name: str, seed: int = 0,
+               optimizer: Optional[optax.GradientTransformation] = None):
+  w = get_weighting(name)
+  tx = optimizer or default_optimizer()
+  state = train.create_train_state(jax.random.PRNGKey(seed), TinyMLP(),
+                                   make_batch(0), w, tx, NUM_TASKS)
+  return state, w, tx
+
+
+def make_step(name: str, *, axis_name: Optional[str] = None,
+              compute_dtype=None, optimizer=None, model_apply=None):
+  w = get_weighting(name)
+  tx = optimizer or default_optimizer()
+  return train.make_train_step(model_apply or train.module_apply_fn(TinyMLP()),
+                               task_losses, w, tx, axis_name=axis_name,
+                               compute_dtype=compute_dtype)
+
+
+class SeededBatches:
+  """An endless iterator of seeded batches with Grain-like get/set_state.
+
+  ``nan_at`` injects NaN into the targets of ``nan_task`` for those batch
+  indices (0-based); ``consumed`` counts ``next`` calls of this object.
+  """
+
+  def __init__(self, seed: int = 1, nan_at=(), nan_task: int = 1):
+    self.seed, self.index, self.consumed = seed, 0, 0
+    self.nan_at, self.nan_task = set(nan_at), nan_task
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = make_batch(self.seed * 100_003 + self.index)
+    if self.index in self.nan_at:
+      batch["y"][:, self.nan_task] = np.nan
+    self.index += 1
+    self.consumed += 1
+    return batch
+
+  def get_state(self) -> dict[str, int]:
+    return {"index": self.index}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    self.index = int(state["index"])
+
+
+def max_abs_diff(a, b) -> float:
+  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64)
+                                                        - np.asarray(y, np.float64)),
+                                                 initial=0.0)), a, b)
+  return max(jax.tree.leaves(diffs), default=0.0)
