@@ -13,10 +13,10 @@ ATOL = 1e-6
 
 def _run(metric, *batches):
   """init, update over the batches, compute."""
-  state = metric.init()
+  state, update = metric.init(), jax.jit(metric.update)
   for b in batches:
-    state = metric.update(state, *b)
-  return state, metric.compute(state)
+    state = update(state, *b)
+  return state, jax.jit(metric.compute)(state)
 
 
 # ------------------------------------------------------------ segmentation

@@ -10,8 +10,8 @@ Shared trunk: a three-level U-Net-like encoder-decoder (conv-BN-ReLU blocks,
 * ``count``: global average pool of the bottleneck, then a linear layer to
   ``num_count_classes`` logits (digits in the scene, 0..num_count_classes-1).
 
-With the default widths (16, 32, 64) a training step on a batch of 32 takes
-a few tens of milliseconds on two CPU cores once compiled.
+With the default widths (8, 16, 32) (about 15k parameters) a training step
+on a batch of 32 takes about 30 ms on two CPU cores once compiled.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class DigitSceneNet(nn.Module):
   """
   num_classes: int = 11
   num_count_classes: int = 5
-  widths: Sequence[int] = (16, 32, 64)
+  widths: Sequence[int] = (8, 16, 32)
   dtype: Dtype = jnp.float32
 
   @nn.compact

@@ -236,7 +236,7 @@ def test_heads_are_independent():
 
 def test_mtan_attention_is_task_specific():
   model = models.MTAN(filters=TINY)
-  x = jax.random.normal(KEY, (1, 8, 8, 3))
+  x = jax.random.normal(KEY, (2, 16, 24, 3))
   variables = _host_variables(model, x)
   names = set(variables["params"])
   for task, _ in models.NYUV2_HEADS:
@@ -260,14 +260,18 @@ def test_segnet_rejects_indivisible_input():
 
 
 def test_eval_mode_uses_running_statistics():
-  """With train=False, an example's output does not depend on its batch."""
-  model = models.DigitSceneNet(widths=(4, 8))
-  x = jax.random.normal(KEY, (4, 8, 8, 1))
+  """With train=False an example's output ignores the rest of the batch."""
+  model = models.DigitSceneNet(num_count_classes=6)
+  x = jax.random.normal(KEY, (3, 32, 32, 1))
+  other = x.at[1:].set(jax.random.normal(jax.random.PRNGKey(9), (2, 32, 32, 1)))
   variables = _host_variables(model, x)
-  full = model.apply(variables, x, train=False)["segmentation"]
-  alone = model.apply(variables, x[:1], train=False)["segmentation"]
-  np.testing.assert_allclose(full[:1], alone, atol=1e-5)
-  _, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  a = model.apply(variables, x, train=False)["segmentation"]
+  b = model.apply(variables, other, train=False)["segmentation"]
+  np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+  # In training mode batch statistics are used and the running ones updated.
+  a, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  b, _ = model.apply(variables, other, train=True, mutable=["batch_stats"])
+  assert not np.allclose(a["segmentation"][0], b["segmentation"][0])
   before = jax.tree.leaves(variables["batch_stats"])
   after = jax.tree.leaves(updated["batch_stats"])
-  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  assert any(not np.allclose(u, v) for u, v in zip(before, after))
