@@ -6,6 +6,7 @@ failure reproduces and the whole suite stays fast.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -57,16 +58,27 @@ DEGENERATE = {
 }
 
 
-def build(name: str, num_tasks: int, *, seed: int = 0,
-          warm: bool = True, dtype=jnp.float32, **overrides):
+@functools.lru_cache(maxsize=None)
+def _method(name: str, num_tasks: int) -> weighting.Weighting:
+  # One Weighting per method and K: its apply is then the same function from
+  # test to test, and jax.jit's cache (keyed on the function) is reused.
+  return weighting.get(name, **hparams(name, num_tasks))
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(fn):
+  return jax.jit(fn)
+
+
+def build(name: str, num_tasks: int, *, seed: int = 0, warm: bool = True,
+          dtype=jnp.float32):
   """``(weighting, params, state)`` for a registered method with K tasks.
 
   With ``warm=True`` the learnable parameters are moved off their init (so a
   weight equal to 1 everywhere cannot hide a bug) and DWA is run through its
   first two epochs, so that its weights come from the ratio rule.
   """
-  kwargs = dict(hparams(name, num_tasks), **overrides)
-  method = weighting.get(name, **kwargs)
+  method = _method(name, num_tasks)
   params, state = method.init(num_tasks)
   if not warm:
     return method, params, state
@@ -74,9 +86,10 @@ def build(name: str, num_tasks: int, *, seed: int = 0,
   params = jax.tree.map(
       lambda p: jnp.asarray(rng.uniform(-1.0, 1.0, p.shape), p.dtype), params)
   if name == "dwa":
-    for step in range(2 * kwargs["steps_per_epoch"]):
+    for step in range(2 * hparams(name, num_tasks)["steps_per_epoch"]):
       losses = positive_losses(seed + step, num_tasks, low=0.5, high=2.0)
-      state = method.apply(params, state, jnp.asarray(losses, dtype)).state
+      state = _jitted(method.apply)(params, state,
+                                    jnp.asarray(losses, dtype)).state
   return method, params, state
 
 
