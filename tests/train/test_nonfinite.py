@@ -70,7 +70,7 @@ def test_nan_on_one_device_skips_on_all_devices():
 def test_loop_warns_then_raises_after_max_consecutive_skips(tmp_path):
   state, _, _ = fx.init_state("uw")
   batches = fx.SeededBatches(nan_at=(2, 3, 4), nan_task=1)
-  with pytest.warns(train.NonFiniteWarning, match=r"step 3: .*'depth'"):
+  with pytest.warns(train.NonFiniteWarning, match=r"step [34]: .*'depth'"):
     with pytest.raises(train.NonFiniteError,
                        match=r"step 5: non-finite loss in task\(s\) \['depth'\]"):
       train.train(jax.jit(fx.make_step("uw")), state, batches, num_steps=20,
