@@ -86,8 +86,9 @@ def dwa(temperature: float = 2.0, *,
     del key
     # The default float dtype: float32, or float64 under jax_enable_x64, so
     # that float64 losses keep float64 precision through the epoch means.
-    zeros = jnp.zeros((num_tasks,))
-    return DWAState(jnp.zeros((), jnp.int32), zeros, zeros, zeros)
+    # Three distinct buffers, so that a jitted step may donate the state.
+    zeros = lambda: jnp.zeros((num_tasks,))  # noqa: E731
+    return DWAState(jnp.zeros((), jnp.int32), zeros(), zeros(), zeros())
 
   def weights_fn(params, state: DWAState, losses):
     del params
