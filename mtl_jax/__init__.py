@@ -1,18 +1,46 @@
 """mtl_jax: loss weighting for multi-task learning in JAX and Flax.
 
-Subpackages (imported on demand, so that ``import mtl_jax`` stays light):
+The subpackages, each with its own ``__all__``:
 
 * :mod:`mtl_jax.weighting`: the methods (EW, Scalarization, UW, UW-O, UW-SO,
-  DWA, RLW, GLS, IMTL-L) as pure functions and a registry, ``get(name)``.
+  DWA, RLW, GLS, IMTL-L) as pure functions, factories and a registry,
+  ``get(name, **hparams)``.
 * :mod:`mtl_jax.flax`: Flax modules holding weighting parameters.
-* :mod:`mtl_jax.train`: the jitted, data-parallel train step, checkpointing
-  and the training loop.
-* :mod:`mtl_jax.data`: input pipelines (TFDS array_record + Grain).
-* :mod:`mtl_jax.models`, :mod:`mtl_jax.losses`, :mod:`mtl_jax.metrics`.
+* :mod:`mtl_jax.train`: the jitted, data-parallel train step, optimiser,
+  checkpointing and the training loop.
+* :mod:`mtl_jax.data`: input pipelines (TFDS array_record + Grain, no
+  TensorFlow): digit scenes, synthetic, NYUv2, Cityscapes, CelebA.
+* :mod:`mtl_jax.models`: hard-sharing Flax models (SegNet, MTAN, ResNet-18,
+  DigitSceneNet, MLPTrunk).
+* :mod:`mtl_jax.losses`, :mod:`mtl_jax.metrics`: task losses, on-device
+  metrics and Delta_m.
+
+``import mtl_jax`` loads only the weighting methods; the other subpackages
+load on first access (``mtl_jax.train``), so that the light part stays light.
 """
+import importlib
+
 from mtl_jax import weighting
 from mtl_jax.weighting import get
 
 __version__ = "0.1.0"
 
-__all__ = ("__version__", "get", "weighting")
+_LAZY = ("data", "flax", "losses", "metrics", "models", "train")
+
+__all__ = (
+    "__version__",
+    "data",
+    "flax",
+    "get",
+    "losses",
+    "metrics",
+    "models",
+    "train",
+    "weighting",
+)
+
+
+def __getattr__(name):
+  if name in _LAZY:
+    return importlib.import_module(f"mtl_jax.{name}")
+  raise AttributeError(f"module 'mtl_jax' has no attribute {name!r}")
