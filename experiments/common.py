@@ -1,0 +1,342 @@
+"""What every experiment driver shares: datasets, models and weightings from a config.
+
+A config (see ``experiments/configs``) names a dataset, a model and a
+weighting method; this module turns those names into objects of the library:
+
+* :func:`dataset_spec`: the tasks, the loss vector (:mod:`mtl_jax.losses`),
+  the metrics (:mod:`mtl_jax.metrics`), their directions, the published
+  single-task baselines (if any) and a loader for each split;
+* :func:`build_model`: a Flax linen model of :mod:`mtl_jax.models`;
+* :func:`build_weighting`: a method of :mod:`mtl_jax.weighting` with the
+  config's hyperparameters;
+* :func:`build_optimizer`: Adam with step decay, partitioned between the
+  model and the weighting parameters (:func:`mtl_jax.train.make_optimizer`).
+
+Scalarization runs use :func:`state_scalarization`, whose fixed weights live
+in the weighting *state*: the weights are then an input of the compiled train
+step, so one compilation serves every point of a grid and every single-task
+baseline (one-hot weights).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mtl_jax import losses as mtl_losses
+from mtl_jax import metrics as mtl_metrics
+from mtl_jax import models
+from mtl_jax import train
+from mtl_jax import weighting as mw
+
+Config = ml_collections.ConfigDict
+Loader = Callable[..., Any]
+
+
+class DatasetSpec(NamedTuple):
+  """Everything an experiment needs to know about a dataset."""
+  name: str
+  tasks: tuple[str, ...]            # weighting tasks, in loss-vector order
+  task_types: tuple[str, ...]       # "regression" / "classification" (UW)
+  task_losses: Callable[[Any, Any], jax.Array]  # (outputs, batch) -> (K,)
+  metric: mtl_metrics.Metric        # update(state, outputs, batch)
+  higher_is_better: Mapping[str, bool]
+  published: Optional[Mapping[str, float]]  # published single-task baselines
+  load: Loader                      # load(data_config, split, **pipeline kwargs)
+  input_key: str = "image"
+
+
+# ------------------------------------------------------------------ datasets
+
+
+def _pipeline_kwargs(data: Config) -> dict[str, Any]:
+  return {"worker_count": data.get("worker_count", 0),
+          "read_threads": data.get("read_threads", 0)}
+
+
+def _load_digit_scenes(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import digit_scenes
+  return digit_scenes.load(
+      split, data_dir=data.data_dir, image_size=data.image_size,
+      max_digits=data.max_digits, num_train=data.num_train,
+      num_validation=data.num_validation, num_test=data.num_test,
+      data_seed=data.data_seed, **_pipeline_kwargs(data), **kwargs)
+
+
+def _load_synthetic(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import synthetic
+  sizes = {"train": data.num_train, "validation": data.num_validation,
+           "test": data.num_test}
+  return synthetic.load(split, num_tasks=data.num_tasks,
+                        num_examples=sizes[split], problem_seed=data.data_seed,
+                        worker_count=data.get("worker_count", 0), **kwargs)
+
+
+def _mtan_kwargs(data: Config, split: str) -> dict[str, Any]:
+  if not data.root:
+    raise ValueError(
+        f"config.data.root is not set: pass the folder holding train/ and val/ "
+        f"of MTAN's preprocessed {data.name} (docs/datasets.md), e.g. "
+        f"--config.data.root=/data/{data.name}.")
+  return {"data_dir": data.data_dir, "image_size": tuple(data.image_size),
+          "augment": bool(data.augment) and split == data.train_split}
+
+
+def _load_nyuv2(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import nyuv2
+  return nyuv2.load(data.root, split, **_mtan_kwargs(data, split),
+                    **_pipeline_kwargs(data), **kwargs)
+
+
+def _load_cityscapes(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import cityscapes
+  return cityscapes.load(data.root, split, num_classes=data.num_classes,
+                         **_mtan_kwargs(data, split), **_pipeline_kwargs(data),
+                         **kwargs)
+
+
+def _load_celeba(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import celeba
+  if not data.data_dir:
+    raise ValueError("config.data.data_dir is not set: pass the TFDS data_dir "
+                     "holding celeb_a in array_record (docs/datasets.md).")
+  return celeba.load(data.data_dir, split, **_pipeline_kwargs(data), **kwargs)
+
+
+def synthetic_metric(num_tasks: int) -> mtl_metrics.Metric:
+  """Per-task mean squared error ``task_k/mse`` of the synthetic regression."""
+
+  def init():
+    return (jnp.zeros((num_tasks,), jnp.float32), jnp.zeros((), jnp.int32))
+
+  def update(state, outputs, batch):
+    err = jnp.square(outputs["y"] - batch["y"]).astype(jnp.float32)
+    return (state[0] + jnp.sum(err, axis=(0, 2)),
+            state[1] + err.shape[0] * err.shape[2])
+
+  def compute(state):
+    mse = state[0] / jnp.maximum(state[1], 1).astype(jnp.float32)
+    return {f"task_{k}/mse": mse[k] for k in range(num_tasks)}
+
+  return mtl_metrics.Metric(init, update, compute)
+
+
+def dataset_spec(data: Config) -> DatasetSpec:
+  """The :class:`DatasetSpec` of ``config.data.name``."""
+  name = data.name
+  if name == "digit_scenes":
+    return DatasetSpec(
+        name, mtl_losses.DIGIT_SCENE_TASKS,
+        ("classification", "regression", "regression", "classification"),
+        mtl_losses.digit_scene_losses, mtl_metrics.digit_scene_metrics(),
+        mtl_metrics.DIGIT_SCENE_HIGHER_IS_BETTER, None, _load_digit_scenes)
+  if name == "synthetic":
+    k = data.num_tasks
+    tasks = tuple(f"task_{i}" for i in range(k))
+    return DatasetSpec(
+        name, tasks, ("regression",) * k, mtl_losses.synthetic_losses,
+        synthetic_metric(k), {f"{t}/mse": False for t in tasks}, None,
+        _load_synthetic, input_key="x")
+  if name == "nyuv2":
+    return DatasetSpec(
+        name, mtl_losses.NYUV2_TASKS,
+        ("classification", "regression", "regression"),
+        mtl_losses.nyuv2_losses, mtl_metrics.nyuv2_metrics(),
+        mtl_metrics.NYUV2_HIGHER_IS_BETTER, mtl_metrics.NYUV2_STL_BASELINES,
+        _load_nyuv2)
+  if name == "cityscapes":
+    published = (mtl_metrics.CITYSCAPES_STL_BASELINES
+                 if data.num_classes == 7 else None)
+    return DatasetSpec(
+        name, mtl_losses.CITYSCAPES_TASKS, ("classification", "regression"),
+        mtl_losses.cityscapes_losses,
+        mtl_metrics.cityscapes_metrics(data.num_classes),
+        mtl_metrics.CITYSCAPES_HIGHER_IS_BETTER, published, _load_cityscapes)
+  if name == "celeba":
+    from mtl_jax.data import celeba
+    return DatasetSpec(
+        name, tuple(celeba.TASKS), ("classification",) * celeba.NUM_TASKS,
+        mtl_losses.celeba_losses, mtl_metrics.celeba_metrics(),
+        mtl_metrics.CELEBA_HIGHER_IS_BETTER, None, _load_celeba)
+  raise ValueError(f"unknown dataset {name!r}; expected one of digit_scenes, "
+                   "synthetic, nyuv2, cityscapes, celeba.")
+
+
+def metric_task(metric_name: str) -> str:
+  """The task a metric belongs to: the part of its name before ``/``."""
+  return metric_name.split("/", 1)[0]
+
+
+# -------------------------------------------------------------------- models
+
+
+class OutputAffine(nn.Module):
+  """Wraps a model: ``outputs[task] * scale + offset`` for some tasks.
+
+  Puts a regression head in its target's units at initialisation. The digit
+  scenes' depth is in centimetres (about 70 to 410) while a freshly
+  initialised head outputs values near 0; under Adam each parameter moves by
+  about the learning rate per step, so without this the depth head cannot
+  reach the targets within a short run (its L1 stays near 300).
+  """
+  net: nn.Module
+  affine: tuple[tuple[str, float, float], ...]  # (task, scale, offset)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
+    out = dict(self.net(x, train))
+    for task, scale, offset in self.affine:
+      out[task] = out[task] * scale + offset
+    return out
+
+
+def build_model(config: Config) -> nn.Module:
+  """The Flax model of ``config.model`` for ``config.data``."""
+  m = config.model
+  model = _build_net(config)
+  scale, offset = m.get("depth_scale", 1.0), m.get("depth_offset", 0.0)
+  if scale != 1.0 or offset != 0.0:
+    model = OutputAffine(model, (("depth", float(scale), float(offset)),))
+  return model
+
+
+def _build_net(config: Config) -> nn.Module:
+  m, data = config.model, config.data
+  if m.name == "digit_scene_net":
+    return models.DigitSceneNet(widths=tuple(m.widths))
+  if m.name in ("segnet", "mtan"):
+    if data.name == "nyuv2":
+      heads = models.NYUV2_HEADS
+    else:
+      heads = (("segmentation", data.num_classes), ("depth", 1))
+    cls = models.SegNet if m.name == "segnet" else models.MTAN
+    return cls(heads=heads, filters=tuple(m.filters))
+  if m.name == "resnet18":
+    return models.ResNet18(num_attributes=40, width=m.width)
+  if m.name == "mlp":
+    return models.MLPTrunk(num_tasks=data.num_tasks, width=m.width,
+                           depth=m.depth)
+  raise ValueError(f"unknown model {m.name!r}; expected digit_scene_net, "
+                   "segnet, mtan, resnet18 or mlp.")
+
+
+# ---------------------------------------------------------------- weightings
+
+
+class WeightsState(NamedTuple):
+  """Weighting state of :func:`state_scalarization`."""
+  weights: jax.Array  # (K,) float32, fixed during training
+
+
+def state_scalarization(weights: Sequence[float]) -> mw.Weighting:
+  """Scalarization ``sum_k w_k L_k`` with ``w`` held in the weighting state.
+
+  The same total and weights as ``mtl_jax.weighting.get("scalarization",
+  weights=w)``, but ``apply`` reads ``w`` from the state, so a train step
+  compiled once runs every weight vector (grid points, one-hot single-task
+  baselines): swap the state's weights with :func:`with_weights`.
+  """
+  w0 = np.asarray(weights, np.float32)
+  if w0.ndim != 1 or w0.size == 0 or not np.all(np.isfinite(w0)):
+    raise ValueError(f"scalarization weights must be a non-empty finite "
+                     f"vector, got {list(weights)!r}.")
+
+  def init(num_tasks: int, *, key=None):
+    del key
+    if num_tasks != w0.size:
+      raise ValueError(f"scalarization: {w0.size} weights for {num_tasks} "
+                       "tasks.")
+    return {}, WeightsState(jnp.asarray(w0))
+
+  def apply(params, state: WeightsState, losses: jax.Array) -> mw.WeightedLoss:
+    del params
+    w = jax.lax.stop_gradient(state.weights.astype(losses.dtype))
+    return mw.WeightedLoss(jnp.sum(w * losses), w, state)
+
+  return mw.Weighting(init, apply)
+
+
+def with_weights(state: train.TrainState,
+                 weights: Sequence[float]) -> train.TrainState:
+  """``state`` with the scalarization weights of :func:`state_scalarization`."""
+  return state.replace(
+      weighting_state=WeightsState(jnp.asarray(weights, jnp.float32)))
+
+
+def build_weighting(config: Config, spec: DatasetSpec,
+                    steps_per_epoch: int) -> mw.Weighting:
+  """The weighting of ``config.weighting`` with only the fields it takes."""
+  w = config.weighting
+  name = w.name.lower().replace("-", "_")
+  k = len(spec.tasks)
+  if name == "scalarization":
+    return state_scalarization(tuple(w.weights) or (1.0 / k,) * k)
+  if name == "uw":
+    types = spec.task_types if w.uw_task_types == "auto" else None
+    return mw.get("uw", task_types=types, init_log_var=w.init_log_var)
+  if name == "uw_o":
+    return mw.get("uw_o", eps=w.eps)
+  if name == "uw_so":
+    return mw.get("uw_so", temperature=w.temperature, eps=w.eps)
+  if name == "dwa":
+    per_epoch = w.dwa_steps_per_epoch or steps_per_epoch
+    return mw.get("dwa", temperature=w.dwa_temperature,
+                  steps_per_epoch=int(per_epoch))
+  if name == "imtl_l":
+    return mw.get("imtl_l", init_log_scale=w.init_log_scale)
+  return mw.get(name)  # ew, gls, rlw (RLW's key comes from the run's seed)
+
+
+# ----------------------------------------------------------------- optimiser
+
+
+def steps_per_epoch(config: Config) -> int:
+  """Train steps in one pass over ``config.data.num_train`` examples."""
+  return max(1, int(config.data.num_train) // int(config.data.batch_size))
+
+
+def num_steps(config: Config) -> int:
+  """``train.num_steps`` if > 0, else ``train.num_epochs`` epochs of steps."""
+  if config.train.num_steps > 0:
+    return int(config.train.num_steps)
+  return int(round(config.train.num_epochs * steps_per_epoch(config)))
+
+
+def learning_rate(config: Config) -> optax.Schedule:
+  """Step decay: ``lr * decay_factor ** floor(step / decay_steps)``."""
+  o = config.optim
+  every = int(round(o.decay_every_epochs * steps_per_epoch(config)))
+  if every <= 0 or o.decay_factor == 1.0:
+    return optax.constant_schedule(o.learning_rate)
+  return optax.exponential_decay(o.learning_rate, transition_steps=every,
+                                 decay_rate=o.decay_factor, staircase=True)
+
+
+def build_optimizer(config: Config) -> optax.GradientTransformation:
+  """Adam(W) with step decay on the model; Adam on the weighting parameters."""
+  o = config.optim
+  wlr = o.weighting_learning_rate or o.learning_rate
+  return train.make_optimizer(learning_rate(config),
+                              weighting_learning_rate=wlr,
+                              weight_decay=o.weight_decay)
+
+
+def compute_dtype(config: Config) -> Optional[jnp.dtype]:
+  """``None`` for float32, else the dtype named by ``train.compute_dtype``."""
+  name = config.train.compute_dtype
+  return None if name in ("", "float32") else jnp.dtype(name)
+
+
+def one_hot(k: int, num_tasks: int) -> tuple[float, ...]:
+  """The single-task baseline's weights: 1 for task ``k``, 0 elsewhere."""
+  return tuple(float(i == k) for i in range(num_tasks))
+
+
+def parse_list(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
+  """``"a, b,c"`` -> ``[cast("a"), cast("b"), cast("c")]``; empty -> []."""
+  return [cast(x.strip()) for x in str(text).split(",") if x.strip()]

@@ -1,0 +1,130 @@
+r"""Default config: digit scenes, quick. Every other config starts from this one.
+
+Command (one run; `experiments.compare` runs this config for every method):
+
+  python -m experiments.train --config experiments/configs/default.py \
+      --config.weighting.name=uw_so --workdir runs/digit_scenes_uw_so
+
+Runtime: about 20 s per run on a 2-core CPU, after about 10 s of compilation
+(the scenes are generated once, in about 10 s, into ~/.cache/mtl_jax).
+Expected result: the test metrics of one run; see docs/results/results.md for
+the comparison of every method over 2 seeds that this config produces.
+
+Sections: data, model, weighting (every method's hyperparameters; only those
+of ``weighting.name`` are used), optim, train, compare (the drivers), sweep.
+Override any field from the command line, e.g. ``--config.train.num_steps=600``.
+``get_config("smoke")`` (or ``--config path.py:smoke``) shrinks the run to a
+tiny model and two steps, for tests.
+"""
+from ml_collections import config_dict
+
+# Chosen by `python -m experiments.temperature_sweep` on the validation split
+# (docs/experiments.md, "Choosing T"): 1/L spans about 0.01 (depth, L1 in cm)
+# to a few units (segmentation, normals, count).
+DIGIT_SCENES_TEMPERATURE = 5.0
+
+
+def get_config(arg: str = "") -> config_dict.ConfigDict:
+  """The digit-scenes quick config; ``arg="smoke"`` shrinks it for tests."""
+  config = config_dict.ConfigDict()
+  config.name = "digit_scenes_quick"
+
+  # ---------------------------------------------------------------- data
+  config.data = config_dict.ConfigDict()
+  config.data.name = "digit_scenes"     # digit_scenes, synthetic, nyuv2, cityscapes, celeba
+  config.data.data_dir = config_dict.placeholder(str)  # cache; default ~/.cache/mtl_jax
+  config.data.root = config_dict.placeholder(str)      # NYUv2 / Cityscapes .npy folder
+  config.data.batch_size = 32           # per process
+  config.data.eval_batch_size = 250
+  config.data.num_train = 4000          # scenes per split (generated once)
+  config.data.num_validation = 500
+  config.data.num_test = 500
+  config.data.image_size = 32
+  config.data.max_digits = 4
+  config.data.data_seed = 0
+  config.data.augment = False
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"  # curves during training
+  config.data.test_split = "test"        # reported at the end
+  config.data.cache_eval = True          # keep the eval splits in memory
+  config.data.worker_count = 0           # Grain worker processes
+  config.data.read_threads = 0
+
+  # --------------------------------------------------------------- model
+  config.model = config_dict.ConfigDict()
+  config.model.name = "digit_scene_net"  # digit_scene_net, segnet, mtan, resnet18, mlp
+  config.model.widths = (8, 16, 32)      # DigitSceneNet channels per level
+  # depth = depth_scale * head + depth_offset: the head starts in the target's
+  # units (cm); without it Adam cannot move the depth output from 0 to ~300
+  # within a short run (experiments.common.OutputAffine).
+  config.model.depth_scale = 100.0
+  config.model.depth_offset = 300.0
+
+  # ----------------------------------------------------------- weighting
+  config.weighting = config_dict.ConfigDict()
+  config.weighting.name = "ew"  # ew, uw, uw_o, uw_so, dwa, rlw, gls, imtl_l, scalarization
+  config.weighting.temperature = DIGIT_SCENES_TEMPERATURE  # UW-SO's T
+  config.weighting.eps = 1e-8                 # UW-O / UW-SO: 1 / (L + eps)
+  config.weighting.init_log_var = 0.0         # UW: s_k at step 0 (paper: 0)
+  config.weighting.uw_task_types = "auto"     # UW: "auto" per-task forms; "regression": all 0.5
+  config.weighting.dwa_temperature = 2.0      # DWA's T (paper: 2)
+  config.weighting.dwa_steps_per_epoch = 0    # DWA's epoch in steps; 0: one pass over train
+  config.weighting.init_log_scale = 0.0       # IMTL-L: s_k at step 0
+  config.weighting.weights = ()               # scalarization: K fixed weights; (): 1/K each
+
+  # --------------------------------------------------------------- optim
+  config.optim = config_dict.ConfigDict()
+  config.optim.learning_rate = 3e-3      # 1e-3 trains too slowly for 300 steps (EW trials)
+  config.optim.weight_decay = 1e-5            # decoupled (AdamW) on the model only
+  config.optim.weighting_learning_rate = 0.0  # UW / IMTL-L params; 0: same as the model
+  config.optim.decay_every_epochs = 1.6       # step decay; 0: constant learning rate
+  config.optim.decay_factor = 0.5
+
+  # --------------------------------------------------------------- train
+  config.train = config_dict.ConfigDict()
+  config.train.seed = 0
+  config.train.num_steps = 300      # > 0 wins over num_epochs
+  config.train.num_epochs = 0.0
+  config.train.eval_every = 50      # validation curve resolution (steps)
+  config.train.log_every = 50       # fetch step metrics from the device
+  config.train.checkpoint_every = 0  # > 0: checkpoints and resume
+  config.train.max_consecutive_skips = 10  # non-finite steps before stopping
+  config.train.compute_dtype = "float32"   # "bfloat16" on accelerators
+  config.train.progress = False      # tqdm bar per chunk
+  config.train.reuse = True          # skip runs already finished with this config
+
+  # -------------------------------------------- compare / sweep drivers
+  config.compare = config_dict.ConfigDict()
+  config.compare.methods = "ew,uw,uw_o,uw_so,dwa,rlw,gls,imtl_l"
+  config.compare.seeds = 2
+  config.compare.scalarization_step = 0.2   # grid spacing (4 points for 4 tasks); 0: none
+  config.compare.baselines = "single_task"  # single_task, published, none
+  config.sweep = config_dict.ConfigDict()
+  config.sweep.temperatures = "0.5,1,2,5,10,20,50"
+  config.sweep.seeds = 1
+
+  if arg == "smoke":
+    smoke(config)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}; use '' or 'smoke'.")
+  return config
+
+
+def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
+  """Shrinks ``config`` in place to a tiny model and two steps (for tests)."""
+  config.name += "_smoke"
+  config.train.num_steps = 2
+  config.train.eval_every = 1
+  config.train.log_every = 1
+  config.data.batch_size = 4
+  config.data.eval_batch_size = 4
+  config.compare.seeds = 1
+  config.compare.methods = "ew,uw_so"
+  config.compare.scalarization_step = 0.0  # no grid (digit scenes: one point)
+  config.sweep.temperatures = "1,10"
+  if config.data.name == "digit_scenes":
+    config.data.num_train, config.data.num_validation = 16, 8
+    config.data.num_test = 8
+    config.model.widths = (4, 8)
+    config.compare.scalarization_step = 0.25  # one point, (1/4, ..., 1/4)
+  return config

@@ -1,0 +1,275 @@
+"""Tables and plots of finished runs: Delta_m, mean and std over seeds, weights.
+
+A *row* is one method (or one scalarization point, or one single-task
+baseline) with the results of its seeds (``result.json`` of
+:func:`experiments.run.run`) and the run directories. Baselines ``B`` for
+Delta_m come from the single-task rows (each metric from the run trained on
+its own task only, averaged over seeds) or from published values.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from absl import logging
+
+from experiments import common
+from experiments import run as run_lib
+from mtl_jax import metrics as mtl_metrics
+from mtl_jax import train
+
+MODES = ("metric", "task")  # Delta_m: over all metrics; within tasks, then over tasks
+
+
+class Row(NamedTuple):
+  """One line of the results table."""
+  label: str
+  kind: str                      # "method", "grid", "single_task"
+  results: list[dict[str, Any]]  # one per seed; failed runs have "failed"
+  run_dirs: list[str]
+  weights: Optional[tuple[float, ...]] = None
+
+
+def ok_results(row: Row) -> list[dict[str, Any]]:
+  return [r for r in row.results if "failed" not in r]
+
+
+def baselines_from_rows(rows: Sequence[Row], spec: common.DatasetSpec,
+                        split: str) -> dict[str, float]:
+  """``B[metric]``: the mean over seeds of the single-task run of its task."""
+  by_task = {r.label[len("stl_"):]: r for r in rows if r.kind == "single_task"}
+  base = {}
+  for name in spec.higher_is_better:
+    row = by_task.get(common.metric_task(name))
+    values = [r[split][name] for r in ok_results(row)] if row else []
+    value = float(np.mean(values)) if values else math.nan
+    if math.isfinite(value) and value != 0.0:
+      base[name] = value
+    elif values:  # Delta_m divides by B: a zero baseline cannot be used
+      logging.warning("single-task baseline of %s is %s: left out of Delta_m",
+                      name, value)
+  return base
+
+
+def delta_ms(values: Mapping[str, float], base: Mapping[str, float],
+             spec: common.DatasetSpec) -> dict[str, float]:
+  """Delta_m (%) in both conventions; NaN without baselines."""
+  if not base or any(not math.isfinite(values.get(k, math.nan)) for k in base):
+    return {m: math.nan for m in MODES}
+  return {m: mtl_metrics.delta_m(values, base, spec.higher_is_better, mode=m)
+          for m in MODES}
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  if not values:
+    return math.nan, math.nan
+  return float(np.mean(values)), float(np.std(values))
+
+
+def summarize(row: Row, spec: common.DatasetSpec,
+              base_test: Mapping[str, float]) -> dict[str, Any]:
+  """Mean and std over seeds of every test metric, Delta_m and wall time."""
+  results = ok_results(row)
+  out: dict[str, Any] = {"method": row.label, "kind": row.kind,
+                         "seeds": len(results),
+                         "failed": len(row.results) - len(results),
+                         "weights": " ".join(f"{w:g}" for w in row.weights)
+                                    if row.weights else ""}
+  deltas = [delta_ms(r["test"], base_test, spec) for r in results]
+  for mode in MODES:
+    mean, std = _mean_std([d[mode] for d in deltas
+                           if math.isfinite(d[mode])])
+    out[f"delta_m_{mode}_mean"], out[f"delta_m_{mode}_std"] = mean, std
+  for name in spec.higher_is_better:
+    mean, std = _mean_std([r["test"][name] for r in results])
+    out[f"{name}_mean"], out[f"{name}_std"] = mean, std
+  finals = [r["final_weights"] for r in results if r.get("final_weights")]
+  if finals:
+    out["final_weights"] = " ".join(f"{w:.3g}" for w in np.mean(finals, 0))
+  else:
+    out["final_weights"] = ""
+  out["wall_s"] = float(sum(r.get("wall_s", 0.0) for r in row.results))
+  out["reused"] = sum(bool(r.get("reused")) for r in row.results)
+  return out
+
+
+def validation_delta(row: Row, spec: common.DatasetSpec,
+                     base_val: Mapping[str, float]) -> float:
+  """Mean over seeds of the final validation Delta_m (metric convention)."""
+  vals = [delta_ms(r["validation"], base_val, spec)["metric"]
+          for r in ok_results(row)]
+  vals = [v for v in vals if math.isfinite(v)]
+  return float(np.mean(vals)) if vals else math.inf
+
+
+# ------------------------------------------------------------------ tables
+
+
+def write_csv(path: str, summaries: Sequence[Mapping[str, Any]]) -> None:
+  keys = list(summaries[0])
+  for s in summaries[1:]:
+    keys += [k for k in s if k not in keys]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    for s in summaries:
+      writer.writerow({k: _csv_value(s.get(k, "")) for k in keys})
+
+
+def _csv_value(v: Any) -> Any:
+  if isinstance(v, float):
+    return "" if math.isnan(v) else f"{v:.6g}"
+  return v
+
+
+def _pm(mean: float, std: float, digits: int = 3) -> str:
+  if not math.isfinite(mean):
+    return "–"
+  return f"{mean:.{digits}g} ± {std:.{1 if digits <= 3 else 2}g}"
+
+
+def _fixed(mean: float, std: float, decimals: int = 2) -> str:
+  if not math.isfinite(mean):
+    return "–"
+  return f"{mean:+.{decimals}f} ± {std:.{decimals}f}"
+
+
+def markdown_table(summaries: Sequence[Mapping[str, Any]],
+                   spec: common.DatasetSpec) -> str:
+  """The main table: Delta_m both ways, every test metric, weights, wall time."""
+  metric_names = list(spec.higher_is_better)
+  arrow = {True: "↑", False: "↓"}
+  head = (["method", "Δm % (metrics) ↓", "Δm % (tasks) ↓"]
+          + [f"{n} {arrow[spec.higher_is_better[n]]}" for n in metric_names]
+          + ["final weights", "wall s"])
+  lines = ["| " + " | ".join(head) + " |",
+           "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+  for s in summaries:
+    cells = [s["method"] + (f" ({s['failed']} failed)" if s["failed"] else ""),
+             _fixed(s["delta_m_metric_mean"], s["delta_m_metric_std"]),
+             _fixed(s["delta_m_task_mean"], s["delta_m_task_std"])]
+    cells += [_pm(s[f"{n}_mean"], s[f"{n}_std"]) for n in metric_names]
+    cells += [s.get("final_weights", ""), f"{s['wall_s']:.0f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------- plots
+
+
+def _trajectory(run_dir: str, tasks: Sequence[str]) -> tuple[np.ndarray,
+                                                               np.ndarray]:
+  records = train.read_metrics(run_dir)
+  steps = np.array([r["step"] for r in records])
+  weights = np.array([[r["weights"][t] if r["weights"][t] is not None
+                       else np.nan for t in tasks] for r in records])
+  return steps, weights
+
+
+def mean_trajectory(row: Row, tasks: Sequence[str]):
+  """Steps and (steps, K) weights averaged over the row's seeds."""
+  trajs = [_trajectory(d, tasks) for d, r in zip(row.run_dirs, row.results)
+           if "failed" not in r and os.path.exists(
+               os.path.join(d, "metrics.jsonl"))]
+  if not trajs:
+    return None, None
+  n = min(len(s) for s, _ in trajs)
+  return trajs[0][0][:n], np.mean([w[:n] for _, w in trajs], axis=0)
+
+
+def plot_weights(path: str, rows: Sequence[Row], tasks: Sequence[str]) -> None:
+  """Task weights over training, one panel per method (log scale)."""
+  rows = [r for r in rows if mean_trajectory(r, tasks)[0] is not None]
+  cols = min(4, len(rows))
+  nrows = int(math.ceil(len(rows) / cols))
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows),
+                           sharex=True, squeeze=False)
+  for ax, row in zip(axes.flat, rows):
+    steps, w = mean_trajectory(row, tasks)
+    for k, task in enumerate(tasks):
+      ax.plot(steps, w[:, k], label=task, lw=1.2)
+    ax.set_yscale("log")
+    ax.set_title(row.label, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+  for ax in axes.flat[len(rows):]:
+    ax.axis("off")
+  for ax in axes[-1]:
+    ax.set_xlabel("step")
+  axes[0, 0].set_ylabel("task weight")
+  axes[0, 0].legend(fontsize=7, loc="best")
+  fig.suptitle("Task weights during training (mean over seeds, log scale)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_uw_family(path: str, rows: Sequence[Row],
+                   tasks: Sequence[str]) -> bool:
+  """UW vs UW-O vs UW-SO: each task's share of the total weight over steps."""
+  wanted = [r for name in ("uw", "uw_o", "uw_so") for r in rows
+            if r.label == name and mean_trajectory(r, tasks)[0] is not None]
+  if not wanted:
+    return False
+  fig, axes = plt.subplots(1, len(wanted), figsize=(4.2 * len(wanted), 3.2),
+                           sharey=True, squeeze=False)
+  for ax, row in zip(axes[0], wanted):
+    steps, w = mean_trajectory(row, tasks)
+    share = w / np.sum(w, axis=1, keepdims=True)
+    for k, task in enumerate(tasks):
+      ax.plot(steps, share[:, k], label=task, lw=1.4)
+    ax.set_title({"uw": "UW (learned log-variances)", "uw_o": "UW-O (1/L)",
+                  "uw_so": "UW-SO (softmax(1/(L T)))"}[row.label], fontsize=10)
+    ax.set_xlabel("step")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  axes[0, 0].set_ylabel("share of the total weight")
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle("UW inertia: relative task weights (mean over seeds)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def plot_validation(path: str, rows: Sequence[Row], spec: common.DatasetSpec,
+                    base_val: Mapping[str, float]) -> None:
+  """Validation curves: Delta_m (if baselines) and each task's loss vs step."""
+  rows = [r for r in rows if r.kind == "method" and ok_results(r)]
+  panels = (["delta_m"] if base_val else []) + list(spec.tasks)
+  cols = min(len(panels), 5)
+  nrows = int(math.ceil(len(panels) / cols))
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.0 * nrows),
+                           squeeze=False)
+  for row in rows:
+    logs = [run_lib.read_eval_log(d) for d, r in zip(row.run_dirs, row.results)
+            if "failed" not in r]
+    n = min(len(l) for l in logs)
+    steps = [rec["step"] for rec in logs[0][:n]]
+    for ax, panel in zip(axes.flat, panels):
+      if panel == "delta_m":
+        ys = [[delta_ms(rec, base_val, spec)["metric"] for rec in l[:n]]
+              for l in logs]
+      else:
+        ys = [[rec[f"loss/{panel}"] for rec in l[:n]] for l in logs]
+      ax.plot(steps, np.mean(ys, axis=0), label=row.label, lw=1.2)
+  for ax, panel in zip(axes.flat, panels):
+    if panel == "delta_m":
+      ax.set_title("validation Δm % (metrics) ↓", fontsize=10)
+    else:
+      ax.set_title(f"validation loss: {panel}", fontsize=10)
+      ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3, which="both")
+  for ax in axes.flat[len(panels):]:
+    ax.axis("off")
+  axes.flat[0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
