@@ -53,7 +53,7 @@ def test_classification_optimum_is_log_twice_loss(losses):
   np.testing.assert_allclose(w, 0.5 * uw_o_weights(losses), rtol=1e-3)
 
 
-@SETTINGS
+@settings(deadline=None, max_examples=10)  # each task_types is a compile
 @given(data=st.data(),
        losses=_inputs.loss_vectors(min_tasks=2, max_tasks=4, low=0.05,
                                    high=20.0))
