@@ -1,0 +1,409 @@
+"""Training steps per second: mtl_jax against LibMTL (PyTorch, CPU).
+
+Not a test. The same hard-sharing models, batch, optimiser (Adam, lr 1e-3)
+and number of tasks, trained by
+
+* mtl_jax: the engine's jitted ``make_train_step`` (forward, task losses,
+  weighting, backward, Adam, non-finite guard, gradient and parameter norms);
+* LibMTL 1.1.5: its ``HPS`` architecture mixed with its weighting class, as
+  its ``Trainer`` does, and the inner step of ``Trainer.train``
+  (``zero_grad``, forward, losses, ``model.backward(losses, **weight_args)``,
+  ``optimizer.step()``; the trainer's metric meter is left out);
+* UW-SO as the authors' PyTorch code runs it: a LibMTL-style weighting that
+  first computes every task's gradient of the shared parameters with
+  ``torch.autograd.grad`` (K extra backward passes, never used), then the
+  softmax of ``1 / L`` over ``T`` and one backward of the weighted sum.
+  Written here from that description.
+
+Models: GradNorm's MLP trunk (250 -> 4 x 100 ReLU, one linear head of 100 per
+task; batch 64; 3 and 10 tasks: framework overhead dominates) and the digit
+scene conv net (DigitSceneNet's U-Net with widths 8, 16, 32 and its four
+heads; batch 32 of 32x32x3: compute bound). Batches are fixed tensors in
+memory, so no loader is timed.
+
+Timing: every step is compiled / warmed up first, then all candidates of one
+model are timed interleaved (each repeat runs ``--steps`` steps of every
+candidate in a fresh random order); speed-ups are medians of the per-repeat
+ratios. Threads: ``--threads 1`` (the default) runs both frameworks on one
+thread (``torch.set_num_threads(1)``; XLA with
+``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1``);
+``--threads N`` gives PyTorch N threads and leaves XLA its default pool (one
+thread per core). On a 2-core machine shared with other jobs, PyTorch's
+OpenMP pool with 2 threads was 2 to 25 times slower than with 1 (its threads
+spin-wait for a peer that another process has descheduled), so one thread
+each is the fair and stable comparison there.
+
+Needs the ``bench`` extra (``pip install -e .[bench]``; a CPU build of torch
+is enough). LibMTL 1.1.5's package ``__init__`` imports
+``torchvision.models.utils``, which current torchvision lacks, so this script
+loads LibMTL's architecture and weighting modules from their files, bypassing
+that ``__init__``; torchvision is not needed.
+
+Usage::
+
+  python benchmarks/vs_pytorch.py [--repeats 30] [--steps 5] [--json out.json]
+      [--cases mlp3 mlp10 conv]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import types
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+LIBMTL_METHODS = {"ew": "EW", "uw": "UW", "dwa": "DWA", "gls": "GLS",
+                  "rlw": "RLW"}
+LIBMTL_KWARGS = {"dwa": {"T": 2.0}, "rlw": {"dist": "Normal"},
+                 "uw_so": {"T": 2.0}}
+CASES = {
+    # name: (model, num_tasks, batch size)
+    "mlp3": ("mlp", 3, 64),
+    "mlp10": ("mlp", 10, 64),
+    "conv": ("conv", 4, 32),
+}
+LEARNING_RATE = 1e-3
+
+
+# ------------------------------------------------------------ requirements
+
+def missing_requirements() -> list[str]:
+  """What the benchmark lacks, as readable lines (empty when all is there)."""
+  missing = []
+  if importlib.util.find_spec("torch") is None:
+    missing.append("torch (a CPU build is enough: pip install torch)")
+  libmtl = importlib.util.find_spec("LibMTL")
+  if libmtl is None:
+    missing.append("LibMTL (pip install --no-deps LibMTL==1.1.5; its "
+                   "weighting modules need only torch and numpy)")
+  else:
+    root = pathlib.Path(list(libmtl.submodule_search_locations)[0])
+    needed = ["architecture/abstract_arch.py", "architecture/HPS.py",
+              "weighting/abstract_weighting.py"]
+    needed += [f"weighting/{cls}.py" for cls in LIBMTL_METHODS.values()]
+    missing += [f"LibMTL file {root / f}" for f in needed
+                if not (root / f).is_file()]
+  return missing
+
+
+def load_libmtl():
+  """LibMTL's HPS and weighting classes, loaded from their files.
+
+  Stub parent packages are put in ``sys.modules`` so that the modules'
+  ``from LibMTL.x.y import ...`` lines resolve without running the package
+  ``__init__`` (which imports torchvision's removed ``models.utils``).
+  Returns ``(HPS, AbsWeighting, {method: class})``.
+  """
+  root = pathlib.Path(
+      list(importlib.util.find_spec("LibMTL").submodule_search_locations)[0])
+  for package in ("LibMTL", "LibMTL.architecture", "LibMTL.weighting"):
+    if package not in sys.modules or not hasattr(sys.modules[package],
+                                                 "__path__"):
+      stub = types.ModuleType(package)
+      stub.__path__ = [str(root.joinpath(*package.split(".")[1:]))]
+      sys.modules[package] = stub
+
+  def load(dotted: str):
+    if dotted in sys.modules and hasattr(sys.modules[dotted], "__file__"):
+      return sys.modules[dotted]
+    path = root.joinpath(*dotted.split(".")[1:]).with_suffix(".py")
+    spec = importlib.util.spec_from_file_location(dotted, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[dotted] = module
+    spec.loader.exec_module(module)
+    return module
+
+  load("LibMTL.architecture.abstract_arch")
+  hps = load("LibMTL.architecture.HPS").HPS
+  abs_weighting = load("LibMTL.weighting.abstract_weighting").AbsWeighting
+  classes = {name: getattr(load(f"LibMTL.weighting.{cls}"), cls)
+             for name, cls in LIBMTL_METHODS.items()}
+  return hps, abs_weighting, classes
+
+
+# ---------------------------------------------------------------- PyTorch
+
+def torch_models():
+  """The PyTorch twins of MLPTrunk and DigitSceneNet (same layer sizes)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  class MLPEncoder(nn.Module):
+
+    def __init__(self, width=100, depth=4, in_dim=250):
+      super().__init__()
+      layers = []
+      for i in range(depth):
+        layers += [nn.Linear(in_dim if i == 0 else width, width), nn.ReLU()]
+      self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+      return self.net(x)
+
+  def conv_bn_relu(cin, cout):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+  class ConvEncoder(nn.Module):
+    """DigitSceneNet's trunk: returns (full-res features, bottleneck)."""
+
+    def __init__(self, widths=(8, 16, 32)):
+      super().__init__()
+      self.enc = nn.ModuleList()
+      cin = 3
+      for w in widths:
+        self.enc.append(conv_bn_relu(cin, w))
+        cin = w
+      self.dec = nn.ModuleList()
+      for i in reversed(range(len(widths) - 1)):
+        self.dec.append(conv_bn_relu(cin + widths[i], widths[i]))
+        cin = widths[i]
+
+    def forward(self, x):
+      skips = []
+      for i, block in enumerate(self.enc):
+        x = block(x)
+        if i < len(self.enc) - 1:
+          skips.append(x)
+          x = F.max_pool2d(x, 2)
+      bottleneck = x
+      for block, skip in zip(self.dec, reversed(skips)):
+        x = block(torch.cat([F.interpolate(x, scale_factor=2.0,
+                                           mode="nearest"), skip], dim=1))
+      return x, bottleneck
+
+  class PixelHead(nn.Module):
+
+    def __init__(self, cin, cout, normalize=False):
+      super().__init__()
+      self.conv = nn.Conv2d(cin, cout, 1)
+      self.normalize = normalize
+
+    def forward(self, rep):
+      y = self.conv(rep[0])
+      return F.normalize(y, dim=1) if self.normalize else y
+
+  class CountHead(nn.Module):
+
+    def __init__(self, cin, classes):
+      super().__init__()
+      self.linear = nn.Linear(cin, classes)
+
+    def forward(self, rep):
+      return self.linear(rep[1].mean(dim=(2, 3)))
+
+  def conv_decoders():
+    return nn.ModuleDict({"segmentation": PixelHead(8, 11),
+                          "depth": PixelHead(8, 1),
+                          "normal": PixelHead(8, 3, normalize=True),
+                          "count": CountHead(32, 5)})
+
+  def mlp_decoders(num_tasks):
+    return nn.ModuleDict({f"task{k}": nn.Linear(100, 100)
+                          for k in range(num_tasks)})
+
+  return MLPEncoder, ConvEncoder, conv_decoders, mlp_decoders
+
+
+def authors_uw_so(abs_weighting):
+  """UW-SO as the authors' LibMTL-based code runs it (written from its
+  description): per-task gradients of the shared parameters first, unused."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  class AuthorsUWSO(abs_weighting):
+
+    def backward(self, losses, **kwargs):
+      shared = list(self.get_share_params())
+      per_task = torch.zeros(self.task_num, sum(p.numel() for p in shared))
+      for k in range(self.task_num):  # computed, then never used
+        grads = torch.autograd.grad(losses[k], shared, retain_graph=True,
+                                    allow_unused=True)
+        per_task[k] = torch.cat([
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, shared)])
+      weights = F.softmax(1.0 / ((losses.detach() + 1e-8) * kwargs["T"]),
+                          dim=-1)
+      loss = torch.mul(losses, weights).sum()
+      loss.backward()
+      return weights.detach().cpu().numpy()
+
+  return AuthorsUWSO
+
+
+class TorchRunner:
+  """n LibMTL training steps (Trainer.train's inner loop, no meter)."""
+
+  def __init__(self, model, optimizer, inputs, targets, loss_fns, kwargs):
+    self.model, self.optimizer = model, optimizer
+    self.inputs, self.targets, self.loss_fns = inputs, targets, loss_fns
+    self.kwargs = kwargs
+    self.task_names = list(loss_fns)
+
+  def __call__(self, n: int) -> None:
+    import torch  # pylint: disable=g-import-not-at-top
+    for _ in range(n):
+      preds = self.model(self.inputs)
+      losses = torch.zeros(len(self.task_names))
+      for k, task in enumerate(self.task_names):
+        losses[k] = self.loss_fns[task](preds[task], self.targets[task])
+      self.optimizer.zero_grad()
+      self.model.backward(losses, **self.kwargs)
+      self.optimizer.step()
+
+
+def torch_problem(model_name, num_tasks, np_batch):
+  """(encoder class, decoders factory, inputs, targets, loss fns)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  mlp_encoder, conv_encoder, conv_decoders, mlp_decoders = torch_models()
+  if model_name == "mlp":
+    inputs = torch.from_numpy(np_batch["image"])
+    y = torch.from_numpy(np_batch["y"])
+    tasks = [f"task{k}" for k in range(num_tasks)]
+    targets = {t: y[:, k].contiguous() for k, t in enumerate(tasks)}
+    loss_fns = {t: F.mse_loss for t in tasks}
+    return mlp_encoder, lambda: mlp_decoders(num_tasks), inputs, targets, \
+        loss_fns
+  inputs = torch.from_numpy(np_batch["image"]).permute(0, 3, 1, 2).contiguous()
+  targets = {
+      "segmentation": torch.from_numpy(np_batch["segmentation"]).long(),
+      "depth": torch.from_numpy(np_batch["depth"]).permute(0, 3, 1, 2)
+               .contiguous(),
+      "normal": torch.from_numpy(np_batch["normal"]).permute(0, 3, 1, 2)
+                .contiguous(),
+      "count": torch.from_numpy(np_batch["count"]).long(),
+  }
+
+  def normal_loss(pred, gt):
+    return 1.0 - (pred * gt).sum(dim=1).mean()
+
+  loss_fns = {"segmentation": lambda p, t: F.cross_entropy(p, t,
+                                                           ignore_index=-1),
+              "depth": F.l1_loss, "normal": normal_loss,
+              "count": F.cross_entropy}
+  return conv_encoder, conv_decoders, inputs, targets, loss_fns
+
+
+def make_torch_runner(hps, weighting_cls, method, model_name, num_tasks,
+                      np_batch, seed=0):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  encoder, decoders, inputs, targets, loss_fns = torch_problem(
+      model_name, num_tasks, np_batch)
+
+  class MTLmodel(hps, weighting_cls):  # what LibMTL's Trainer builds
+
+    def __init__(self):
+      super().__init__(task_name=list(loss_fns), encoder_class=encoder,
+                       decoders=decoders(), rep_grad=False,
+                       multi_input=False, device=torch.device("cpu"))
+      self.init_param()
+
+  model = MTLmodel()
+  model.train()
+  model.epoch = 2  # DWA: past its two warm-up epochs, the ratio rule runs
+  model.train_loss_buffer = np.ones((num_tasks, 3))
+  optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+  return TorchRunner(model, optimizer, inputs, targets, loss_fns,
+                     LIBMTL_KWARGS.get(method, {}))
+
+
+# ---------------------------------------------------------------- driver
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", nargs="*", default=list(CASES),
+                      choices=list(CASES))
+  parser.add_argument("--methods", nargs="*",
+                      default=list(LIBMTL_METHODS) + ["uw_so"])
+  parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--threads", type=int, default=1,
+                      help="1: one thread for both frameworks; N > 1: "
+                      "torch.set_num_threads(N) and XLA's default pool")
+  parser.add_argument("--json", type=pathlib.Path, default=None)
+  return parser.parse_args(argv)
+
+
+def run_case(case, args, hps, abs_weighting, classes):
+  model_name, num_tasks, batch_size = CASES[case]
+  if model_name == "mlp":
+    model, np_batch, task_losses = _common.mlp_problem(num_tasks, batch_size)
+  else:
+    model, np_batch, task_losses = _common.digit_problem(batch_size)
+  runners = {}
+  for method in args.methods:
+    runners[("mtl_jax", method)] = _common.JaxRunner(*_common.jit_step(
+        model, np_batch, task_losses,
+        _common.make_weighting(method, num_tasks), num_tasks,
+        learning_rate=LEARNING_RATE))
+    cls = (authors_uw_so(abs_weighting) if method == "uw_so"
+           else classes[method])
+    runners[("torch", method)] = make_torch_runner(
+        hps, cls, method, model_name, num_tasks, np_batch)
+  times = _common.interleaved(runners, repeats=args.repeats, steps=args.steps)
+  rows, result = [], {}
+  for method in args.methods:
+    jax_t, torch_t = times[("mtl_jax", method)], times[("torch", method)]
+    speedups = [t / j for t, j in zip(torch_t, jax_t)]
+    lo, hi = _common.quartiles(speedups)
+    speedup = _common.median(speedups)
+    peer = "authors' UW-SO" if method == "uw_so" else f"LibMTL {method.upper()}"
+    rows.append((method, peer, f"{1 / _common.median(jax_t):.1f}",
+                 f"{1 / _common.median(torch_t):.1f}", f"{speedup:.2f}x",
+                 f"{lo:.2f} .. {hi:.2f}"))
+    result[method] = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t),
+                      "torch_steps_per_s": 1 / _common.median(torch_t),
+                      "speedup": speedup}
+  what = ("MLPTrunk 250 -> 4 x 100, heads of 100" if model_name == "mlp"
+          else "DigitSceneNet (8, 16, 32), 32x32x3")
+  print(f"\n## {case}: {what}, {num_tasks} tasks, batch {batch_size}, Adam")
+  print(_common.markdown_table(
+      ("method", "PyTorch peer", "mtl_jax steps/s", "PyTorch steps/s",
+       "speed-up (median)", "speed-up IQR"), rows))
+  sys.stdout.flush()
+  return result
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  missing = missing_requirements()
+  if missing:
+    print("vs_pytorch.py needs the `bench` extra (pip install -e .[bench]); "
+          "missing:\n  " + "\n  ".join(missing), file=sys.stderr)
+    return 2
+  if args.threads == 1:
+    if "jax" in sys.modules:
+      raise RuntimeError("XLA_FLAGS must be set before jax is imported")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        " intra_op_parallelism_threads=1").strip()
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(args.threads)
+  hps, abs_weighting, classes = load_libmtl()
+  print("# mtl_jax vs LibMTL 1.1.5 (PyTorch) on CPU: training steps per second")
+  print(f"# {_common.machine_line()}")
+  xla_threads = "1 (eigen pool off)" if args.threads == 1 else "default pool"
+  print(f"# torch {torch.__version__}, torch.set_num_threads({args.threads}); "
+        f"XLA threads: {xla_threads}; "
+        f"{args.repeats} interleaved repeats x {args.steps} steps; speed-up = "
+        "median over repeats of t(PyTorch) / t(mtl_jax)")
+  results = {case: run_case(case, args, hps, abs_weighting, classes)
+             for case in args.cases}
+  if args.json is not None:
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
