@@ -61,4 +61,11 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
     raise ValueError(
         f"weighting method {key!r} takes no hyperparameter(s) {unknown}; it "
         f"takes {list(accepted)}.")
+  missing = [n for n, p in accepted.items()
+             if p.default is inspect.Parameter.empty and n not in hparams
+             and p.kind is not inspect.Parameter.VAR_KEYWORD]
+  if missing:
+    raise ValueError(
+        f"weighting method {key!r} needs the hyperparameter(s) {missing}, "
+        f"e.g. get({key!r}, {missing[0]}=...).")
   return factory(**hparams)

@@ -10,6 +10,7 @@ Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR
 """
 from __future__ import annotations
 
+import numbers
 from typing import NamedTuple, Optional
 
 import jax
@@ -76,11 +77,13 @@ def dwa(temperature: float = 2.0, *,
   """
   _base.check_temperature(temperature, "dwa")
   if (steps_per_epoch is None or isinstance(steps_per_epoch, bool)
-      or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+      or not isinstance(steps_per_epoch, numbers.Integral)
+      or steps_per_epoch < 1):
     raise ValueError(
         "dwa needs steps_per_epoch, a positive int (the number of train steps "
         f"in one epoch), got {steps_per_epoch!r}; e.g. "
         "get('dwa', steps_per_epoch=len(train_loader)).")
+  steps_per_epoch = int(steps_per_epoch)
 
   def init_state(num_tasks: int, key) -> DWAState:
     del key

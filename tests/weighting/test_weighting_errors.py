@@ -192,3 +192,20 @@ def test_check_losses_is_off_by_default(name):
   assert out.weights.shape == (2,)
   if name == "uw_o":
     np.testing.assert_allclose(out.weights, [1e8, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name, required", [("uw_so", "temperature"),
+                                            ("scalarization", "weights")])
+def test_missing_required_hyperparameter_is_a_value_error(name, required):
+  with pytest.raises(ValueError, match=required):
+    weighting.get(name)
+
+
+def test_dwa_accepts_numpy_integer_steps_per_epoch():
+  method = weighting.get("dwa", steps_per_epoch=np.int64(1))
+  params, state = method.init(2)
+  for _ in range(3):
+    out = method.apply(params, state, jnp.array([1.0, 2.0]))
+    state = out.state
+  assert state.step.dtype == jnp.int32
+  np.testing.assert_allclose(np.sum(out.weights), 2.0, rtol=1e-6)
