@@ -83,7 +83,7 @@ def _mtan_kwargs(data: Config, split: str) -> dict[str, Any]:
         f"config.data.root is not set: pass the folder holding train/ and val/ "
         f"of MTAN's preprocessed {data.name} (docs/datasets.md), e.g. "
         f"--config.data.root=/data/{data.name}.")
-  return {"data_dir": data.data_dir, "image_size": tuple(data.image_size),
+  return {"data_dir": data.data_dir, "image_size": tuple(data.image_hw),
           "augment": bool(data.augment) and split == data.train_split}
 
 

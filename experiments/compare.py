@@ -42,51 +42,11 @@ from ml_collections import config_flags
 from experiments import common
 from experiments import report
 from experiments import run as run_lib
-from mtl_jax import train
 from mtl_jax import weighting as mw
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs",
-                               "default.py")
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None,
-                    "Output directory; default runs/compare_<config name>.")
-flags.DEFINE_string("results_dir", None,
-                    "Also copy results.md/.csv and the plots here.")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                "Config file of the comparison.",
-                                lock_config=False)
 OUTPUTS = ("results.md", "results.csv", "weights.png", "uw_inertia.png",
            "validation.png")
-
-
-def override(config, **fields):
-  """A copy of ``config`` with dotted fields replaced, e.g. ``weighting__name``."""
-  config = config.copy_and_resolve_references()
-  for dotted, value in fields.items():
-    section, name = dotted.split("__")
-    config[section][name] = value
-  return config
-
-
-def run_row(program: run_lib.Program, workdir: str, label: str, kind: str,
-            seeds: Sequence[int],
-            weights: Optional[Sequence[float]] = None) -> report.Row:
-  """Runs one method (or weight vector) for every seed; failures are kept."""
-  results, dirs = [], []
-  for seed in seeds:
-    run_dir = os.path.join(workdir, label, f"seed_{seed}")
-    t0 = time.perf_counter()
-    try:
-      result = run_lib.run(program, run_dir, seed=seed, weights=weights)
-    except train.NonFiniteError as e:
-      logging.warning("%s seed %d diverged: %s", label, seed, e)
-      result = {"failed": str(e), "seed": seed,
-                "wall_s": time.perf_counter() - t0}
-    results.append(result)
-    dirs.append(run_dir)
-    logging.info("%s seed %d: %.1f s", label, seed, result["wall_s"])
-  return report.Row(label, kind, results, dirs,
-                    tuple(weights) if weights is not None else None)
 
 
 def grid_points(config, num_tasks: int) -> list[tuple[float, ...]]:
@@ -104,8 +64,8 @@ def run_all(config, workdir: str) -> list[report.Row]:
   seeds = list(range(config.train.seed, config.train.seed + config.compare.seeds))
   rows = []
   for method in common.parse_list(config.compare.methods):
-    program = run_lib.build_program(override(config, weighting__name=method))
-    rows.append(run_row(program, workdir, method, "method", seeds))
+    program = run_lib.build_program(run_lib.override(config, weighting__name=method))
+    rows.append(run_lib.run_row(program, workdir, method, "method", seeds))
   k = len(spec.tasks)
   fixed = [(f"scalarization_{i}", "grid", w)
            for i, w in enumerate(grid_points(config, k))]
@@ -114,8 +74,8 @@ def run_all(config, workdir: str) -> list[report.Row]:
               for i, t in enumerate(spec.tasks)]
   if fixed:  # one compilation for every fixed weight vector
     program = run_lib.build_program(
-        override(config, weighting__name="scalarization"))
-    rows += [run_row(program, workdir, label, kind, seeds, w)
+        run_lib.override(config, weighting__name="scalarization"))
+    rows += [run_lib.run_row(program, workdir, label, kind, seeds, w)
              for label, kind, w in fixed]
   return rows
 
@@ -245,6 +205,18 @@ def copy_outputs(workdir: str, results_dir: str) -> None:
       shutil.copy(os.path.join(workdir, name), os.path.join(results_dir, name))
 
 
+
+def define_flags() -> None:
+  """The command-line flags (defined only when this module is the program)."""
+  flags.DEFINE_string("workdir", None,
+                      "Output directory; default runs/compare_<config name>.")
+  flags.DEFINE_string("results_dir", None,
+                      "Also copy results.md/.csv and the plots here.")
+  config_flags.DEFINE_config_file("config", run_lib.DEFAULT_CONFIG,
+                                  "Config file of the comparison.",
+                                  lock_config=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -264,4 +236,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

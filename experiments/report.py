@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Any, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -28,13 +28,7 @@ from mtl_jax import train
 MODES = ("metric", "task")  # Delta_m: over all metrics; within tasks, then over tasks
 
 
-class Row(NamedTuple):
-  """One line of the results table."""
-  label: str
-  kind: str                      # "method", "grid", "single_task"
-  results: list[dict[str, Any]]  # one per seed; failed runs have "failed"
-  run_dirs: list[str]
-  weights: Optional[tuple[float, ...]] = None
+Row = run_lib.Row
 
 
 def ok_results(row: Row) -> list[dict[str, Any]]:

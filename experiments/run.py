@@ -34,10 +34,25 @@ from absl import logging
 
 from experiments import common
 from mtl_jax import train
+from mtl_jax.train.loop import check_skips
+from mtl_jax.train.writers import step_record
 
 Config = ml_collections.ConfigDict
 RESULT = "result.json"
 EVAL_LOG = "eval.jsonl"
+
+
+DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs",
+                              "default.py")
+
+
+class Row(NamedTuple):
+  """One method (or fixed weight vector) over seeds: a line of a results table."""
+  label: str
+  kind: str                      # "method", "grid", "single_task"
+  results: list[dict[str, Any]]  # one per seed; failed runs have "failed"
+  run_dirs: list[str]
+  weights: Optional[tuple[float, ...]] = None
 
 
 class Program(NamedTuple):
@@ -47,7 +62,8 @@ class Program(NamedTuple):
   model: Any
   weighting: Any
   optimizer: Any
-  train_step: Any   # jitted (state, batch) -> (state, metrics), donates state
+  step_fn: Any      # the pure train step (state, batch) -> (state, metrics)
+  train_step: Any   # step_fn jitted, donating the state
   eval_update: Any  # jitted, see make_eval_update
   num_steps: int
 
@@ -62,7 +78,7 @@ def build_program(config: Config) -> Program:
   apply_fn = train.module_apply_fn(model, input_key=spec.input_key)
   step = train.make_train_step(apply_fn, spec.task_losses, weighting,
                                optimizer, compute_dtype=common.compute_dtype(config))
-  return Program(config, spec, model, weighting, optimizer,
+  return Program(config, spec, model, weighting, optimizer, step,
                  jax.jit(step, donate_argnums=0),
                  make_eval_update(config, spec, model),
                  common.num_steps(config))
@@ -248,9 +264,7 @@ def run(program: Program, workdir: str, *, seed: int,
   ckpt = int(config.train.checkpoint_every)
   resumed = _latest_checkpoint(workdir) if ckpt > 0 else 0
   if resumed == 0:  # a fresh run: forget logs of an earlier one
-    for name in (EVAL_LOG, "metrics.jsonl", RESULT):
-      if os.path.exists(os.path.join(workdir, name)):
-        os.remove(os.path.join(workdir, name))
+    _fresh(workdir)
   records = [r for r in read_eval_log(workdir) if r["step"] <= resumed]
   state = init_state(program, seed, weights)
   batches = train_batches(program, seed)
@@ -269,6 +283,14 @@ def run(program: Program, workdir: str, *, seed: int,
     _write_eval_log(workdir, records)
     logging.info("%s step %d/%d: %s", os.path.basename(workdir), end,
                  program.num_steps, _short(values))
+  return _finish(program, workdir, state, records, key, seed, weights, t0)
+
+
+def _finish(program: Program, workdir: str, state: train.TrainState,
+            records: list[dict[str, Any]], key: str, seed: int,
+            weights: Optional[Sequence[float]], t0: float) -> dict[str, Any]:
+  """Evaluates on the test split and writes ``result.json``."""
+  config = program.config
   test = evaluate(program, state, config.data.test_split)
   result = {
       "fingerprint": key, "seed": seed,
@@ -283,6 +305,69 @@ def run(program: Program, workdir: str, *, seed: int,
   return result
 
 
+def _fresh(workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  for name in (EVAL_LOG, "metrics.jsonl", RESULT):
+    if os.path.exists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+
+
+def lane(tree: Any, i: int) -> Any:
+  """Lane ``i`` of a pytree stacked on axis 0."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
+              weights: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+  """Trains several scalarization weight vectors in one vmapped program.
+
+  ``jax.vmap`` of the pure train step over the states of the lanes (which
+  differ only in their weights; every lane sees the same batches and the same
+  initial model). Writes each lane's ``metrics.jsonl``, ``eval.jsonl`` and
+  ``result.json`` like :func:`run`. Worth it on accelerators with memory to
+  spare; on a CPU the batched convolutions are slower than running the lanes
+  one after the other. No checkpoints.
+  """
+  config = program.config
+  t0 = time.perf_counter()
+  for d in workdirs:
+    _fresh(d)
+  states = [init_state(program, seed, w) for w in weights]
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
+  step = jax.jit(jax.vmap(program.step_fn, in_axes=(0, None)),
+                 donate_argnums=0)
+  writers = [train.MetricsWriter(d) for d in workdirs]
+  batches = train_batches(program, seed)
+  records: list[list[dict[str, Any]]] = [[] for _ in workdirs]
+  done, split = 0, config.data.eval_split
+  try:
+    for end in _chunks(program.num_steps, config.train.eval_every):
+      pending = []
+      for _ in range(end - done):
+        stacked, metrics = step(stacked, next(batches))
+        pending.append(metrics)
+      done = end
+      host = jax.device_get(pending)
+      for i, (writer, d) in enumerate(zip(writers, workdirs)):
+        recs = [step_record(lane(h, i), program.spec.tasks) for h in host]
+        writer.write(recs)
+        check_skips(recs, config.train.max_consecutive_skips)
+        values = evaluate(program, lane(stacked, i), split)
+        records[i].append({"step": end, "split": split, **values})
+        _write_eval_log(d, records[i])
+  finally:
+    for writer in writers:
+      writer.close()
+  results = [_finish(program, d, lane(stacked, i), records[i],
+                     fingerprint(config, seed, w), seed, w, t0)
+             for i, (d, w) in enumerate(zip(workdirs, weights))]
+  for result, d in zip(results, workdirs):  # each lane's share of the time
+    result["wall_s"] = (time.perf_counter() - t0) / len(workdirs)
+    with open(os.path.join(d, RESULT), "w") as f:
+      json.dump(result, f, indent=1)
+  return results
+
+
 def final_weights(workdir: str, tasks: Sequence[str]) -> list[float]:
   """The task weights logged at the last step of ``metrics.jsonl``."""
   records = train.read_metrics(workdir)
@@ -292,3 +377,36 @@ def final_weights(workdir: str, tasks: Sequence[str]) -> list[float]:
 def _short(values: dict[str, float]) -> str:
   return ", ".join(f"{k}={v:.4g}" for k, v in values.items()
                    if not k.startswith("loss/"))
+
+
+# ----------------------------------------------------------- driver helpers
+
+
+def override(config, **fields):
+  """A copy of ``config`` with dotted fields replaced, e.g. ``weighting__name``."""
+  config = config.copy_and_resolve_references()
+  for dotted, value in fields.items():
+    section, name = dotted.split("__")
+    config[section][name] = value
+  return config
+
+
+def run_row(program: Program, workdir: str, label: str, kind: str,
+            seeds: Sequence[int],
+            weights: Optional[Sequence[float]] = None) -> Row:
+  """Runs one method (or weight vector) for every seed; failures are kept."""
+  results, dirs = [], []
+  for seed in seeds:
+    run_dir = os.path.join(workdir, label, f"seed_{seed}")
+    t0 = time.perf_counter()
+    try:
+      result = run(program, run_dir, seed=seed, weights=weights)
+    except train.NonFiniteError as e:
+      logging.warning("%s seed %d diverged: %s", label, seed, e)
+      result = {"failed": str(e), "seed": seed,
+                "wall_s": time.perf_counter() - t0}
+    results.append(result)
+    dirs.append(run_dir)
+    logging.info("%s seed %d: %.1f s", label, seed, result["wall_s"])
+  return Row(label, kind, results, dirs,
+             tuple(weights) if weights is not None else None)

@@ -27,12 +27,6 @@ from experiments import run as run_lib
 from mtl_jax import metrics as mtl_metrics
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints, results.")
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. experiments/configs/default.py.",
-    lock_config=True)
-
-
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains ``config`` into ``workdir``; returns ``result.json``'s content.
 
@@ -58,6 +52,15 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   return result
 
 
+
+def define_flags() -> None:
+  """The command-line flags (defined only when this module is the program)."""
+  flags.DEFINE_string("workdir", None, "Directory for logs, checkpoints, results.")
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, e.g. experiments/configs/default.py.",
+      lock_config=True)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
@@ -73,5 +76,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   flags.mark_flags_as_required(["config"])
   app.run(main)

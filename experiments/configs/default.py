@@ -99,7 +99,11 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.compare.seeds = 2
   config.compare.scalarization_step = 0.2   # grid spacing (4 points for 4 tasks); 0: none
   config.compare.baselines = "single_task"  # single_task, published, none
-  config.sweep = config_dict.ConfigDict()
+  config.scalarization = config_dict.ConfigDict()  # experiments.scalarization
+  config.scalarization.step = 0.1   # the paper's grid: 36 points for 3 tasks, 84 for 4
+  config.scalarization.seeds = 1
+  config.scalarization.lanes = 1    # weight vectors per vmapped program (GPU/TPU: more)
+  config.sweep = config_dict.ConfigDict()  # experiments.temperature_sweep
   config.sweep.temperatures = "0.5,1,2,5,10,20,50"
   config.sweep.seeds = 1
 
@@ -127,4 +131,5 @@ def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
     config.data.num_test = 8
     config.model.widths = (4, 8)
     config.compare.scalarization_step = 0.25  # one point, (1/4, ..., 1/4)
+    config.scalarization.step = 0.2  # four points
   return config

@@ -1,0 +1,96 @@
+"""Every experiment config builds and trains two steps on fixture data.
+
+Digit scenes and the synthetic regression generate tiny data into tmp_path;
+NYUv2 and Cityscapes read fixtures written in MTAN's exact on-disk layout
+(tests/data/data_fixtures.py); CelebA reads tfds.testing.mock_data.
+"""
+import importlib
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from experiments import train as train_main
+from mtl_jax import train
+
+_FIXTURES = pathlib.Path(__file__).parents[1] / "data" / "data_fixtures.py"
+_spec = importlib.util.spec_from_file_location("data_fixtures", _FIXTURES)
+data_fixtures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(data_fixtures)
+
+CONFIGS = ("default", "digit_scenes_quick", "digit_scenes_full", "synthetic",
+           "nyuv2_segnet", "nyuv2_mtan", "cityscapes_segnet", "celeba_resnet18")
+
+
+def smoke_config(name):
+  return importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
+
+
+def _with_data(config, tmp_path):
+  config.data.data_dir = str(tmp_path / "data")
+  if config.data.name == "nyuv2":
+    config.data.root = str(data_fixtures.write_nyuv2(
+        tmp_path / "nyu", size=tuple(config.data.image_hw)))
+  if config.data.name == "cityscapes":
+    config.data.root = str(data_fixtures.write_cityscapes(
+        tmp_path / "cs", size=tuple(config.data.image_hw)))
+  return config
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_config_has_the_sections_and_the_header(name):
+  module = importlib.import_module(f"experiments.configs.{name}")
+  config = module.get_config()
+  for section in ("data", "model", "weighting", "optim", "train"):
+    assert section in config, section
+  doc = module.__doc__
+  assert "python -m experiments." in doc and "Runtime" in doc
+  assert "Expected result" in doc
+  assert config.train.num_steps > 0 or config.train.num_epochs > 0
+
+
+_SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit net
+
+
+@pytest.mark.parametrize("name", [
+    "digit_scenes_quick", "synthetic",
+    pytest.param("digit_scenes_full", marks=_SLOW),
+    pytest.param("nyuv2_segnet", marks=_SLOW),
+    pytest.param("nyuv2_mtan", marks=_SLOW),
+    pytest.param("cityscapes_segnet", marks=_SLOW),
+    pytest.param("celeba_resnet18", marks=_SLOW)])
+def test_config_trains_two_steps_on_fixture_data(name, tmp_path):
+  config = _with_data(smoke_config(name), tmp_path)
+  config.weighting.name = "uw"  # learnable weighting params in the tree
+  if config.data.name == "celeba":
+    with tfds.testing.mock_data(num_examples=8):
+      result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  else:
+    result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  records = train.read_metrics(tmp_path / "run")
+  assert [r["step"] for r in records] == [1, 2]
+  assert all(np.isfinite(r["total"]) for r in records)
+  assert records[0]["weights"] != records[1]["weights"]  # UW's s_k moved
+  assert result["steps"] == 2 and result["test"]
+  assert all(np.isfinite(v) for v in result["test"].values())
+  evals = [json.loads(l) for l in open(tmp_path / "run" / "eval.jsonl")]
+  assert [e["step"] for e in evals] == [1, 2]
+  if config.data.name in ("nyuv2", "cityscapes"):
+    assert set(result["delta_m_published"]) == {"metric", "task"}
+
+
+def test_quick_is_the_default():
+  quick, default = smoke_config("digit_scenes_quick"), smoke_config("default")
+  assert quick.to_dict() == default.to_dict()
+
+
+def test_smoke_shrinks_the_run():
+  full, smoke = (importlib.import_module("experiments.configs.default")
+                 .get_config(a) for a in ("", "smoke"))
+  assert smoke.train.num_steps == 2 < full.train.num_steps
+  assert smoke.data.num_train < full.data.num_train
+  with pytest.raises(ValueError, match="smoke"):
+    importlib.import_module("experiments.configs.default").get_config("tiny")

@@ -1,0 +1,183 @@
+"""The drivers end to end in smoke mode, the CLI, and the pieces they share."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import compare
+from experiments import report
+from experiments import run as run_lib
+from experiments import scalarization
+from experiments import temperature_sweep
+from experiments.configs import default
+from mtl_jax import weighting as mw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+@pytest.fixture
+def config(tmp_path):
+  config = default.get_config("smoke")
+  config.data.data_dir = str(tmp_path / "data")
+  return config
+
+
+# ------------------------------------------------------------------ pieces
+
+
+def test_state_scalarization_matches_the_library_method():
+  losses = jnp.array([0.5, 120.0, 0.2, 1.5])
+  w = (0.4, 0.2, 0.3, 0.1)
+  ours = common.state_scalarization(w)
+  theirs = mw.get("scalarization", weights=w)
+  p, s = ours.init(4)
+  a, b = ours.apply(p, s, losses), theirs.apply({}, theirs.init(4)[1], losses)
+  np.testing.assert_allclose(a.total, b.total, rtol=1e-6)
+  np.testing.assert_allclose(a.weights, b.weights)
+  grad = jax.grad(lambda l: ours.apply(p, s, l).total)(losses)
+  np.testing.assert_allclose(grad, w, rtol=1e-6)
+  # Swapping the weights in the state changes the result, not the function.
+  s2 = common.WeightsState(jnp.array([0.0, 1.0, 0.0, 0.0]))
+  np.testing.assert_allclose(ours.apply(p, s2, losses).total, 120.0)
+
+
+def test_config_hyperparameters_reach_the_weighting(config):
+  spec = common.dataset_spec(config.data)
+  losses = jnp.array([0.5, 50.0, 0.1, 1.0])
+  config.weighting.name, config.weighting.temperature = "uw_so", 3.0
+  got = common.build_weighting(config, spec, 10)
+  np.testing.assert_allclose(got.apply({}, got.init(4)[1], losses).weights,
+                             mw.uw_so_weights(losses, 3.0), rtol=1e-6)
+  config.weighting.name = "uw"
+  params, _ = common.build_weighting(config, spec, 10).init(4)
+  weights = common.build_weighting(config, spec, 10).apply(
+      params, None, losses).weights
+  np.testing.assert_allclose(weights, [1.0, 0.5, 0.5, 1.0])  # per-task forms
+  with pytest.raises(ValueError, match="unknown weighting"):
+    config.weighting.name = "nope"
+    common.build_weighting(config, spec, 10)
+
+
+def _fake_row(label, kind, tests):
+  return run_lib.Row(label, kind, [{"test": t, "validation": t, "wall_s": 1.0}
+                                   for t in tests], ["."] * len(tests))
+
+
+def test_delta_m_from_single_task_rows_by_hand():
+  spec = common.dataset_spec(default.get_config().data)
+  base = {name: 1.0 for name in spec.higher_is_better}
+  stl = [_fake_row(f"stl_{t}", "single_task",
+                   [{k: (2.0 if common.metric_task(k) == t else 9.0)
+                     for k in base}]) for t in spec.tasks]
+  b = report.baselines_from_rows(stl, spec, "test")
+  assert b == {k: 2.0 for k in base}  # each metric from its own task's run
+  # miou 2.2 (+10% better), depth abs_err 2.2 (10% worse), rest equal.
+  run = dict(b, **{"segmentation/miou": 2.2, "depth/abs_err": 2.2})
+  d = report.delta_ms(run, b, spec)
+  np.testing.assert_allclose(d["metric"], 0.0, atol=1e-9)
+  # per task: seg -5 %, depth +5 %, normal 0, count 0 -> 0 over tasks too.
+  np.testing.assert_allclose(d["task"], 0.0, atol=1e-9)
+  run["count/accuracy"] = 1.0  # 50 % worse, one of 10 metrics, 1 of 4 tasks
+  d = report.delta_ms(run, b, spec)
+  np.testing.assert_allclose([d["metric"], d["task"]], [5.0, 12.5])
+  row = report.summarize(_fake_row("x", "method", [run, run]), spec, b)
+  assert row["delta_m_metric_mean"] == pytest.approx(5.0)
+  assert row["delta_m_metric_std"] == 0.0 and row["seeds"] == 2
+
+
+# ---------------------------------------------------------------- drivers
+
+
+def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
+  workdir = str(tmp_path / "cmp")
+  rows = compare.run_all(config, workdir)
+  assert [r.label for r in rows] == [
+      "ew", "uw_so", "scalarization_0", "stl_segmentation", "stl_depth",
+      "stl_normal", "stl_count"]
+  compare.write_outputs(config, workdir, rows, wall_s=12.0)
+  for name in compare.OUTPUTS:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, "results.csv")) as f:
+    table = list(csv.DictReader(f))
+  methods = [r["method"] for r in table]
+  assert methods[:2] == ["ew", "uw_so"]
+  assert "scalarization (best of 1 on val)" in methods
+  assert "single-task baselines" in methods
+  for column in ("delta_m_metric_mean", "delta_m_metric_std",
+                 "delta_m_task_mean", "segmentation/miou_mean",
+                 "segmentation/miou_std", "count/accuracy_mean", "wall_s",
+                 "final_weights"):
+    assert column in table[0], column
+  assert math.isfinite(float(table[0]["delta_m_metric_mean"]))
+  assert float(table[-1]["wall_s"]) > 0
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "Wall time of the whole command: **0.2 min**" in md
+  assert "| ew |" in md and "Δm % (tasks)" in md
+  # A second invocation reuses the finished runs and says so.
+  rows = compare.run_all(config, workdir)
+  assert all(r.get("reused") for row in rows for r in row.results)
+
+
+@pytest.mark.slow
+def test_temperature_sweep_end_to_end(config, tmp_path):
+  workdir = str(tmp_path / "sweep")
+  rows, stl = temperature_sweep.run_sweep(config, workdir)
+  spec = common.dataset_spec(config.data)
+  sums = temperature_sweep.summaries(rows, stl, spec)
+  assert [s["temperature"] for s in sums] == [1.0, 10.0]
+  temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
+  assert os.path.getsize(os.path.join(workdir, "t.png")) > 0
+  assert "Best T on validation" in temperature_sweep.markdown(config, sums)
+
+
+@pytest.mark.slow
+def test_scalarization_grid_sequential_and_vmapped_lanes_agree(config,
+                                                               tmp_path):
+  spec = common.dataset_spec(config.data)
+  rows = scalarization.run_grid(config, str(tmp_path / "seq"))
+  assert len([r for r in rows if r.kind == "grid"]) == 4  # step 0.2, 4 tasks
+  sums = scalarization.summaries(rows, spec)
+  assert len(sums) == 4 and sums[0]["val_delta_m_metric"] <= sums[-1][
+      "val_delta_m_metric"]
+  config.scalarization.lanes = 3
+  lanes = scalarization.run_grid(config, str(tmp_path / "lanes"))
+  for a, b in zip(rows, lanes):
+    first = [json.loads(open(os.path.join(r.run_dirs[0], "metrics.jsonl"))
+                        .readline())["losses"] for r in (a, b)]
+    for task in spec.tasks:  # the first step is the same computation
+      assert first[0][task] == pytest.approx(first[1][task], rel=1e-4)
+
+
+def test_cli_flag_override_reaches_the_run(tmp_path):
+  workdir = tmp_path / "run"
+  env = dict(os.environ, MTL_JAX_DATA_DIR=str(tmp_path / "data"),
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.train",
+       "--config", "experiments/configs/default.py:smoke",
+       "--config.weighting.name=uw_so", "--config.weighting.temperature=7",
+       f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["weighting"]["name"] == "uw_so"
+  assert saved["weighting"]["temperature"] == 7.0
+  last = [json.loads(l) for l in open(workdir / "metrics.jsonl")][-1]
+  weights = np.array(list(last["weights"].values()))
+  # UW-SO's weights sum to 1 (EW's are 1 each, UW's are unconstrained).
+  np.testing.assert_allclose(weights.sum(), 1.0, rtol=1e-5)
+  assert np.ptp(weights) > 0
+
+
+def test_compare_cli_defaults_to_the_digit_scenes_config():
+  out = subprocess.run([sys.executable, "-m", "experiments.compare", "--helpfull"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert "experiments/configs/default.py" in out.stdout, out.stderr[-2000:]
