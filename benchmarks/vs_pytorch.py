@@ -16,9 +16,10 @@ and number of tasks, trained by
   Written here from that description.
 
 Models: GradNorm's MLP trunk (250 -> 4 x 100 ReLU, one linear head of 100 per
-task; batch 64; 3 and 10 tasks: framework overhead dominates) and the digit
-scene conv net (DigitSceneNet's U-Net with widths 8, 16, 32 and its four
-heads; batch 32 of 32x32x3: compute bound). Batches are fixed tensors in
+task): batch 8 with 3 tasks (``mlp3_b8``: framework overhead dominates),
+batch 64 with 3 and 10 tasks (``mlp3``, ``mlp10``: overhead and compute
+mixed); and the digit scene conv net (DigitSceneNet's U-Net with widths 8,
+16, 32 and its four heads; batch 32 of 32x32x3: compute bound, ``conv``). Batches are fixed tensors in
 memory, so no loader is timed.
 
 Timing: every step is compiled / warmed up first, then all candidates of one
@@ -66,6 +67,7 @@ LIBMTL_KWARGS = {"dwa": {"T": 2.0}, "rlw": {"dist": "Normal"},
                  "uw_so": {"T": 2.0}}
 CASES = {
     # name: (model, num_tasks, batch size)
+    "mlp3_b8": ("mlp", 3, 8),
     "mlp3": ("mlp", 3, 64),
     "mlp10": ("mlp", 10, 64),
     "conv": ("conv", 4, 32),

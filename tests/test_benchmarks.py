@@ -1,0 +1,88 @@
+"""Smoke runs of the benchmark scripts with tiny sizes (not measurements)."""
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+HAVE_BENCH_EXTRA = all(importlib.util.find_spec(m) is not None
+                       for m in ("torch", "LibMTL"))
+
+# Runs benchmarks/vs_pytorch.py as if torch and LibMTL were not installed.
+_HIDDEN = (
+    "import importlib.util as u, runpy, sys\n"
+    "find = u.find_spec\n"
+    "u.find_spec = lambda name, *a: (None if name.split('.')[0] in "
+    "('torch', 'LibMTL') else find(name, *a))\n"
+    "sys.argv = [sys.argv[1]]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def _run(args, timeout=240, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout,
+                        check=False, **kwargs)
+
+
+def test_vs_pytorch_without_the_bench_extra_says_what_is_missing():
+  out = _run(["-c", _HIDDEN, str(BENCH / "vs_pytorch.py")], timeout=60)
+  assert out.returncode != 0
+  assert "missing" in out.stderr
+  assert "torch" in out.stderr and "LibMTL" in out.stderr
+  assert "bench" in out.stderr  # names the extra that installs them
+
+
+@pytest.mark.skipif(HAVE_BENCH_EXTRA, reason="torch and LibMTL are installed")
+def test_vs_pytorch_exits_non_zero_here():
+  out = _run([str(BENCH / "vs_pytorch.py")], timeout=60)
+  assert out.returncode != 0 and "missing" in out.stderr
+
+
+@pytest.mark.slow
+def test_weighting_overhead_smoke(tmp_path):
+  path = tmp_path / "ratios.json"
+  out = _run([str(BENCH / "weighting_overhead.py"), "--model", "mlp",
+              "--num-tasks", "3", "--batch-size", "8", "--repeats", "2",
+              "--steps", "1", "--methods", "uw_so", "gls", "--json",
+              str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  ratios = json.loads(path.read_text())
+  assert set(ratios) == {"ew", "uw_so", "gls"}
+  assert ratios["ew"] == 1.0 and all(r > 0 for r in ratios.values())
+  assert "| uw_so |" in out.stdout and "ew (control)" in out.stdout
+
+
+@pytest.mark.slow
+def test_scaling_collectives_smoke(tmp_path):
+  path = tmp_path / "scaling.json"
+  out = _run([str(BENCH / "scaling.py"), "--devices", "1", "2", "--models",
+              "mlp", "--methods", "ew", "gls", "--steps", "1", "--repeats",
+              "1", "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.loads(path.read_text())
+  assert [(r["devices"], r["method"]) for r in rows] == [
+      (1, "ew"), (1, "gls"), (2, "ew"), (2, "gls")]
+  for row in rows:
+    if row["devices"] > 1:  # gradients once, the K losses once
+      assert row["all_reduce_elements"] == row["expected_elements"], row
+      assert row["other_collectives"] == [] and row["host_transfers"] == 0
+  assert "gradients once" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_BENCH_EXTRA, reason="needs the bench extra")
+def test_vs_pytorch_smoke(tmp_path):
+  path = tmp_path / "vs.json"
+  out = _run([str(BENCH / "vs_pytorch.py"), "--cases", "mlp3", "--methods",
+              "ew", "uw", "uw_so", "--repeats", "1", "--steps", "1",
+              "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())["mlp3"]
+  assert set(result) == {"ew", "uw", "uw_so"}
+  assert all(r["speedup"] > 0 for r in result.values())
