@@ -12,7 +12,6 @@ https://arxiv.org/abs/2408.07985.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from mtl_jax.weighting import _base
 
