@@ -45,6 +45,7 @@ from experiments import run as run_lib
 from mtl_jax import weighting as mw
 
 FLAGS = flags.FLAGS
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 OUTPUTS = ("results.md", "results.csv", "weights.png", "uw_inertia.png",
            "validation.png")
 
@@ -212,9 +213,24 @@ def define_flags() -> None:
                       "Output directory; default runs/compare_<config name>.")
   flags.DEFINE_string("results_dir", None,
                       "Also copy results.md/.csv and the plots here.")
+  flags.DEFINE_string("docs", None,
+                      "A markdown file whose block between the markers "
+                      f"{BEGIN!r} and {END!r} is replaced by results.md.")
   config_flags.DEFINE_config_file("config", run_lib.DEFAULT_CONFIG,
                                   "Config file of the comparison.",
                                   lock_config=True)
+
+
+def embed(doc_path: str, text: str) -> None:
+  """Replaces the block between BEGIN and END in ``doc_path`` by ``text``."""
+  with open(doc_path) as f:
+    doc = f.read()
+  if BEGIN not in doc or END not in doc:
+    raise ValueError(f"{doc_path} has no {BEGIN} ... {END} block.")
+  head, rest = doc.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(doc_path, "w") as f:
+    f.write(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
 
 
 def main(argv):
@@ -232,7 +248,10 @@ def main(argv):
     json.dump({"wall_s": wall_s}, f)
   if FLAGS.results_dir:
     copy_outputs(workdir, FLAGS.results_dir)
-  print(open(os.path.join(workdir, "results.md")).read())
+  text = open(os.path.join(workdir, "results.md")).read()
+  if FLAGS.docs:
+    embed(FLAGS.docs, text.replace("## Results", "### Results", 1))
+  print(text)
 
 
 if __name__ == "__main__":
