@@ -235,9 +235,9 @@ def plot_uw_family(path: str, rows: Sequence[Row],
 def plot_validation(path: str, rows: Sequence[Row], spec: common.DatasetSpec,
                     base_val: Mapping[str, float]) -> None:
   """Validation curves: Delta_m (if baselines) and each task's loss vs step."""
-  rows = [r for r in rows if r.kind == "method" and ok_results(r)]
+  rows = [r for r in rows if ok_results(r)]
   panels = (["delta_m"] if base_val else []) + list(spec.tasks)
-  cols = min(len(panels), 5)
+  cols = min(len(panels), 3)
   nrows = int(math.ceil(len(panels) / cols))
   fig, axes = plt.subplots(nrows, cols, figsize=(3.8 * cols, 3.0 * nrows),
                            squeeze=False)
