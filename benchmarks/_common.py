@@ -14,7 +14,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,6 +83,7 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from mtl_jax import train  # pylint: disable=g-import-not-at-top
   optimizer = train.make_optimizer(optax.adam(learning_rate),
                                    weighting_learning_rate=learning_rate)

@@ -40,9 +40,8 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DTYPE_BYTES = {"f64": 8, "f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
                "s64": 8, "u64": 8, "pred": 1, "s8": 1, "u8": 1}
@@ -62,6 +61,7 @@ def collectives_child(args) -> dict:
   """Runs in a process with ``args.child`` fake devices; returns its rows."""
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
+
   from mtl_jax import train  # pylint: disable=g-import-not-at-top
   n = jax.local_device_count()
   assert n == args.child, (n, args.child)

@@ -57,9 +57,8 @@ import types
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-
 import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LIBMTL_METHODS = {"ew": "EW", "uw": "UW", "dwa": "DWA", "gls": "GLS",
                   "rlw": "RLW"}
@@ -87,7 +86,7 @@ def missing_requirements() -> list[str]:
     missing.append("LibMTL (pip install --no-deps LibMTL==1.1.5; its "
                    "weighting modules need only torch and numpy)")
   else:
-    root = pathlib.Path(list(libmtl.submodule_search_locations)[0])
+    root = pathlib.Path(next(iter(libmtl.submodule_search_locations)))
     needed = ["architecture/abstract_arch.py", "architecture/HPS.py",
               "weighting/abstract_weighting.py"]
     needed += [f"weighting/{cls}.py" for cls in LIBMTL_METHODS.values()]
@@ -105,7 +104,7 @@ def load_libmtl():
   Returns ``(HPS, AbsWeighting, {method: class})``.
   """
   root = pathlib.Path(
-      list(importlib.util.find_spec("LibMTL").submodule_search_locations)[0])
+      next(iter(importlib.util.find_spec("LibMTL").submodule_search_locations)))
   for package in ("LibMTL", "LibMTL.architecture", "LibMTL.weighting"):
     if package not in sys.modules or not hasattr(sys.modules[package],
                                                  "__path__"):
@@ -136,8 +135,8 @@ def load_libmtl():
 def torch_models():
   """The PyTorch twins of MLPTrunk and DigitSceneNet (same layer sizes)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  from torch import nn  # pylint: disable=g-import-not-at-top
 
   class MLPEncoder(nn.Module):
 

@@ -60,7 +60,7 @@ def entry_ops(runner: _common.JaxRunner) -> tuple[int, int]:
   """(instructions, fusions) of the compiled step's ENTRY computation."""
   text = runner.step.lower(runner.state, runner.batch).compile().as_text()
   entry = text[text.index("\nENTRY"):]
-  return (len(re.findall(r"^\s+\S+ = ", entry, re.M)), entry.count(" fusion("))
+  return (len(re.findall(r"^\s+\S+ = ", entry, re.MULTILINE)), entry.count(" fusion("))
 
 
 def main(argv=None) -> int:
