@@ -1,4 +1,4 @@
-"""The Training loop example of docs/training.md runs as written."""
+"""The README's examples run as written."""
 import os
 import re
 
@@ -6,7 +6,7 @@ import pytest
 
 from mtl_jax import train
 
-DOC = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "training.md")
+DOC = os.path.join(os.path.dirname(__file__), "..", "..", "README.md")
 
 
 def _first_python_block(section: str) -> str:
@@ -35,3 +35,12 @@ def test_training_loop_example_runs(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("section", ["Multi-host"])
 def test_other_snippets_compile(section):
   compile(_first_python_block(section), DOC, "exec")
+
+
+def test_ten_line_example_runs():
+  code = _first_python_block("Ten-line example: UW-SO in a jitted train step")
+  namespace = {"__name__": "__doc_example__"}
+  exec(compile(code, DOC, "exec"), namespace)
+  weights = namespace["weights"]
+  assert weights.shape == (2,)
+  assert abs(float(weights.sum()) - 1.0) < 1e-6
