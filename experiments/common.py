@@ -337,6 +337,21 @@ def one_hot(k: int, num_tasks: int) -> tuple[float, ...]:
   return tuple(float(i == k) for i in range(num_tasks))
 
 
+def single_task_runs(tasks: Sequence[str]
+                     ) -> list[tuple[str, str, tuple[float, ...]]]:
+  """``(label, kind, weights)`` of the single-task baselines, one per task."""
+  return [(f"stl_{task}", "single_task", one_hot(i, len(tasks)))
+          for i, task in enumerate(tasks)]
+
+
+def grid_weights(num_tasks: int, step: float) -> list[tuple[float, ...]]:
+  """The simplex grid of ``step`` as tuples rounded for labels (0: no grid)."""
+  if not step:
+    return []
+  return [tuple(float(round(w, 6)) for w in p)
+          for p in mw.scalarization_grid(num_tasks, step)]
+
+
 def parse_list(text: str, cast: Callable[[str], Any] = str) -> list[Any]:
   """``"a, b,c"`` -> ``[cast("a"), cast("b"), cast("c")]``; empty -> []."""
   return [cast(x.strip()) for x in str(text).split(",") if x.strip()]

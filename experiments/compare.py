@@ -31,18 +31,16 @@ import json  # pylint: disable=g-import-not-at-top
 import os
 import platform
 import shutil
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from experiments import common
 from experiments import report
 from experiments import run as run_lib
-from mtl_jax import weighting as mw
 
 FLAGS = flags.FLAGS
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -52,11 +50,7 @@ OUTPUTS = ("results.md", "results.csv", "weights.png", "uw_inertia.png",
 
 def grid_points(config, num_tasks: int) -> list[tuple[float, ...]]:
   """The scalarization grid of ``compare.scalarization_step`` (0: none)."""
-  step = config.compare.scalarization_step
-  if not step:
-    return []
-  return [tuple(float(round(w, 6)) for w in p)
-          for p in mw.scalarization_grid(num_tasks, step)]
+  return common.grid_weights(num_tasks, config.compare.scalarization_step)
 
 
 def run_all(config, workdir: str) -> list[report.Row]:
@@ -71,8 +65,7 @@ def run_all(config, workdir: str) -> list[report.Row]:
   fixed = [(f"scalarization_{i}", "grid", w)
            for i, w in enumerate(grid_points(config, k))]
   if config.compare.baselines == "single_task":
-    fixed += [(f"stl_{t}", "single_task", common.one_hot(i, k))
-              for i, t in enumerate(spec.tasks)]
+    fixed += common.single_task_runs(spec.tasks)
   if fixed:  # one compilation for every fixed weight vector
     program = run_lib.build_program(
         run_lib.override(config, weighting__name="scalarization"))
@@ -165,7 +158,7 @@ def results_markdown(config, main, extra, wall_s: float) -> str:
       f"- UW-SO temperature T = {config.weighting.temperature:g}; final weights "
       f"are the weights at the last step in task order "
       f"{', '.join(spec.tasks)} (mean over seeds).",
-      f"- wall s: the method's runs summed over seeds, its compilation "
+      "- wall s: the method's runs summed over seeds, its compilation "
       "included." + _reused_text(main + extra) + "\n",
       report.markdown_table(main, spec),
   ]

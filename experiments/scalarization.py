@@ -25,13 +25,11 @@ from ml_collections import config_flags
 from experiments import common
 from experiments import report
 from experiments import run as run_lib
-from mtl_jax import weighting as mw
 
 FLAGS = flags.FLAGS
 def grid(config, num_tasks: int) -> list[tuple[float, ...]]:
   """The simplex grid of ``scalarization.step``, rounded for labels."""
-  return [tuple(float(round(w, 6)) for w in p)
-          for p in mw.scalarization_grid(num_tasks, config.scalarization.step)]
+  return common.grid_weights(num_tasks, config.scalarization.step)
 
 
 def run_grid(config, workdir: str) -> list[report.Row]:
@@ -44,8 +42,7 @@ def run_grid(config, workdir: str) -> list[report.Row]:
       run_lib.override(config, weighting__name="scalarization"))
   fixed = [(f"w={'_'.join(f'{x:g}' for x in w)}", "grid", w)
            for w in grid(config, k)]
-  fixed += [(f"stl_{t}", "single_task", common.one_hot(i, k))
-            for i, t in enumerate(spec.tasks)]
+  fixed += common.single_task_runs(spec.tasks)
   lanes = max(1, int(config.scalarization.lanes))
   if lanes == 1:
     return [run_lib.run_row(program, workdir, label, kind, seeds, w)

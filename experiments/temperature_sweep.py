@@ -12,7 +12,6 @@ column is for reporting only.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import matplotlib
@@ -41,10 +40,8 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
     rows.append(run_lib.run_row(program, workdir, f"T={t:g}", "method", seeds))
   program = run_lib.build_program(
       run_lib.override(config, weighting__name="scalarization"))
-  k = len(spec.tasks)
-  stl = [run_lib.run_row(program, workdir, f"stl_{task}", "single_task", seeds,
-                         common.one_hot(i, k))
-         for i, task in enumerate(spec.tasks)]
+  stl = [run_lib.run_row(program, workdir, label, kind, seeds, w)
+         for label, kind, w in common.single_task_runs(spec.tasks)]
   return rows, stl
 
 

@@ -22,7 +22,6 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from experiments import common
 from experiments import run as run_lib
 from mtl_jax import metrics as mtl_metrics
 
