@@ -120,3 +120,56 @@ def assert_trees_close(actual, expected, *, atol: float, rtol: float = 0.0
   for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=atol,
                                rtol=rtol)
+
+
+# --- gradient-space methods (mtl_jax.aggregation), after TorchJD's asserts ---
+
+
+def direction(weights_fn: Callable, jacobian) -> np.ndarray:
+  """``d = J^T w`` with ``w = weights_fn(J J^T)``, in float64 numpy."""
+  jacobian = jnp.asarray(jacobian)
+  weights = weights_fn(jacobian @ jacobian.T)
+  return np.asarray(jnp.tensordot(weights, jacobian, axes=1), np.float64)
+
+
+def assert_non_conflicting(jacobian, d, *, atol: float = 4e-4) -> None:
+  """``J d >= 0``: the direction does not increase any task loss to first
+  order. The negative part of ``J d`` must be negligible next to its norm."""
+  jd = np.asarray(jacobian, np.float64) @ np.asarray(d, np.float64)
+  negative = np.linalg.norm(np.minimum(jd, 0.0))
+  assert negative <= atol * max(1.0, np.linalg.norm(jd)), (
+      f"J d has negative entries: {jd}")
+
+
+def assert_permutation_invariant(weights_fn: Callable, jacobian, perm, *,
+                                 atol: float = 1e-5, rtol: float = 1e-4) -> None:
+  """Permuting the rows of ``J`` leaves the direction unchanged."""
+  jacobian = np.asarray(jacobian)
+  d = direction(weights_fn, jacobian)
+  d_perm = direction(weights_fn, jacobian[np.asarray(perm)])
+  scale = max(1.0, float(np.abs(d).max(initial=0.0)))
+  np.testing.assert_allclose(d_perm, d, atol=atol * scale, rtol=rtol)
+
+
+def assert_linear_under_scaling(weights_fn: Callable, jacobian,
+                                rng: np.random.Generator, *,
+                                atol: float = 1e-4, rtol: float = 1e-4) -> None:
+  """``A(diag(a c1 + b c2) J) = a A(diag(c1) J) + b A(diag(c2) J)``."""
+  jacobian = np.asarray(jacobian)
+  dtype = jacobian.dtype
+  k = jacobian.shape[0]
+  c1, c2 = (rng.uniform(size=k).astype(dtype) for _ in range(2))
+  a, b = rng.uniform(size=2).astype(dtype)
+  left = direction(weights_fn, (a * c1 + b * c2)[:, None] * jacobian)
+  right = (a * direction(weights_fn, c1[:, None] * jacobian)
+           + b * direction(weights_fn, c2[:, None] * jacobian))
+  scale = max(1.0, float(np.abs(right).max(initial=0.0)))
+  np.testing.assert_allclose(left, right, atol=atol * scale, rtol=rtol)
+
+
+def assert_strongly_stationary(weights_fn: Callable, jacobian, *,
+                               threshold: float = 5e-3) -> None:
+  """For a ``J`` with no ``w > 0`` such that ``J^T w = 0``, ``||d|| > threshold``:
+  the method does not stop where some task can still improve."""
+  d = direction(weights_fn, jacobian)
+  assert np.linalg.norm(d) > threshold, f"||d|| = {np.linalg.norm(d)}"

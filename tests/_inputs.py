@@ -105,3 +105,71 @@ def loss_vectors(min_tasks: int = 1, max_tasks: int = 4, low: float = 1e-3,
 def permutations_of(vector: np.ndarray) -> st.SearchStrategy[np.ndarray]:
   """Strategy of index permutations for ``vector``."""
   return st.permutations(list(range(len(vector)))).map(np.asarray)
+
+
+# --- Jacobians for the gradient-space methods (after TorchJD's _inputs.py) ---
+
+# (num_tasks, num_params, rank): full-rank, rank-deficient and single rows.
+JACOBIAN_SHAPES = ((1, 1, 1), (2, 5, 2), (2, 5, 1), (4, 3, 1), (4, 3, 2),
+                   (4, 3, 3), (9, 11, 5), (9, 11, 9))
+# Scales applied to a whole Jacobian (0 gives the zero matrix).
+JACOBIAN_SCALES = (0.0, 1e-10, 1.0, 1e3, 1e5)
+
+
+def jacobian(seed: int, num_tasks: int, num_params: int, rank: int, *,
+             dtype=np.float32) -> np.ndarray:
+  """A random ``(num_tasks, num_params)`` matrix of the given rank."""
+  rng = np.random.default_rng(seed)
+  left = rng.normal(size=(num_tasks, rank))
+  right = rng.normal(size=(rank, num_params))
+  return (left @ right).astype(dtype)
+
+
+def all_jacobians(seed: int = 0, dtype=np.float32) -> list[np.ndarray]:
+  """One Jacobian per entry of :data:`JACOBIAN_SHAPES`, plus zero ones."""
+  out = [jacobian(seed + i, *shape, dtype=dtype)
+         for i, shape in enumerate(JACOBIAN_SHAPES)]
+  out += [np.zeros((3, 4), dtype), np.zeros((1, 2), dtype)]
+  return out
+
+
+def strongly_stationary(seed: int, num_tasks: int = 20, num_params: int = 10,
+                        dtype=np.float32) -> np.ndarray:
+  """A ``J`` with ``J^T w = 0`` for some ``w > 0`` (a Pareto-stationary point
+  where every task takes part)."""
+  rng = np.random.default_rng(seed)
+  w = rng.uniform(0.5, 1.5, size=num_tasks)
+  j = rng.normal(size=(num_tasks, num_params))
+  j -= np.outer(w, w @ j) / (w @ w)
+  return j.astype(dtype)
+
+
+def non_stationary(seed: int, num_tasks: int = 20, num_params: int = 10,
+                   dtype=np.float32) -> np.ndarray:
+  """A ``J`` with ``J x > 0`` for some ``x``: no ``w >= 0, w != 0`` has
+  ``J^T w = 0`` (Gordan), so a direction improving every task exists."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=num_params)
+  j = rng.normal(size=(num_tasks, num_params))
+  j *= np.sign(j @ x)[:, None]
+  j += 0.1 * np.outer(np.ones(num_tasks), x) / np.linalg.norm(x)
+  return j.astype(dtype)
+
+
+def weakly_stationary(seed: int, num_tasks: int = 20, num_params: int = 10,
+                      dtype=np.float32) -> np.ndarray:
+  """A ``J`` whose first half of rows has ``A^T w_A = 0`` with ``w_A > 0``,
+  and whose other half has ``B x > 0`` for an ``x`` with ``A x = 0``: some
+  ``w >= 0`` has ``J^T w = 0`` but none with every entry positive."""
+  rng = np.random.default_rng(seed)
+  half = num_tasks // 2
+  x = rng.normal(size=num_params)
+  x /= np.linalg.norm(x)
+  a = rng.normal(size=(half, num_params))
+  a -= np.outer(a @ x, x)                       # A x = 0
+  w = rng.uniform(0.5, 1.5, size=half)
+  a -= np.outer(w, w @ a) / (w @ w)             # A^T w = 0 (keeps A x = 0)
+  b = rng.normal(size=(num_tasks - half, num_params))
+  b *= np.sign(b @ x)[:, None]
+  b += 0.5 * np.outer(np.ones(num_tasks - half), x)  # B x > 0
+  return np.concatenate([a, b]).astype(dtype)

@@ -1,0 +1,29 @@
+r"""Gradient-space methods for multi-task learning: pure functions and factories.
+
+Each method is a pure function of the :math:`K \times K` Gramian
+:math:`G = J J^\top` of the task gradients, returning the weights :math:`w` of
+the update direction :math:`d = J^\top w`, and a factory returning an
+:class:`Aggregator` (``init``, ``apply``), found by name with :func:`get`.
+The train step of :mod:`mtl_jax.train` computes the Jacobian and runs them.
+"""
+from mtl_jax.aggregation._base import Aggregator
+from mtl_jax.aggregation._base import GradientWeights
+from mtl_jax.aggregation._base import StatelessState
+from mtl_jax.aggregation._base import combine
+from mtl_jax.aggregation._base import gramian
+from mtl_jax.aggregation._registry import get
+from mtl_jax.aggregation._registry import names
+from mtl_jax.aggregation.mgda import mgda
+from mtl_jax.aggregation.mgda import mgda_weights
+
+__all__ = (
+    "Aggregator",
+    "GradientWeights",
+    "StatelessState",
+    "combine",
+    "get",
+    "gramian",
+    "mgda",
+    "mgda_weights",
+    "names",
+)

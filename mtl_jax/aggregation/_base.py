@@ -1,0 +1,213 @@
+r"""Shared types and input checks of the gradient-space methods.
+
+Notation: :math:`K` tasks, :math:`J \in \mathbb{R}^{K \times P}` the Jacobian
+of the task losses with respect to the :math:`P` shared parameters (row
+:math:`g_k = \nabla L_k`), :math:`G = J J^\top` its :math:`K \times K` Gramian.
+
+Every method of :mod:`mtl_jax.aggregation` comes in two forms:
+
+* a pure function of the Gramian returning the ``(K,)`` weights :math:`w` of
+  the update direction :math:`d = J^\top w` (TorchJD's ``Weighting``
+  convention): ``mgda_weights(G)``, ``upgrad_weights(G)``... A user who has a
+  Jacobian gets the direction with :func:`combine`;
+* a factory (``upgrad()``, ``cagrad(c=0.4)``) returning an
+  :class:`Aggregator`, a pair of pure functions in the style of
+  ``optax.GradientTransformation`` and of :class:`mtl_jax.weighting.Weighting`:
+
+  - ``init(num_tasks, *, key=None) -> (params, state)``: ``params`` is ``{}``
+    (no method here learns parameters); ``state`` is a NamedTuple that
+    records :math:`K` and whatever the method carries from step to step
+    (Nash-MTL's warm start, GradVac's averages, the PRNG key of PCGrad);
+  - ``apply(params, state, gramian, *, losses=None) ->
+    GradientWeights(weights, state)``.
+
+The methods never see the model: the engine (:mod:`mtl_jax.train`) computes
+:math:`J` of the shared parameters in the compiled step, averages it over the
+devices, forms :math:`G`, calls ``apply`` and combines :math:`d = J^\top w`.
+The weights carry no gradient.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, NamedTuple, Optional, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtl_jax.weighting._base import check_num_tasks
+
+Params = Any  # a pytree of learnable parameters ({} for every method here)
+State = Any   # a NamedTuple of non-learnable state
+
+
+class GradientWeights(NamedTuple):
+  """What :attr:`Aggregator.apply` returns."""
+  weights: jax.Array  # (K,) w: the update direction is d = J^T w; no gradient
+  state: State        # the new state
+
+
+class InitFn(Protocol):
+
+  def __call__(self, num_tasks: int, *,
+               key: Optional[jax.Array] = None) -> tuple[Params, State]:
+    ...
+
+
+class ApplyFn(Protocol):
+
+  def __call__(self, params: Params, state: State, gramian: jax.Array, *,
+               losses: Optional[jax.Array] = None) -> GradientWeights:
+    ...
+
+
+class Aggregator(NamedTuple):
+  """A gradient-space method as a pair of pure functions (optax style)."""
+  init: InitFn
+  apply: ApplyFn
+
+
+class StatelessState(NamedTuple):
+  """State of a method that carries nothing from step to step.
+
+  It records :math:`K` in the shape of ``tasks`` so that ``apply`` can reject
+  a Gramian of the wrong size at trace time.
+  """
+  tasks: jax.Array  # (K,) int8 zeros
+
+
+def stateless(num_tasks: int, key: Optional[jax.Array]) -> StatelessState:
+  del key
+  return StatelessState(jnp.zeros((num_tasks,), jnp.int8))
+
+
+def _concrete(x: Any) -> Optional[np.ndarray]:
+  """``x`` as a numpy array, or None when it is traced."""
+  try:
+    return np.asarray(x)
+  except (TypeError, jax.errors.ConcretizationTypeError,
+          jax.errors.TracerArrayConversionError):
+    return None
+
+
+def check_gramian(gramian: jax.Array, num_tasks: Optional[int],
+                  method: str) -> None:
+  """Raises a ValueError unless ``gramian`` is a (K, K) floating matrix.
+
+  Shapes are static under jit, so this runs in Python at trace time.
+  """
+  shape = jnp.shape(gramian)
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(
+        f"{method}: the Gramian must be a square (num_tasks, num_tasks) "
+        f"matrix G = J J^T, got shape {shape}. From a (num_tasks, P) "
+        "Jacobian J, pass J @ J.T (mtl_jax.aggregation.gramian(J)).")
+  if num_tasks is not None and shape[0] != num_tasks:
+    raise ValueError(
+        f"{method}: got a {shape[0]}x{shape[0]} Gramian but the method was "
+        f"initialised for {num_tasks} tasks. Give one Jacobian row per task, "
+        "in the order of init, or init the method with the right num_tasks.")
+  if not jnp.issubdtype(jnp.result_type(gramian), jnp.floating):
+    raise ValueError(
+        f"{method}: the Gramian must be floating point, got dtype "
+        f"{jnp.result_type(gramian)}.")
+
+
+def check_nonnegative(value: Any, name: str, method: str,
+                      hint: str = "") -> None:
+  """Raises a ValueError for a known hyperparameter that is not >= 0."""
+  concrete = _concrete(value)
+  if concrete is None:
+    return  # traced: cannot be checked before the computation runs
+  if concrete.shape != () or not np.isfinite(concrete) or concrete < 0:
+    raise ValueError(
+        f"{method}: {name} must be a finite number >= 0, got {value!r}."
+        + (f" {hint}" if hint else ""))
+
+
+def check_positive_int(value: Any, name: str, method: str) -> int:
+  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+      or value < 1):
+    raise ValueError(f"{method}: {name} must be a positive integer, got "
+                     f"{value!r}.")
+  return int(value)
+
+
+def check_pref_vector(pref_vector: Any, num_tasks: Optional[int],
+                      method: str) -> None:
+  """Raises a ValueError for a preference vector that is not (K,) and >= 0."""
+  if pref_vector is None:
+    return
+  shape = jnp.shape(pref_vector)
+  if len(shape) != 1:
+    raise ValueError(
+        f"{method}: pref_vector must be a vector with one entry per task, got "
+        f"shape {shape}.")
+  if num_tasks is not None and shape[0] != num_tasks:
+    raise ValueError(
+        f"{method}: pref_vector has {shape[0]} entries but there are "
+        f"{num_tasks} tasks. Give one non-negative entry per task, or None "
+        "for the default 1/K.")
+  concrete = _concrete(pref_vector)
+  if concrete is not None and not np.all(np.isfinite(concrete) &
+                                         (concrete >= 0)):
+    raise ValueError(
+        f"{method}: pref_vector must be finite and >= 0, got "
+        f"{concrete.tolist()}. A preference is a non-negative share per task.")
+
+
+def pref_or_mean(pref_vector: Any, num_tasks: int,
+                 dtype: jnp.dtype) -> jax.Array:
+  """``pref_vector`` as an array, or the uniform preference ``1/K``."""
+  if pref_vector is None:
+    return jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
+  return jnp.asarray(pref_vector, dtype)
+
+
+def float_dtype(gramian: jax.Array) -> jnp.dtype:
+  return jnp.result_type(gramian)
+
+
+def gramian(jacobian: jax.Array) -> jax.Array:
+  r"""``J J^T`` of a ``(K, ...)`` Jacobian (every axis after the first is
+  flattened)."""
+  flat = jnp.reshape(jacobian, (jnp.shape(jacobian)[0], -1))
+  return flat @ flat.T
+
+
+def combine(jacobian: jax.Array, weights: jax.Array) -> jax.Array:
+  r"""The update direction :math:`d = J^\top w` of a ``(K, ...)`` Jacobian."""
+  return jnp.tensordot(weights, jacobian, axes=1)
+
+
+def gramian_aggregator(weights_fn: Callable[[State, jax.Array],
+                                            tuple[jax.Array, State]],
+                       init_state: Callable[[int, Optional[jax.Array]], State],
+                       method: str,
+                       num_tasks_of: Callable[[State], int] = (
+                           lambda state: state.tasks.shape[-1]),
+                       check_init: Optional[Callable[[int], None]] = None,
+                       ) -> Aggregator:
+  """Builds an :class:`Aggregator` from ``weights_fn(state, G) -> (w, state)``.
+
+  ``apply`` checks the Gramian against the :math:`K` recorded in the state
+  (``num_tasks_of``), stops its gradient and casts the weights to its dtype.
+  ``check_init(num_tasks)`` validates hyperparameters that depend on K (a
+  preference vector's length) and raises at ``init``.
+  """
+
+  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+    num_tasks = check_num_tasks(num_tasks)
+    if check_init is not None:
+      check_init(num_tasks)
+    return {}, init_state(num_tasks, key)
+
+  def apply(params, state, gramian, *, losses=None):
+    del params, losses
+    check_gramian(gramian, num_tasks_of(state), method)
+    gramian = jax.lax.stop_gradient(gramian)
+    weights, new_state = weights_fn(state, gramian)
+    weights = jax.lax.stop_gradient(weights.astype(float_dtype(gramian)))
+    return GradientWeights(weights, new_state)
+
+  return Aggregator(init, apply)

@@ -1,0 +1,55 @@
+"""Look a gradient-space method up by name: ``get("cagrad", c=0.4)``."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from mtl_jax.aggregation import _base
+from mtl_jax.aggregation.mgda import mgda
+
+_FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
+    "mgda": mgda,
+}
+
+
+def names() -> tuple[str, ...]:
+  """The registered gradient-space method names, sorted."""
+  return tuple(sorted(_FACTORIES))
+
+
+def get(name: str, **hparams: Any) -> _base.Aggregator:
+  """Builds the gradient-space method ``name`` with its hyperparameters.
+
+  Args:
+    name: one of :func:`names`, e.g. ``"mgda"``, ``"upgrad"``, ``"cagrad"``.
+    **hparams: keyword arguments of that method's factory, for example
+      ``c=0.4`` for ``"cagrad"``.
+
+  Returns:
+    An :class:`~mtl_jax.aggregation.Aggregator` (``init``, ``apply``).
+
+  Raises:
+    ValueError: for an unknown name (listing the valid ones), or for a
+      hyperparameter the method does not take (listing the ones it takes), or
+      a required one that is missing.
+  """
+  key = str(name).lower().replace("-", "_")
+  if key not in _FACTORIES:
+    raise ValueError(
+        f"unknown gradient-space method {name!r}; valid names are "
+        f"{list(names())}.")
+  factory = _FACTORIES[key]
+  accepted = inspect.signature(factory).parameters
+  unknown = sorted(set(hparams) - set(accepted))
+  if unknown:
+    raise ValueError(
+        f"gradient-space method {key!r} takes no hyperparameter(s) {unknown}; "
+        f"it takes {list(accepted)}.")
+  missing = [n for n, p in accepted.items()
+             if p.default is inspect.Parameter.empty and n not in hparams
+             and p.kind is not inspect.Parameter.VAR_KEYWORD]
+  if missing:
+    raise ValueError(
+        f"gradient-space method {key!r} needs the hyperparameter(s) {missing}, "
+        f"e.g. get({key!r}, {missing[0]}=...).")
+  return factory(**hparams)
