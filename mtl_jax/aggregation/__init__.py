@@ -13,6 +13,12 @@ from mtl_jax.aggregation._base import combine
 from mtl_jax.aggregation._base import gramian
 from mtl_jax.aggregation._registry import get
 from mtl_jax.aggregation._registry import names
+from mtl_jax.aggregation.aligned_mtl import aligned_mtl
+from mtl_jax.aggregation.aligned_mtl import aligned_mtl_weights
+from mtl_jax.aggregation.config import config
+from mtl_jax.aggregation.config import config_weights
+from mtl_jax.aggregation.imtl_g import imtl_g
+from mtl_jax.aggregation.imtl_g import imtl_g_weights
 from mtl_jax.aggregation.mgda import mgda
 from mtl_jax.aggregation.mgda import mgda_weights
 
@@ -20,9 +26,15 @@ __all__ = (
     "Aggregator",
     "GradientWeights",
     "StatelessState",
+    "aligned_mtl",
+    "aligned_mtl_weights",
     "combine",
+    "config",
+    "config_weights",
     "get",
     "gramian",
+    "imtl_g",
+    "imtl_g_weights",
     "mgda",
     "mgda_weights",
     "names",

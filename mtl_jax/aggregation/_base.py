@@ -138,7 +138,8 @@ def check_pref_vector(pref_vector: Any, num_tasks: Optional[int],
   """Raises a ValueError for a preference vector that is not (K,) and >= 0."""
   if pref_vector is None:
     return
-  shape = jnp.shape(pref_vector)
+  shape = np.shape(pref_vector) if isinstance(pref_vector, (list, tuple)) \
+      else jnp.shape(pref_vector)
   if len(shape) != 1:
     raise ValueError(
         f"{method}: pref_vector must be a vector with one entry per task, got "

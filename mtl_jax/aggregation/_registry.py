@@ -5,9 +5,15 @@ import inspect
 from typing import Any, Callable
 
 from mtl_jax.aggregation import _base
+from mtl_jax.aggregation.aligned_mtl import aligned_mtl
+from mtl_jax.aggregation.config import config
+from mtl_jax.aggregation.imtl_g import imtl_g
 from mtl_jax.aggregation.mgda import mgda
 
 _FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
+    "aligned_mtl": aligned_mtl,
+    "config": config,
+    "imtl_g": imtl_g,
     "mgda": mgda,
 }
 
