@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
+import mtl_jax
 from mtl_jax import losses as mtl_losses
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import models
@@ -268,12 +269,28 @@ def with_weights(state: train.TrainState,
       weighting_state=WeightsState(jnp.asarray(weights, jnp.float32)))
 
 
+# Hyperparameters of the gradient-space methods, from ``config.weighting``.
+_GRADIENT_HPARAMS = {
+    "cagrad": {"c": "cagrad_c"},
+    "fairgrad": {"alpha": "fairgrad_alpha"},
+    "nash_mtl": {"max_norm": "nash_max_norm"},
+    "gradvac": {"beta": "gradvac_beta"},
+}
+
+
 def build_weighting(config: Config, spec: DatasetSpec,
-                    steps_per_epoch: int) -> mw.Weighting:
-  """The weighting of ``config.weighting`` with only the fields it takes."""
+                    steps_per_epoch: int):
+  """The method of ``config.weighting`` (either family) with only the fields
+  it takes: a ``Weighting`` or a gradient-space ``Aggregator``."""
   w = config.weighting
   name = w.name.lower().replace("-", "_")
   k = len(spec.tasks)
+  if mtl_jax.family(name) == "aggregation":
+    fields = _GRADIENT_HPARAMS.get(name, {})
+    hparams = {arg: w[field] for arg, field in fields.items()}
+    if name in ("pcgrad", "gradvac"):
+      hparams["seed"] = int(config.train.seed)
+    return mtl_jax.get(name, **hparams)
   if name == "scalarization":
     return state_scalarization(tuple(w.weights) or (1.0 / k,) * k)
   if name == "uw":
@@ -290,6 +307,30 @@ def build_weighting(config: Config, spec: DatasetSpec,
   if name == "imtl_l":
     return mw.get("imtl_l", init_log_scale=w.init_log_scale)
   return mw.get(name)  # ew, gls, rlw (RLW's key comes from the run's seed)
+
+
+def jacobian_options(config: Config, model: nn.Module,
+                     method: Any) -> dict[str, Any]:
+  """``make_train_step`` keywords of the Jacobian path, for a gradient-space
+  method (``{}`` for a loss weighting).
+
+  ``config.model.task_params``: ``"auto"`` takes the model's own
+  (``mtl_jax.models.task_params``), ``""`` treats every parameter as shared,
+  anything else is a comma-separated list of glob patterns.
+  """
+  if not isinstance(method, mtl_jax.aggregation.Aggregator):
+    return {}
+  rule = config.model.get("task_params", "auto")
+  if rule == "auto":
+    task_params = models.task_params(model)
+  elif not rule:
+    task_params = None
+  else:
+    task_params = tuple(p.strip() for p in rule.split(",") if p.strip())
+  chunk = int(config.weighting.get("chunk_size", 0))
+  return {"task_params": task_params,
+          "jacobian_mode": config.weighting.get("jacobian_mode", "params"),
+          "chunk_size": chunk or None}
 
 
 # ----------------------------------------------------------------- optimiser

@@ -77,7 +77,8 @@ def build_program(config: Config) -> Program:
   optimizer = common.build_optimizer(config)
   apply_fn = train.module_apply_fn(model, input_key=spec.input_key)
   step = train.make_train_step(apply_fn, spec.task_losses, weighting,
-                               optimizer, compute_dtype=common.compute_dtype(config))
+                               optimizer, compute_dtype=common.compute_dtype(config),
+                               **common.jacobian_options(config, model, weighting))
   return Program(config, spec, model, weighting, optimizer, step,
                  jax.jit(step, donate_argnums=0),
                  make_eval_update(config, spec, model),

@@ -1,10 +1,14 @@
-"""mtl_jax: loss weighting for multi-task learning in JAX and Flax.
+"""mtl_jax: loss and gradient balancing for multi-task learning in JAX and Flax.
 
-The subpackages, each with its own ``__all__``:
+``mtl_jax.get(name, **hparams)`` builds a method of either family;
+``mtl_jax.names()`` lists them. The subpackages, each with its own ``__all__``:
 
-* :mod:`mtl_jax.weighting`: the methods (EW, Scalarization, UW, UW-O, UW-SO,
-  DWA, RLW, GLS, IMTL-L) as pure functions, factories and a registry,
-  ``get(name, **hparams)``.
+* :mod:`mtl_jax.weighting`: the loss-based methods (EW, Scalarization, UW,
+  UW-O, UW-SO, DWA, RLW, GLS, IMTL-L) as pure functions, factories and a
+  registry.
+* :mod:`mtl_jax.aggregation`: the gradient-space methods (MGDA, PCGrad,
+  CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, DualProj, FairGrad, GradVac,
+  ConFIG) as pure functions of the Gramian, factories and a registry.
 * :mod:`mtl_jax.flax`: Flax modules holding weighting parameters.
 * :mod:`mtl_jax.train`: the jitted, data-parallel train step, optimiser,
   checkpointing and the training loop.
@@ -15,13 +19,16 @@ The subpackages, each with its own ``__all__``:
 * :mod:`mtl_jax.losses`, :mod:`mtl_jax.metrics`: task losses, on-device
   metrics and Delta_m.
 
-``import mtl_jax`` loads only the weighting methods; the other subpackages
+``import mtl_jax`` loads only the two method families; the other subpackages
 load on first access (``mtl_jax.train``), so that the light part stays light.
 """
 import importlib
 
+from mtl_jax import aggregation
 from mtl_jax import weighting
-from mtl_jax.weighting import get
+from mtl_jax._registry import family
+from mtl_jax._registry import get
+from mtl_jax._registry import names
 
 __version__ = "0.1.0"
 
@@ -29,12 +36,15 @@ _LAZY = ("data", "flax", "losses", "metrics", "models", "train")
 
 __all__ = (
     "__version__",
+    "aggregation",
     "data",
+    "family",
     "flax",
     "get",
     "losses",
     "metrics",
     "models",
+    "names",
     "train",
     "weighting",
 )

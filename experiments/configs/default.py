@@ -59,10 +59,13 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   # within a short run (experiments.common.OutputAffine).
   config.model.depth_scale = 100.0
   config.model.depth_offset = 300.0
+  # Task-specific parameters for gradient-space methods: "auto" (the model's
+  # TASK_PARAMS), "" (all shared) or comma-separated glob patterns.
+  config.model.task_params = "auto"
 
   # ----------------------------------------------------------- weighting
   config.weighting = config_dict.ConfigDict()
-  config.weighting.name = "ew"  # ew, uw, uw_o, uw_so, dwa, rlw, gls, imtl_l, scalarization
+  config.weighting.name = "ew"  # any name of mtl_jax.names(): ew, uw_so, ..., mgda, upgrad, ...
   config.weighting.temperature = DIGIT_SCENES_TEMPERATURE  # UW-SO's T
   config.weighting.eps = 1e-8                 # UW-O / UW-SO: 1 / (L + eps)
   config.weighting.init_log_var = 0.0         # UW: s_k at step 0 (paper: 0)
@@ -71,6 +74,13 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.weighting.dwa_steps_per_epoch = 0    # DWA's epoch in steps; 0: one pass over train
   config.weighting.init_log_scale = 0.0       # IMTL-L: s_k at step 0
   config.weighting.weights = ()               # scalarization: K fixed weights; (): 1/K each
+  # Gradient-space methods (mtl_jax.aggregation): the Jacobian path.
+  config.weighting.cagrad_c = 0.4             # CAGrad's c (Nash-MTL repo: 0.4; LibMTL 0.5)
+  config.weighting.fairgrad_alpha = 1.0       # FairGrad's alpha (LibMTL: 1.0)
+  config.weighting.nash_max_norm = 1.0        # Nash-MTL: ||d|| <= max_norm (TorchJD)
+  config.weighting.gradvac_beta = 0.5         # GradVac's EMA rate (paper: 0.5)
+  config.weighting.jacobian_mode = "params"   # "params" (exact) or "features" (rep_grad)
+  config.weighting.chunk_size = 0             # task gradients per chunk; 0: all at once
 
   # --------------------------------------------------------------- optim
   config.optim = config_dict.ConfigDict()

@@ -1,8 +1,13 @@
 """Multi-task models with hard parameter sharing (Flax linen).
 
 Every model's ``__call__(x, train)`` returns ``{task: output}`` with float32
-outputs, whatever the compute ``dtype``; parameters are float32.
+outputs, whatever the compute ``dtype``; parameters are float32. For the
+gradient-space methods every model names its task-specific parameters
+(``Model.TASK_PARAMS``, :func:`task_params`) and marks its shared features
+(:func:`mark_features`).
 """
+from mtl_jax.models._layers import mark_features
+from mtl_jax.models._task_params import task_params
 from mtl_jax.models.digit_scene import DigitSceneNet
 from mtl_jax.models.mlp import MLPTrunk
 from mtl_jax.models.mtan import MTAN
@@ -19,4 +24,6 @@ __all__ = (
     "NYUV2_HEADS",
     "ResNet18",
     "SegNet",
+    "mark_features",
+    "task_params",
 )

@@ -27,6 +27,20 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
+def mark_features(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
+  """Marks ``x`` as shared features for the Jacobian's representation mode.
+
+  ``module.perturb(name, x)`` adds a zero "perturbation" whose gradient is
+  the gradient of ``x``, when the ``perturbations`` collection is given (the
+  train step's ``jacobian_mode="features"`` gives it); otherwise it is the
+  identity. It is skipped during ``init``, so the model's variables keep
+  only ``params`` (and ``batch_stats``), whatever the batch size.
+  """
+  if module.is_initializing():
+    return x
+  return module.perturb(name, x)
+
+
 def batch_norm(train: bool, dtype: Dtype, name: str | None = None,
                scale_init=nn.initializers.ones) -> nn.BatchNorm:
   """BatchNorm with PyTorch's defaults, float32 params and statistics."""

@@ -15,7 +15,7 @@ on a batch of 32 takes about 30 ms on two CPU cores once compiled.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -44,7 +44,12 @@ class DigitSceneNet(nn.Module):
   ``__call__(x, train)`` maps (B, H, W, C) images to ``{"segmentation":
   (B, H, W, num_classes), "depth": (B, H, W, 1), "normal": (B, H, W, 3),
   "count": (B, num_count_classes)}``.
+
+  For gradient-space methods: the task-specific parameters are the four
+  ``head_*`` layers (:attr:`TASK_PARAMS`); the shared features (the decoder
+  output and the pooled bottleneck) are marked for the representation mode.
   """
+  TASK_PARAMS: ClassVar[tuple[str, ...]] = ("head_*",)
   num_classes: int = 11
   num_count_classes: int = 5
   widths: Sequence[int] = (8, 16, 32)
@@ -66,6 +71,10 @@ class DigitSceneNet(nn.Module):
       x = _layers.ConvBNReLU(self.widths[i], dtype=self.dtype,
                              name=f"dec_{i}")(x, train)
 
+    x = _layers.mark_features(self, "features", x)
+    pooled = _layers.mark_features(self, "pooled_features",
+                                   jnp.mean(bottleneck, axis=(1, 2)))
+
     def head(features: int, name: str, inp: jax.Array) -> jax.Array:
       return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
                       name=name)(inp).astype(jnp.float32)
@@ -74,6 +83,5 @@ class DigitSceneNet(nn.Module):
         "segmentation": head(self.num_classes, "head_segmentation", x),
         "depth": head(1, "head_depth", x),
         "normal": _layers.unit_normalize(head(3, "head_normal", x)),
-        "count": head(self.num_count_classes, "head_count",
-                      jnp.mean(bottleneck, axis=(1, 2))),
+        "count": head(self.num_count_classes, "head_count", pooled),
     }

@@ -20,11 +20,13 @@ Networks", ICML 2018, https://arxiv.org/abs/1711.02257.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mtl_jax.models import _layers
 
 Dtype = Any
 
@@ -41,7 +43,10 @@ class MLPTrunk(nn.Module):
 
   ``__call__(x, train)`` maps (B, 250) inputs to ``{"y": (B, K, out_dim)}``;
   ``train`` is unused (no dropout or BatchNorm) and kept for a uniform API.
+  For gradient-space methods the ``heads`` layer is task-specific
+  (:attr:`TASK_PARAMS`); the trunk's output is marked as the shared features.
   """
+  TASK_PARAMS: ClassVar[tuple[str, ...]] = ("heads",)
   num_tasks: int
   width: int = 100
   depth: int = 4
@@ -56,6 +61,7 @@ class MLPTrunk(nn.Module):
     for i in range(self.depth):
       x = nn.relu(nn.Dense(self.width, dtype=self.dtype,
                            param_dtype=jnp.float32, name=f"trunk_{i}")(x))
+    x = _layers.mark_features(self, "features", x)
     y = nn.DenseGeneral((self.num_tasks, self.out_dim), dtype=self.dtype,
                         param_dtype=jnp.float32, name="heads")(x)
     return {"y": y.astype(jnp.float32)}

@@ -26,7 +26,7 @@ with Attention", CVPR 2019, https://arxiv.org/abs/1803.10704.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -63,7 +63,13 @@ class MTAN(nn.Module):
     dtype: compute dtype; params and outputs are float32.
 
   ``__call__(x, train)`` returns ``{task: (B, H, W, c)}`` like SegNet.
+
+  For gradient-space methods each task's attention modules and head are
+  task-specific (:attr:`TASK_PARAMS`); the backbone's features that the
+  attention branches read are marked as the shared features.
   """
+  TASK_PARAMS: ClassVar[tuple[str, ...]] = (
+      "head_*", "*_encoder_att_*", "*_decoder_att_*")
   heads: Sequence[tuple[str, int]] = NYUV2_HEADS
   filters: Sequence[int] = SEGNET_FILTERS
   unit_norm_tasks: Sequence[str] = ("normal",)
@@ -75,6 +81,10 @@ class MTAN(nn.Module):
     levels = len(f)
     feats = SegNetBackbone(self.filters, dtype=self.dtype,
                            name="backbone")(x, train)
+    feats = type(feats)(*[
+        [_layers.mark_features(self, f"{field}_{i}", v)
+         for i, v in enumerate(values)]
+        for field, values in zip(feats._fields, feats)])
     # Shared convs of the attention branches (MTAN's *_block_att).
     enc_att_conv = [
         _layers.ConvBNReLU(f[min(j + 1, levels - 1)], dtype=self.dtype,

@@ -16,7 +16,7 @@ Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,7 +68,12 @@ class ResNet18(nn.Module):
 
   ``__call__(x, train)`` maps (B, H, W, 3) images to
   ``{"attributes": (B, num_attributes)}`` logits.
+
+  For gradient-space methods the ``heads`` layer (one column per attribute,
+  so each column gets its own task's gradient) is task-specific
+  (:attr:`TASK_PARAMS`); the pooled features are marked as shared.
   """
+  TASK_PARAMS: ClassVar[tuple[str, ...]] = ("heads",)
   num_attributes: int = 40
   width: int = 64
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -85,7 +90,7 @@ class ResNet18(nn.Module):
         stride = 2 if i > 0 and b == 0 else 1
         x = BasicBlock(self.width * 2**i, stride, dtype=self.dtype,
                        name=f"stage{i}_block{b}")(x, train)
-    features = jnp.mean(x, axis=(1, 2))
+    features = _layers.mark_features(self, "features", jnp.mean(x, axis=(1, 2)))
     logits = nn.Dense(self.num_attributes, dtype=self.dtype,
                       param_dtype=jnp.float32, name="heads")(features)
     return {"attributes": logits.astype(jnp.float32)}

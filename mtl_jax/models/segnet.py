@@ -17,7 +17,7 @@ https://arxiv.org/abs/1511.00561.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -111,7 +111,11 @@ class SegNet(nn.Module):
   ``__call__(x, train)`` maps images (B, H, W, 3) to ``{task: (B, H, W, c)}``:
   logits for segmentation, raw values for depth, unit vectors for normals.
   The model has BatchNorm: initialise and apply with ``batch_stats``.
+  For gradient-space methods the ``head_*`` layers are task-specific
+  (:attr:`TASK_PARAMS`) and the backbone's output is marked as the shared
+  features.
   """
+  TASK_PARAMS: ClassVar[tuple[str, ...]] = ("head_*",)
   heads: Sequence[tuple[str, int]] = NYUV2_HEADS
   filters: Sequence[int] = SEGNET_FILTERS
   unit_norm_tasks: Sequence[str] = ("normal",)
@@ -121,7 +125,7 @@ class SegNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     feats = SegNetBackbone(self.filters, dtype=self.dtype,
                            name="backbone")(x, train)
-    shared = feats.dec_last[-1]
+    shared = _layers.mark_features(self, "features", feats.dec_last[-1])
     return {
         task: _layers.DenseHead(c, unit_norm=task in self.unit_norm_tasks,
                                 dtype=self.dtype, name=f"head_{task}")(shared)

@@ -5,7 +5,9 @@
   weighting state, step, PRNG key and skip counters.
 * :func:`make_train_step`, :func:`make_eval_step`: pure steps that run
   unchanged under ``jax.jit``, ``jax.pmap`` and ``jax.shard_map``, with the
-  same maths on one device and many (see :mod:`mtl_jax.train.step`).
+  same maths on one device and many (see :mod:`mtl_jax.train.step`), for
+  loss-weighting and gradient-space methods alike: the latter take the
+  Jacobian path (:func:`jacobian_gradients`, :mod:`mtl_jax.train.jacobian`).
 * :func:`make_optimizer`: ``optax.partition`` of model and weighting params.
 * :func:`pmap_step`, :func:`mesh_step` and the placements, plus multi-host
   helpers (:func:`initialize_distributed`, :func:`global_batch`).
@@ -40,25 +42,29 @@ from mtl_jax.train.parallel import unreplicate
 from mtl_jax.train.state import TrainState
 from mtl_jax.train.state import create_train_state
 from mtl_jax.train.state import init_train_state
-from mtl_jax.train.step import Aggregated
-from mtl_jax.train.step import Aggregator
-from mtl_jax.train.step import global_losses
+from mtl_jax.train.gradients import GradientFn
+from mtl_jax.train.gradients import Gradients
+from mtl_jax.train.gradients import global_losses
+from mtl_jax.train.gradients import jacobian_gradients
+from mtl_jax.train.gradients import weighted_sum_gradients
+from mtl_jax.train.jacobian import TaskParamRule
+from mtl_jax.train.jacobian import task_param_mask
 from mtl_jax.train.step import make_eval_step
 from mtl_jax.train.step import make_train_step
 from mtl_jax.train.step import module_apply_fn
-from mtl_jax.train.step import weighted_sum_aggregator
 from mtl_jax.train.writers import MetricsWriter
 from mtl_jax.train.writers import read_metrics
 
 __all__ = (
-    "Aggregated",
-    "Aggregator",
     "Checkpointer",
     "CollectiveOp",
     "MetricsWriter",
+    "GradientFn",
+    "Gradients",
     "NonFiniteError",
     "NonFiniteWarning",
     "Placement",
+    "TaskParamRule",
     "TrainState",
     "count_collectives",
     "create_train_state",
@@ -67,6 +73,7 @@ __all__ = (
     "host_transfers",
     "init_train_state",
     "initialize_distributed",
+    "jacobian_gradients",
     "is_main_process",
     "make_eval_step",
     "make_mesh",
@@ -83,8 +90,9 @@ __all__ = (
     "replicate_on_mesh",
     "shard_batch",
     "single_device",
+    "task_param_mask",
     "to_host",
     "train",
     "unreplicate",
-    "weighted_sum_aggregator",
+    "weighted_sum_gradients",
 )

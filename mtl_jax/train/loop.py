@@ -58,6 +58,10 @@ def _describe(record: Mapping[str, Any]) -> str:
   tasks = record.get("non_finite_tasks") or []
   if tasks:
     return f"non-finite loss in task(s) {tasks}"
+  grad_tasks = record.get("non_finite_grad_tasks") or []
+  if grad_tasks:
+    return (f"non-finite gradient of task(s) {grad_tasks} (every task loss "
+            "was finite)")
   return "non-finite gradient or total (every task loss was finite)"
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting import Weighting
+from mtl_jax.weighting import Weighting  # or an mtl_jax.aggregation.Aggregator
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -30,8 +30,9 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: the optax state of ``params``.
     model_state: non-trained model collections, e.g. ``{"batch_stats": ...}``
       (``{}`` when the model has none).
-    weighting_state: the weighting method's non-learnable state (DWA's epoch
-      means, RLW's key).
+    weighting_state: the method's non-learnable state (DWA's epoch means,
+      RLW's key; for a gradient-space method Nash-MTL's warm start, GradVac's
+      averages, PCGrad's key).
     rng: (2,) uint32 PRNG key, split at every step (dropout keys).
     consecutive_skips: () int32, steps skipped in a row by the non-finite
       guard; 0 after a good step.
@@ -56,7 +57,10 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
     rng: a PRNG key (``jax.random.PRNGKey``); split for the weighting and the
       step keys.
     model_variables: Flax variables, ``{"params": ..., **other collections}``.
-    weighting: a method from :func:`mtl_jax.weighting.get`.
+    weighting: a method of either family, from :func:`mtl_jax.get`; its
+      ``init`` gives the learnable ``params["weighting"]`` and the
+      ``weighting_state`` (a gradient-space method's state: Nash-MTL's warm
+      start, GradVac's averages, PCGrad's key).
     optimizer: trains ``{"model": ..., "weighting": ...}``; see
       :func:`make_optimizer`.
     num_tasks: K, the number of task losses.
@@ -67,6 +71,9 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
   weighting_key, rng = jax.random.split(rng)
   weighting_params, weighting_state = weighting.init(num_tasks, key=weighting_key)
   variables = dict(model_variables)
+  # Perturbations (self.perturb) are batch-shaped zeros, not state: the
+  # Jacobian's representation mode builds them per batch.
+  variables.pop("perturbations", None)
   params = {"model": variables.pop("params"), "weighting": weighting_params}
   zero = jnp.zeros((), jnp.int32)
   state = TrainState(step=zero, params=params, opt_state=optimizer.init(params),

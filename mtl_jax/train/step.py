@@ -41,113 +41,53 @@ pass; the model outputs are cast back to float32 before the task losses, so
 the losses, the weights, the weighting parameters, the master params and the
 optimiser state all stay float32.
 
-Seam for gradient-space methods (PCGrad, MGDA, CAGrad, Nash-MTL). The step
-is split in two:
-
-(a) ``losses_fn(model_params) -> (local_losses (K,), new_model_state)``,
-    built by the step from the model and the task loss function;
-(b) an :data:`Aggregator`, ``aggregator(losses_fn, params, weighting_state,
-    axis_name) -> Aggregated`` that turns it into averaged gradients.
-
-The default, :func:`weighted_sum_aggregator`, differentiates the weighted
-total. A Jacobian aggregator would plug in with the same signature and no
-change to the engine::
-
-  def jacobian_aggregator(weighting, combine):  # combine: (K, ...) -> (...)
-    def aggregate(losses_fn, params, weighting_state, axis_name):
-      def with_value(p):
-        local, model_state = losses_fn(p)
-        return local, (local, model_state)
-      jac, (local, model_state) = jax.jacrev(with_value, has_aux=True)(
-          params["model"])                     # per-task grads, (K, ...)
-      jac, losses = pmean((jac, local), axis_name)
-      out = weighting.apply(params["weighting"], weighting_state, losses)
-      grads = {"model": combine(jac, out.weights),
-               "weighting": ...}               # grad of out.total, as now
-      return Aggregated(grads, out.total, losses, out.weights, out.state,
-                        model_state)
-    return aggregate
-
-(not implemented; it costs K backward passes and a K times larger
-all-reduce, which is why the loss-based methods use the default.)
+Two paths from losses to gradients (:mod:`mtl_jax.train.gradients`): a
+loss-weighting method (:mod:`mtl_jax.weighting`) takes the weighted-sum path,
+one backward pass of its total; a gradient-space method
+(:mod:`mtl_jax.aggregation`) takes the Jacobian path, the per-task gradients
+of the shared parameters in one batched backward pass
+(:mod:`mtl_jax.train.jacobian`). Both see the global losses and give every
+device the gradients of the whole batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_jax.aggregation import Aggregator
+from mtl_jax.train import jacobian as jac_lib
+from mtl_jax.train.gradients import GradientFn
+from mtl_jax.train.gradients import Gradients
+from mtl_jax.train.gradients import LossesFn
+from mtl_jax.train.gradients import global_losses
+from mtl_jax.train.gradients import jacobian_gradients
+from mtl_jax.train.gradients import pmean
+from mtl_jax.train.gradients import weighted_sum_gradients
 from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import Weighting
 
 PyTree = Any
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
+Method = Union[Weighting, Aggregator]
 
 ModelApply = Callable[..., tuple[PyTree, PyTree]]
 """``model_apply(variables, batch, *, train, rngs) -> (outputs, new_model_state)``.
 
-``variables = {"params": params["model"], **model_state}``; the returned
+``variables = {"params": params["model"], **model_state}`` (plus
+``"perturbations"`` in the Jacobian's representation mode); the returned
 state has the structure of ``model_state`` (``{}`` when there is none).
 """
 
 TaskLossFn = Callable[[PyTree, Batch], jax.Array]
 """``task_loss_fn(outputs, batch) -> (K,)`` per-task losses, batch means."""
 
-LossesFn = Callable[[PyTree], tuple[jax.Array, PyTree]]
-"""``losses_fn(model_params) -> (local losses (K,) float32, new_model_state)``."""
-
-
-class Aggregated(NamedTuple):
-  """What an :data:`Aggregator` returns."""
-  grads: PyTree            # like params, already averaged over the devices
-  total: jax.Array         # () the objective at the global losses
-  losses: jax.Array        # (K,) float32 global (device-averaged) losses
-  weights: jax.Array       # (K,) effective task weights, d total / d losses
-  weighting_state: PyTree  # the weighting's new state
-  model_state: PyTree      # the model's new state (local, not yet averaged)
-
-
-Aggregator = Callable[[LossesFn, PyTree, PyTree, Optional[str]], Aggregated]
-"""``aggregator(losses_fn, params, weighting_state, axis_name) -> Aggregated``."""
-
-
-def pmean(tree: PyTree, axis_name: Optional[str]) -> PyTree:
-  """``lax.pmean`` over ``axis_name``; the identity when it is ``None``."""
-  return tree if axis_name is None else lax.pmean(tree, axis_name)
-
-
-def global_losses(local: jax.Array, axis_name: Optional[str]) -> jax.Array:
-  """Value: the device-averaged losses; gradient: through the local ones."""
-  frozen = lax.stop_gradient(local)
-  return local - frozen + pmean(frozen, axis_name)
-
-
-def weighted_sum_aggregator(weighting: Weighting) -> Aggregator:
-  """The default aggregator: the gradient of ``weighting.apply(...).total``.
-
-  The weighting sees the global losses (see the module docstring), and the
-  gradients of all parameters are averaged over ``axis_name`` in one
-  ``pmean``.
-  """
-
-  def aggregate(losses_fn: LossesFn, params: PyTree, weighting_state: PyTree,
-                axis_name: Optional[str]) -> Aggregated:
-
-    def objective(p):
-      local, model_state = losses_fn(p["model"])
-      losses = global_losses(local, axis_name)
-      out = weighting.apply(p["weighting"], weighting_state, losses)
-      return out.total, (out, lax.stop_gradient(losses), model_state)
-
-    grads, (out, losses, model_state) = jax.grad(objective, has_aux=True)(params)
-    return Aggregated(pmean(grads, axis_name), out.total, losses, out.weights,
-                      out.state, model_state)
-
-  return aggregate
+__all__ = ("Gradients", "GradientFn", "LossesFn", "global_losses", "pmean",
+           "weighted_sum_gradients", "jacobian_gradients")
 
 
 def _is_float(x: Any) -> bool:
@@ -186,10 +126,14 @@ def _step_rngs(rng: jax.Array, rng_names: Sequence[str],
 def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
              model_params: PyTree, model_state: PyTree, batch: Batch, *,
              train: bool, rngs: Mapping[str, jax.Array],
-             compute_dtype: Optional[jnp.dtype]) -> tuple[jax.Array, PyTree, PyTree]:
+             compute_dtype: Optional[jnp.dtype],
+             perturbations: Optional[PyTree] = None,
+             ) -> tuple[jax.Array, PyTree, PyTree]:
   """Model then task losses; returns (float32 losses, outputs, model state)."""
   variables = {"params": cast_floating(model_params, compute_dtype),
                **cast_floating(model_state, compute_dtype)}
+  if perturbations is not None:
+    variables["perturbations"] = perturbations
   outputs, new_model_state = model_apply(
       variables, cast_floating(batch, compute_dtype), train=train, rngs=rngs)
   outputs = cast_floating(outputs, jnp.float32)
@@ -203,13 +147,54 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   return losses, outputs, new_model_state
 
 
+def _gradient_path(method: Method, model_apply: ModelApply,
+                   gradient_fn: Optional[GradientFn], task_params: Any,
+                   jacobian_mode: str, chunk_size: Optional[int],
+                   ) -> tuple[GradientFn, bool]:
+  """The :data:`GradientFn` for ``method``; True when it needs perturbations."""
+  is_gradient_method = isinstance(method, Aggregator)
+  if not is_gradient_method and not isinstance(method, Weighting):
+    raise ValueError(
+        f"the method must come from mtl_jax.get(...) (a Weighting or an "
+        f"Aggregator), got {type(method).__name__}.")
+  jacobian_options = (task_params is not None or jacobian_mode != "params"
+                      or chunk_size is not None)
+  if gradient_fn is not None:
+    if jacobian_options:
+      raise ValueError(
+          "task_params, jacobian_mode and chunk_size configure the built-in "
+          "Jacobian path; a custom gradient_fn replaces it. Pass one or the "
+          "other.")
+    return gradient_fn, False
+  if not is_gradient_method:
+    if jacobian_options:
+      raise ValueError(
+          "task_params, jacobian_mode and chunk_size only apply to "
+          "gradient-space methods (mtl_jax.aggregation); this method is a "
+          "loss weighting, which needs one backward pass of its total. Drop "
+          "them, or pick a gradient-space method.")
+    return weighted_sum_gradients(method), False
+  jac_lib.check_options(jacobian_mode, chunk_size)
+  needs_perturbations = jacobian_mode == "features"
+  if needs_perturbations and not hasattr(model_apply, "init_perturbations"):
+    raise ValueError(
+        "jacobian_mode='features' needs a model_apply that can list the "
+        "shared features the model marks with self.perturb(name, x): build "
+        "it with mtl_jax.train.module_apply_fn(module), or give model_apply "
+        "an init_perturbations(variables, batch) attribute.")
+  return None, needs_perturbations
+
+
 def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
-                    weighting: Weighting,
+                    method: Method,
                     optimizer: optax.GradientTransformation, *,
                     axis_name: Optional[str] = None,
                     compute_dtype: Optional[jnp.dtype] = None,
-                    aggregator: Optional[Aggregator] = None,
+                    gradient_fn: Optional[GradientFn] = None,
                     rng_names: Sequence[str] = ("dropout",),
+                    task_params: jac_lib.TaskParamRule = None,
+                    jacobian_mode: str = "params",
+                    chunk_size: Optional[int] = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -218,9 +203,16 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   named ``axis_name``; :func:`pmap_step` and :func:`mesh_step` do the
   wrapping. The maths is the same in all three (module docstring).
 
+  The method decides the path: a loss weighting (``mtl_jax.weighting``)
+  differentiates its weighted total; a gradient-space method
+  (``mtl_jax.aggregation``) computes the per-task Jacobian of the shared
+  parameters, its weights from the Gramian and the combined update, while
+  every task-specific parameter (``task_params``) gets its own task's
+  gradient (:func:`mtl_jax.train.jacobian_gradients`).
+
   Non-finite guard: when a global task loss, the total or a gradient is not
   finite (the check runs after the averaging, so all devices agree), the
-  params, optimiser, model and weighting states are left unchanged,
+  params, optimiser, model and method states are left unchanged,
   ``consecutive_skips`` and ``total_skips`` grow, and ``metrics`` say which
   task was bad. ``step`` and ``rng`` advance either way (the batch was
   consumed). The host loop decides when to stop (:func:`train`).
@@ -230,65 +222,97 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
       Flax linen module.
     task_loss_fn: ``(outputs, batch) -> (K,)`` batch-mean task losses,
       computed in float32 (outputs arrive as float32).
-    weighting: a method from :func:`mtl_jax.weighting.get`.
+    method: a method of either family, from :func:`mtl_jax.get`.
     optimizer: trains ``{"model": ..., "weighting": ...}``
       (:func:`make_optimizer`).
     axis_name: the device axis, or ``None`` on one device / under GSPMD jit.
     compute_dtype: e.g. ``jnp.bfloat16`` to run the model in bfloat16;
       ``None`` keeps the params' dtype.
-    aggregator: turns losses into gradients; default
-      :func:`weighted_sum_aggregator` of ``weighting``.
+    gradient_fn: replaces the built-in path from losses to gradients (see
+      :mod:`mtl_jax.train.gradients`).
     rng_names: Flax rng streams given to the model in training.
+    task_params: gradient-space methods only: the task-specific parameters,
+      as glob patterns on the parameter paths (``"head_*"``) or a predicate
+      (:data:`mtl_jax.train.jacobian.TaskParamRule`); the bundled models
+      have theirs in :func:`mtl_jax.models.task_params`. ``None``: every
+      parameter is shared (correct, only slower).
+    jacobian_mode: gradient-space methods only: ``"params"`` (exact) or
+      ``"features"`` (the Jacobian of the shared features; see
+      :mod:`mtl_jax.train.jacobian`).
+    chunk_size: gradient-space methods only: compute this many task
+      gradients at a time (``None``: all K at once) to bound memory.
 
   Returns:
     ``train_step(state, batch) -> (state, metrics)`` with metrics
     ``step`` (steps done, this one included), ``total``, ``losses`` (K,),
-    ``weights`` (K,), ``losses_finite`` (K,), ``grads_finite``, ``skipped``,
-    ``consecutive_skips``, ``total_skips``, ``grad_norm``, ``param_norm``;
-    all global, identical on every device.
+    ``weights`` (K,), ``losses_finite`` (K,), ``task_grads_finite`` (K,),
+    ``grads_finite``, ``skipped``, ``consecutive_skips``, ``total_skips``,
+    ``grad_norm``, ``param_norm``; all global, identical on every device.
   """
-  aggregate = aggregator or weighted_sum_aggregator(weighting)
+  path, needs_perturbations = _gradient_path(
+      method, model_apply, gradient_fn, task_params, jacobian_mode, chunk_size)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, step_rng = jax.random.split(state.rng)
     rngs = _step_rngs(step_rng, rng_names, axis_name)
 
-    def losses_fn(model_params):
+    def losses_fn(model_params, perturbations=None):
       losses, _, model_state = _forward(
           model_apply, task_loss_fn, model_params, state.model_state, batch,
-          train=True, rngs=rngs, compute_dtype=compute_dtype)
+          train=True, rngs=rngs, compute_dtype=compute_dtype,
+          perturbations=perturbations)
       return losses, model_state
 
-    agg = aggregate(losses_fn, state.params, state.weighting_state, axis_name)
-    updates, opt_state = optimizer.update(agg.grads, state.opt_state,
+    if path is not None:
+      to_gradients = path
+    else:
+      init_perturbations = None
+      if needs_perturbations:
+        def init_perturbations():
+          variables = {"params": cast_floating(state.params["model"],
+                                               compute_dtype),
+                       **cast_floating(state.model_state, compute_dtype)}
+          return model_apply.init_perturbations(
+              variables, cast_floating(batch, compute_dtype))
+      to_gradients = jacobian_gradients(
+          method, task_params=task_params, mode=jacobian_mode,
+          chunk_size=chunk_size, init_perturbations=init_perturbations)
+
+    out = to_gradients(losses_fn, state.params, state.weighting_state,
+                       axis_name)
+    updates, opt_state = optimizer.update(out.grads, state.opt_state,
                                           state.params)
     params = optax.apply_updates(state.params, updates)
-    model_state = _pmean_floating(agg.model_state, axis_name)
+    model_state = _pmean_floating(out.model_state, axis_name)
 
-    losses_finite = jnp.isfinite(agg.losses)
-    grads_finite = _all_finite(agg.grads)
-    ok = jnp.all(losses_finite) & jnp.isfinite(agg.total) & grads_finite
+    losses_finite = jnp.isfinite(out.losses)
+    grads_finite = _all_finite(out.grads)
+    task_grads_finite = (jnp.broadcast_to(grads_finite, losses_finite.shape)
+                         if out.task_grads_finite is None
+                         else out.task_grads_finite)
+    ok = jnp.all(losses_finite) & jnp.isfinite(out.total) & grads_finite
     consecutive = jnp.where(ok, 0, state.consecutive_skips + 1)
     new_state = state.replace(
         step=state.step + 1,
         params=_select(ok, params, state.params),
         opt_state=_select(ok, opt_state, state.opt_state),
         model_state=_select(ok, model_state, state.model_state),
-        weighting_state=_select(ok, agg.weighting_state, state.weighting_state),
+        weighting_state=_select(ok, out.method_state, state.weighting_state),
         rng=rng,
         consecutive_skips=consecutive.astype(jnp.int32),
         total_skips=state.total_skips + (~ok).astype(jnp.int32))
     metrics = {
         "step": new_state.step,
-        "total": agg.total.astype(jnp.float32),
-        "losses": agg.losses,
-        "weights": agg.weights.astype(jnp.float32),
+        "total": out.total.astype(jnp.float32),
+        "losses": out.losses,
+        "weights": out.weights.astype(jnp.float32),
         "losses_finite": losses_finite,
+        "task_grads_finite": task_grads_finite,
         "grads_finite": grads_finite,
         "skipped": ~ok,
         "consecutive_skips": new_state.consecutive_skips,
         "total_skips": new_state.total_skips,
-        "grad_norm": optax.tree.norm(agg.grads),
+        "grad_norm": optax.tree.norm(out.grads),
         "param_norm": optax.tree.norm(new_state.params),
     }
     return new_state, metrics
@@ -307,7 +331,15 @@ def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
   device-averaged task losses; with ``weighting`` also ``total`` and
   ``weights`` at the current weighting state (which is not advanced).
   ``outputs`` are the local float32 model outputs, for task metrics.
+  A gradient-space method has no weights without the task gradients, which
+  evaluation does not compute: pass ``weighting=None`` for those.
   """
+  if isinstance(weighting, Aggregator):
+    raise ValueError(
+        "make_eval_step(weighting=...) takes a loss-weighting method; a "
+        "gradient-space method's weights need the per-task gradients, which "
+        "evaluation does not compute. Pass weighting=None (the losses are "
+        "still reported).")
 
   def eval_step(state: TrainState, batch: Batch) -> tuple[Metrics, PyTree]:
     local, outputs, _ = _forward(
@@ -325,18 +357,29 @@ def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
   return eval_step
 
 
+PERTURBATIONS = "perturbations"
+
+
 def module_apply_fn(module: Any, *, input_key: str = "image",
                     **call_kwargs: Any) -> ModelApply:
   """Adapts a Flax linen module to :data:`ModelApply`.
 
   The module is called as ``module.apply(variables, batch[input_key],
   train=train, **call_kwargs)`` and must return its outputs (e.g. a dict of
-  per-task predictions). In training, every non-``params`` collection (e.g.
-  ``batch_stats``) is mutable and returned as the new model state.
+  per-task predictions). In training, every collection but ``params`` and
+  ``perturbations`` (e.g. ``batch_stats``) is mutable and returned as the
+  new model state.
+
+  The returned function also has ``init_perturbations(variables, batch)``:
+  zeros shaped like the features the module marks with
+  ``self.perturb(name, x)`` for this batch, which the Jacobian's
+  representation mode differentiates (computed from shapes only, no extra
+  forward pass at run time).
   """
 
   def model_apply(variables, batch, *, train, rngs):
-    collections = [name for name in variables if name != "params"]
+    collections = [name for name in variables
+                   if name not in ("params", PERTURBATIONS)]
     x = batch[input_key]
     if train and collections:
       outputs, new_state = module.apply(variables, x, train=True, rngs=rngs,
@@ -345,4 +388,23 @@ def module_apply_fn(module: Any, *, input_key: str = "image",
     outputs = module.apply(variables, x, train=train, rngs=rngs, **call_kwargs)
     return outputs, {name: variables[name] for name in collections}
 
+  def init_perturbations(variables, batch):
+    variables = {k: v for k, v in variables.items() if k != PERTURBATIONS}
+
+    def shapes():
+      _, state = module.apply(variables, batch[input_key], train=False,
+                              mutable=[PERTURBATIONS], **call_kwargs)
+      return state.get(PERTURBATIONS, {})
+
+    template = jax.eval_shape(shapes)
+    if not jax.tree.leaves(template):
+      raise ValueError(
+          f"{type(module).__name__} marks no shared features: the Jacobian's "
+          "representation mode (jacobian_mode='features') differentiates the "
+          "outputs the model passes through self.perturb(name, x). Mark the "
+          "trunk's output that way (mtl_jax.models.mark_features), or use "
+          "jacobian_mode='params'.")
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
+
+  model_apply.init_perturbations = init_perturbations
   return model_apply

@@ -53,6 +53,11 @@ def step_record(host_metrics: Mapping[str, np.ndarray],
     record["non_finite_tasks"] = [n for n, ok in zip(task_names, finite)
                                   if not ok]
     record["grads_finite"] = bool(host_metrics["grads_finite"])
+    if "task_grads_finite" in host_metrics:
+      grads_ok = np.asarray(host_metrics["task_grads_finite"]).reshape(-1)
+      if not grads_ok.all():
+        record["non_finite_grad_tasks"] = [
+            n for n, ok in zip(task_names, grads_ok) if not ok]
   return record
 
 

@@ -94,3 +94,28 @@ def test_smoke_shrinks_the_run():
   assert smoke.data.num_train < full.data.num_train
   with pytest.raises(ValueError, match="smoke"):
     importlib.import_module("experiments.configs.default").get_config("tiny")
+
+
+@pytest.mark.parametrize("name,method,mode", [
+    ("digit_scenes_quick", "mgda", "params"),
+    ("synthetic", "mgda", "features"),
+    pytest.param("celeba_resnet18", "imtl_g", "params", marks=_SLOW)])
+def test_config_trains_a_gradient_method(name, method, mode, tmp_path):
+  """A gradient-space method goes through the same config and driver: the
+  step takes the Jacobian path, with the model's own heads as task params."""
+  config = _with_data(smoke_config(name), tmp_path)
+  config.weighting.name = method
+  config.weighting.jacobian_mode = mode
+  config.weighting.chunk_size = 2
+  if config.data.name == "celeba":
+    with tfds.testing.mock_data(num_examples=8):
+      result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  else:
+    result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  records = train.read_metrics(tmp_path / "run")
+  assert [r["step"] for r in records] == [1, 2]
+  assert not any(r["skipped"] for r in records)
+  weights = [list(r["weights"].values()) for r in records]
+  assert all(np.isfinite(w).all() for w in weights)
+  assert result["steps"] == 2
+  assert all(np.isfinite(v) for v in result["test"].values())

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import mtl_jax
 from mtl_jax import train
-from mtl_jax import weighting
 
 NUM_TASKS = 3
 FEATURES = 5
@@ -25,14 +25,24 @@ SCALES = np.array([1.0, 3.0, 0.3], np.float32)  # losses of different sizes
 
 
 class TinyMLP(nn.Module):
-  """A shared tanh layer and one linear head per task."""
+  """A shared tanh layer and one linear head per task.
+
+  The shared features are marked with ``perturb`` (outside ``init``), for
+  the Jacobian's representation mode.
+  """
   hidden: int = 8
 
   @nn.compact
   def __call__(self, x, train: bool):
     del train
     h = nn.tanh(nn.Dense(self.hidden)(x))
+    if not self.is_initializing():
+      h = self.perturb("features", h)
     return {name: nn.Dense(1, name=name)(h)[:, 0] for name in TASK_NAMES}
+
+
+# The heads of TinyMLP, for the Jacobian path of the gradient-space methods.
+HEADS = TASK_NAMES
 
 
 def task_losses(outputs, batch) -> jax.Array:
@@ -53,11 +63,18 @@ def make_batch(seed: int, batch_size: int = BATCH) -> dict[str, np.ndarray]:
 def hparams(name: str) -> dict[str, Any]:
   return {"dwa": {"steps_per_epoch": 2},
           "scalarization": {"weights": (0.2, 0.3, 0.5)},
-          "uw_so": {"temperature": 2.0}}.get(name, {})
+          "uw_so": {"temperature": 2.0},
+          "cagrad": {"c": 0.5},
+          "fairgrad": {"alpha": 1.0}}.get(name, {})
 
 
-def get_weighting(name: str) -> weighting.Weighting:
-  return weighting.get(name, **hparams(name))
+def get_weighting(name: str):
+  """A method of either family (a Weighting or an Aggregator)."""
+  return mtl_jax.get(name, **hparams(name))
+
+
+def is_gradient_method(name: str) -> bool:
+  return mtl_jax.family(name) == "aggregation"
 
 
 def default_optimizer() -> optax.GradientTransformation:
@@ -74,12 +91,16 @@ def init_state(name: str, seed: int = 0,
 
 
 def make_step(name: str, *, axis_name: Optional[str] = None,
-              compute_dtype=None, optimizer=None, model_apply=None):
+              compute_dtype=None, optimizer=None, model_apply=None, **jacobian):
+  """The train step of method ``name``; a gradient-space method gets TinyMLP's
+  heads as its task parameters unless ``jacobian`` says otherwise."""
   w = get_weighting(name)
   tx = optimizer or default_optimizer()
+  if is_gradient_method(name):
+    jacobian.setdefault("task_params", HEADS)
   return train.make_train_step(model_apply or train.module_apply_fn(TinyMLP()),
                                task_losses, w, tx, axis_name=axis_name,
-                               compute_dtype=compute_dtype)
+                               compute_dtype=compute_dtype, **jacobian)
 
 
 class SeededBatches:

@@ -1,6 +1,7 @@
 """Data-parallel equivalence: N devices with a global batch == 1 device.
 
-For every weighting method, several steps of the pmapped step (4 fake CPU
+For every method of both families (the gradient-space ones on the Jacobian
+path, TinyMLP's heads as task parameters), several steps of the pmapped step (4 fake CPU
 devices), the jit(shard_map) step over a mesh and plain jit over a sharded
 batch (GSPMD) give the params, weighting state and metrics of the
 single-device step on the whole batch, to 1e-5 in float32. DWA's 5 steps with
@@ -12,12 +13,14 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import _train_fixtures as fx
+import mtl_jax
 from mtl_jax import train
-from mtl_jax import weighting
 
 NUM_STEPS = 5
 TOL = 1e-5
-METHODS = weighting.names()
+METHODS = mtl_jax.names()
+# The representation mode reduces only the K x K Gramian across devices.
+FEATURE_METHODS = ("mgda", "imtl_g")
 
 
 def _run(step, state, put_batch, get):
@@ -28,9 +31,9 @@ def _run(step, state, put_batch, get):
   return get(state), get(metrics)
 
 
-def _single(name):
+def _single(name, **jacobian):
   state, _, _ = fx.init_state(name)
-  step = jax.jit(fx.make_step(name))
+  step = jax.jit(fx.make_step(name, **jacobian))
   return _run(step, jax.device_put(state), lambda b: b, train.to_host)
 
 
@@ -77,7 +80,24 @@ def test_mesh_shard_map_equals_single_device(name, single_runs):
   _assert_same(_reference(single_runs, name), got)
 
 
-@pytest.mark.parametrize("name", ["gls", "uw", "rlw"])
+@pytest.mark.parametrize("name", FEATURE_METHODS)
+def test_features_mode_pmap_and_mesh_equal_single_device(name):
+  ref = _single(name, jacobian_mode="features")
+  state, _, _ = fx.init_state(name)
+  step = train.pmap_step(fx.make_step(name, axis_name="batch",
+                                      jacobian_mode="features"), "batch")
+  _assert_same(ref, _run(step, train.replicate(state), train.shard_batch,
+                         train.unreplicate))
+  mesh = train.make_mesh("data")
+  step = train.mesh_step(fx.make_step(name, axis_name="data",
+                                      jacobian_mode="features"), mesh, "data")
+  _assert_same(ref, _run(step, train.replicate_on_mesh(train.to_host(state),
+                                                       mesh),
+                         lambda b: train.global_batch(b, mesh, "data"),
+                         train.to_host))
+
+
+@pytest.mark.parametrize("name", ["gls", "uw", "rlw", "mgda"])
 def test_gspmd_jit_over_sharded_batch_equals_single_device(name, single_runs):
   """No axis name: jit partitions the whole-batch maths over the mesh."""
   mesh = train.make_mesh("data")

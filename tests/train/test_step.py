@@ -142,10 +142,10 @@ def test_task_loss_fn_must_return_a_vector():
     jax.jit(step)(state, fx.make_batch(0))
 
 
-def test_custom_aggregator_is_used():
-  """The seam: an aggregator replaces 'grad of the weighted total'."""
+def test_custom_gradient_fn_is_used():
+  """The seam: a gradient_fn replaces 'grad of the weighted total'."""
   state, w, tx = fx.init_state("ew")
-  default = train.weighted_sum_aggregator(w)
+  default = train.weighted_sum_gradients(w)
   calls = []
 
   def zero_model_grads(losses_fn, params, weighting_state, axis_name):
@@ -155,7 +155,7 @@ def test_custom_aggregator_is_used():
 
   step = train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
                                fx.task_losses, w, optax.sgd(0.1),
-                               aggregator=zero_model_grads)
+                               gradient_fn=zero_model_grads)
   state = state.replace(opt_state=optax.sgd(0.1).init(state.params))
   new, metrics = jax.jit(step)(state, fx.make_batch(0))
   assert calls == [None]

@@ -1,0 +1,185 @@
+r"""From task losses to averaged gradients: the two paths of the train step.
+
+The step (:func:`mtl_jax.train.make_train_step`) builds
+``losses_fn(model_params, perturbations=None) -> (local losses (K,),
+new_model_state)`` and hands it to a :data:`GradientFn`:
+
+* :func:`weighted_sum_gradients` (loss-based methods, :mod:`mtl_jax.weighting`):
+  one backward pass of the weighted total;
+* :func:`jacobian_gradients` (gradient-space methods,
+  :mod:`mtl_jax.aggregation`): the per-task Jacobian, the method's weights
+  from its Gramian, and the combined update (:mod:`mtl_jax.train.jacobian`).
+
+The step picks the path from the method's type; a custom
+``gradient_fn`` with the same signature replaces both.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from mtl_jax.aggregation import Aggregator
+from mtl_jax.train import jacobian as jac_lib
+from mtl_jax.weighting import Weighting
+
+PyTree = Any
+
+LossesFn = Callable[..., tuple[jax.Array, PyTree]]
+"""``losses_fn(model_params, perturbations=None) -> (local losses (K,)
+float32, new_model_state)``; ``perturbations`` are added to the features the
+model marks with ``self.perturb`` (representation mode)."""
+
+
+class Gradients(NamedTuple):
+  """What a :data:`GradientFn` returns."""
+  grads: PyTree            # like params, already averaged over the devices
+  total: jax.Array         # () the objective at the global losses
+  losses: jax.Array        # (K,) float32 global (device-averaged) losses
+  weights: jax.Array       # (K,) effective task weights, d total / d losses
+  method_state: PyTree     # the method's new state
+  model_state: PyTree      # the model's new state (local, not yet averaged)
+  task_grads_finite: Optional[jax.Array] = None  # (K,) per task, if known
+
+
+GradientFn = Callable[[LossesFn, PyTree, PyTree, Optional[str]], Gradients]
+"""``gradient_fn(losses_fn, params, method_state, axis_name) -> Gradients``."""
+
+
+def pmean(tree: PyTree, axis_name: Optional[str]) -> PyTree:
+  """``lax.pmean`` over ``axis_name``; the identity when it is ``None``."""
+  return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def global_losses(local: jax.Array, axis_name: Optional[str]) -> jax.Array:
+  """Value: the device-averaged losses; gradient: through the local ones."""
+  frozen = lax.stop_gradient(local)
+  return local - frozen + pmean(frozen, axis_name)
+
+
+def _not_a_weighting(method: Any, where: str) -> None:
+  if isinstance(method, Aggregator):
+    raise ValueError(
+        f"{where} takes a loss-weighting method (mtl_jax.weighting), got a "
+        "gradient-space method (mtl_jax.aggregation): its weights come from "
+        "the per-task gradients, not from a weighted total. Pass it to "
+        "make_train_step as the method (it takes the Jacobian path by "
+        "itself), or use jacobian_gradients(method).")
+
+
+def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
+  """The loss-based path: the gradient of ``weighting.apply(...).total``.
+
+  The weighting sees the global losses (see :mod:`mtl_jax.train.step`), and
+  the gradients of all parameters are averaged over ``axis_name`` in one
+  ``pmean``.
+  """
+  _not_a_weighting(weighting, "weighted_sum_gradients")
+
+  def gradient_fn(losses_fn: LossesFn, params: PyTree, weighting_state: PyTree,
+                  axis_name: Optional[str]) -> Gradients:
+
+    def objective(p):
+      local, model_state = losses_fn(p["model"])
+      losses = global_losses(local, axis_name)
+      out = weighting.apply(p["weighting"], weighting_state, losses)
+      return out.total, (out, lax.stop_gradient(losses), model_state)
+
+    grads, (out, losses, model_state) = jax.grad(objective, has_aux=True)(params)
+    return Gradients(pmean(grads, axis_name), out.total, losses, out.weights,
+                     out.state, model_state)
+
+  return gradient_fn
+
+
+def jacobian_gradients(method: Aggregator, *,
+                       task_params: jac_lib.TaskParamRule = None,
+                       mode: str = "params",
+                       chunk_size: Optional[int] = None,
+                       init_perturbations: Optional[Callable[[], PyTree]] = None,
+                       ) -> GradientFn:
+  r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
+
+  Args:
+    method: a gradient-space method from :func:`mtl_jax.aggregation.get`.
+    task_params: which model parameters are task-specific (heads); see
+      :data:`mtl_jax.train.jacobian.TaskParamRule`. ``None``: all shared.
+    mode: ``"params"`` (the Jacobian of the shared parameters, exact) or
+      ``"features"`` (of the shared features; needs ``init_perturbations``).
+    chunk_size: compute the K VJPs this many at a time (``None``: all at
+      once); trades speed for the memory of the backward pass.
+    init_perturbations: ``() -> zeros`` of the features the model marks with
+      ``self.perturb`` (built by the step from ``model_apply``).
+
+  Returns:
+    A :data:`GradientFn`. Its ``weights`` are the method's :math:`w`, its
+    ``total`` is :math:`\sum_k w_k L_k` (whose gradient in the shared
+    parameters is the update), and the weighting params get zero gradients.
+  """
+  if not isinstance(method, Aggregator):
+    raise ValueError(
+        "jacobian_gradients takes a gradient-space method "
+        f"(mtl_jax.aggregation.get(...)), got {type(method).__name__}. A "
+        "loss-weighting method goes to make_train_step directly (it takes the "
+        "weighted-sum path); combining it with a gradient method is not "
+        "defined here.")
+  jac_lib.check_options(mode, chunk_size)
+  if mode == "features" and init_perturbations is None:
+    raise ValueError("mode='features' needs init_perturbations.")
+
+  def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
+                  axis_name: Optional[str]) -> Gradients:
+    mask = jac_lib.task_param_mask(params["model"], task_params)
+    split, merge = jac_lib._split(params["model"], mask)
+    has_heads = bool(split.task)
+
+    if mode == "params":
+      def f(shared, task):
+        return losses_fn(merge(shared, task))
+      local, vjp_fn, model_state = jax.vjp(f, split.shared, split.task,
+                                           has_aux=True)
+    else:
+      def f(shared, task, perturbations):
+        return losses_fn(merge(shared, task), perturbations)
+      local, vjp_fn, model_state = jax.vjp(
+          f, split.shared, split.task, init_perturbations(), has_aux=True)
+    num_tasks = local.shape[0]
+    losses = pmean(lax.stop_gradient(local), axis_name)
+
+    if mode == "params":
+      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_tasks,
+                                 local.dtype, chunk_size)
+      rows = pmean(rows, axis_name)
+      gram = jac_lib.gramian(rows)
+    else:
+      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_tasks,
+                                 local.dtype, chunk_size)
+      # dL/df_n = (1/N) dl_n/df_n on device n's examples: the Gramian of
+      # the whole batch is the mean of the local ones over N.
+      gram = jac_lib.gramian(rows)
+      if axis_name is not None:
+        gram = lax.pmean(gram, axis_name) / lax.psum(1, axis_name)
+    finite = jac_lib.rows_finite(rows)
+    if axis_name is not None and mode == "features":
+      finite = lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
+
+    out = method.apply(params["weighting"], method_state, gram, losses=losses)
+    weights = lax.stop_gradient(out.weights).astype(local.dtype)
+
+    if mode == "params":
+      shared_grads = jac_lib.combine(rows, weights)
+    else:
+      shared_grads = pmean(vjp_fn(weights)[0], axis_name)
+    if has_heads:
+      task_grads = pmean(vjp_fn(jnp.ones_like(local))[1], axis_name)
+    else:
+      task_grads = []
+    grads = {"model": merge(shared_grads, task_grads),
+             "weighting": jax.tree.map(jnp.zeros_like, params["weighting"])}
+    total = jnp.sum(weights * losses)
+    return Gradients(grads, total, losses, weights, out.state, model_state,
+                     finite)
+
+  return gradient_fn

@@ -1,0 +1,208 @@
+r"""The Jacobian path of the train step: per-task gradients for gradient-space methods.
+
+A gradient-space method (:mod:`mtl_jax.aggregation`) needs the gradient of
+every task loss with respect to the shared parameters, the rows of the
+Jacobian :math:`J \in \mathbb{R}^{K \times P}`, and returns the weights
+:math:`w` of the update :math:`d = J^\top w`. :func:`jacobian_gradients`
+computes them inside the compiled step:
+
+* **One forward, one batched backward.** ``jax.vjp`` runs the model and the
+  task losses once; the :math:`K` rows of :math:`J` come from the same VJP
+  applied to the :math:`K` unit cotangents under ``jax.vmap`` (or, with
+  ``chunk_size``, ``chunk_size`` rows at a time under ``jax.lax.map``, which
+  bounds the memory of the backward pass to one chunk).
+* **Shared and task-specific parameters.** A rule (``task_params``) splits
+  the model's parameters. The shared ones get :math:`d = J^\top w`; each
+  task-specific one (a head) gets the gradient of its own task, unweighted,
+  computed by one more VJP with the cotangent :math:`\mathbf{1}` that only
+  runs through the heads (as TorchJD's ``mtl_backward`` does). Without a
+  rule every parameter is shared: correct, only slower.
+* **Data parallel.** Each device differentiates its local losses; the
+  global Jacobian (the one of the whole batch) is the mean of the local ones
+  (``pmean``), and the Gramian, the weights and the update are then the same
+  on every device: N devices equal one device with the whole batch.
+* **Representation mode** (``mode="features"``, LibMTL's ``rep_grad``,
+  Sener and Koltun's MGDA-UB): the Jacobian is taken with respect to the
+  shared features instead of the shared parameters (the model marks them
+  with ``self.perturb(name, x)``; the bundled models do), and the update is
+  one VJP through the trunk with the combined cotangent, i.e. the gradient of
+  :math:`\sum_k w_k L_k`. Across devices only the :math:`K \times K`
+  Gramian is reduced: :math:`G = \frac{1}{N^2} \sum_n G_n`.
+
+Which methods are exact where: in ``mode="params"`` every method sees the
+exact Jacobian of the shared parameters. In ``mode="features"`` every
+Gramian method runs, but on the Gramian of the feature gradients, a
+different matrix: MGDA becomes MGDA-UB (Sener and Koltun prove it still
+gives a descent direction for every task when the trunk's Jacobian has full
+rank), and the others become their representation-space variants (LibMTL
+runs MGDA, IMTL-G and Aligned-MTL this way and refuses the rest, whose
+implementations edit per-parameter gradients; in the Gramian form they are
+well defined, but their guarantees hold for the features, not for the
+parameters). See ``docs/gradient_methods.md``.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+TaskParamRule = Union[None, str, Sequence[str],
+                      Callable[[tuple[str, ...]], bool]]
+"""Which model parameters are task-specific.
+
+* ``None``: none; every parameter is shared.
+* a glob pattern or a sequence of them. A pattern without ``/`` is a
+  module name, matched against every component of each parameter's path in
+  ``params["model"]``: ``"head_*"`` selects every parameter of every
+  submodule whose name starts with ``head_``, at any depth (so a wrapper
+  module around the model changes nothing). A pattern with ``/`` is matched
+  against the ``/``-joined path and its prefixes (``"net/head_depth"``,
+  ``"*/bias"``);
+* a callable ``rule(path) -> bool`` on the path tuple.
+"""
+
+MODES = ("params", "features")
+
+
+def _path_names(path: tuple[Any, ...]) -> tuple[str, ...]:
+  names = []
+  for entry in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(entry, attr):
+        names.append(str(getattr(entry, attr)))
+        break
+    else:
+      names.append(str(entry))
+  return tuple(names)
+
+
+def _matcher(rule: TaskParamRule) -> Callable[[tuple[str, ...]], bool]:
+  if callable(rule):
+    return lambda path: bool(rule(path))
+  patterns = (rule,) if isinstance(rule, str) else tuple(rule)
+  if not patterns or not all(isinstance(p, str) and p for p in patterns):
+    raise ValueError(
+        f"task_params must be None, a glob pattern, a sequence of patterns "
+        f"or a callable on the parameter path, got {rule!r}.")
+
+  def match(path: tuple[str, ...]) -> bool:
+    prefixes = ["/".join(path[:i]) for i in range(1, len(path) + 1)]
+    for pattern in patterns:
+      candidates = prefixes if "/" in pattern else path
+      if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+        return True
+    return False
+
+  return match
+
+
+def task_param_mask(model_params: PyTree, rule: TaskParamRule) -> list[bool]:
+  """One flag per leaf of ``model_params`` (in ``jax.tree.leaves`` order):
+  True for a task-specific parameter.
+
+  Raises:
+    ValueError: when a rule matches no parameter, or every parameter (then
+      no parameter is shared and there is nothing to balance); the message
+      lists the parameter paths.
+  """
+  flat, _ = jax.tree_util.tree_flatten_with_path(model_params)
+  paths = [_path_names(path) for path, _ in flat]
+  if rule is None:
+    return [False] * len(paths)
+  match = _matcher(rule)
+  mask = [match(path) for path in paths]
+  if not any(mask) or all(mask):
+    shown = sorted({"/".join(p[:-1]) or p[0] for p in paths})
+    listing = ", ".join(shown[:20]) + (" ..." if len(shown) > 20 else "")
+    what = "no parameter" if not any(mask) else "every parameter"
+    raise ValueError(
+        f"task_params={rule!r} selects {what} of the model, so there would "
+        f"be {'no head' if not any(mask) else 'nothing shared'} to tell apart. "
+        f"The model's modules are: {listing}. Give patterns that match the "
+        "heads only (e.g. 'head_*'), or task_params=None to treat every "
+        "parameter as shared.")
+  return mask
+
+
+class _Split(NamedTuple):
+  shared: list[jax.Array]
+  task: list[jax.Array]
+
+
+def _split(model_params: PyTree, mask: Sequence[bool]):
+  leaves, treedef = jax.tree.flatten(model_params)
+  split = _Split([x for x, m in zip(leaves, mask) if not m],
+                 [x for x, m in zip(leaves, mask) if m])
+
+  def merge(shared, task):
+    shared_it, task_it = iter(shared), iter(task)
+    return jax.tree.unflatten(
+        treedef, [next(task_it) if m else next(shared_it) for m in mask])
+
+  return split, merge
+
+
+def batched_vjp(vjp_row: Callable[[jax.Array], PyTree], num_tasks: int,
+                dtype: jnp.dtype, chunk_size: Optional[int]) -> PyTree:
+  """``vjp_row`` applied to the K unit cotangents: leaves of shape (K, ...).
+
+  All rows at once under ``vmap``, or ``chunk_size`` rows at a time under
+  ``lax.map`` (the last chunk padded with zero cotangents).
+  """
+  eye = jnp.eye(num_tasks, dtype=dtype)
+  if chunk_size is None or chunk_size >= num_tasks:
+    return jax.vmap(vjp_row)(eye)
+  chunks = -(-num_tasks // chunk_size)
+  pad = chunks * chunk_size - num_tasks
+  blocks = jnp.concatenate([eye, jnp.zeros((pad, num_tasks), dtype)])
+  blocks = blocks.reshape(chunks, chunk_size, num_tasks)
+  rows = lax.map(jax.vmap(vjp_row), blocks)
+  return jax.tree.map(
+      lambda x: x.reshape((chunks * chunk_size,) + x.shape[2:])[:num_tasks],
+      rows)
+
+
+def gramian(jacobian: PyTree) -> jax.Array:
+  r"""``J J^T`` of a pytree whose leaves are ``(K, ...)`` Jacobian blocks,
+  accumulated in float32 (or float64) without concatenating the blocks."""
+  leaves = jax.tree.leaves(jacobian)
+  num_tasks = leaves[0].shape[0]
+  out = jnp.zeros((num_tasks, num_tasks),
+                  jnp.promote_types(leaves[0].dtype, jnp.float32))
+  for leaf in leaves:
+    flat = leaf.reshape(num_tasks, -1).astype(out.dtype)
+    out = out + flat @ flat.T
+  return out
+
+
+def combine(jacobian: PyTree, weights: jax.Array) -> PyTree:
+  r"""``J^T w`` block by block: each leaf ``(K, ...)`` becomes ``(...)``."""
+  return jax.tree.map(
+      lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
+      jacobian)
+
+
+def rows_finite(jacobian: PyTree) -> jax.Array:
+  """(K,) True where task k's gradient has no NaN or Inf."""
+  leaves = jax.tree.leaves(jacobian)
+  flags = [jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+           for x in leaves]
+  return jnp.all(jnp.stack(flags), axis=0)
+
+
+def check_options(mode: str, chunk_size: Optional[int]) -> None:
+  if mode not in MODES:
+    raise ValueError(
+        f"jacobian_mode must be one of {MODES}, got {mode!r}: 'params' "
+        "differentiates the shared parameters (exact), 'features' the shared "
+        "features marked with self.perturb (cheaper, LibMTL's rep_grad).")
+  if chunk_size is not None and (isinstance(chunk_size, bool) or
+                                 not isinstance(chunk_size, int)
+                                 or chunk_size < 1):
+    raise ValueError(
+        f"chunk_size must be None (all tasks at once) or a positive integer, "
+        f"got {chunk_size!r}.")
