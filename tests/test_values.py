@@ -1,4 +1,4 @@
-"""The one table of pinned values of mtl_jax.weighting.
+"""The one table of pinned values of mtl_jax.weighting and mtl_jax.aggregation.
 
 Each row is ``(fn_or_method, kwargs, inputs, expected)``:
 
@@ -11,6 +11,14 @@ Each row is ``(fn_or_method, kwargs, inputs, expected)``:
 Every expected number is computed by hand in the row's comment, never by the
 library. All rows are checked in float32 and in float64 with the same fixed
 absolute tolerance ``ATOL``.
+
+``GRADIENT_ROWS`` pins the gradient-space methods on TorchJD's Jacobian
+``J = [[-4, 1, 1], [6, 1, 1]]`` (Gramian ``[[18, -22], [-22, 38]]``): each row
+is ``(name, kwargs, weights W(G), direction J^T W(G))``, the values of
+TorchJD's own table (``tests/unit/aggregation/test_values.py``), checked to
+``GRADIENT_ATOL`` = 1e-4 as TorchJD does. A name is built with
+``mtl_jax.aggregation.get(name, **kwargs)``, initialised for two tasks and
+applied once.
 """
 import math
 
@@ -19,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtl_jax import aggregation
 from mtl_jax import weighting
 from mtl_jax.weighting import dwa_weights
 from mtl_jax.weighting import gls_loss
@@ -135,6 +144,36 @@ ROWS = [
 ]
 
 
+# --- gradient-space methods on TorchJD's pinned Jacobian -------------------
+
+J_BASE = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
+GRADIENT_ATOL = 1e-4
+
+GRADIENT_ROWS = [
+    # Frank-Wolfe from [1/2, 1/2]: Gw = [-2, 8], gamma = (3 + 2) / (3 + 18 + 4)
+    # = 0.2 towards e_0 -> [0.6, 0.4]; then Gw = [2, 2]: optimal.
+    # d = 0.6 [-4, 1, 1] + 0.4 [6, 1, 1] = [0, 1, 1].
+    ("mgda", {}, [0.6, 0.4], [0.0, 1.0, 1.0]),
+    # G^-1 = [[38, 22], [22, 18]] / 200, s = [sqrt 18, sqrt 38]
+    # = [4.24264, 6.16441]: v = [1.48419, 1.02153] / sum -> [0.59233, 0.40767].
+    ("imtl_g", {}, [0.5923, 0.4077], [0.0767, 1.0, 1.0]),
+    # eig(G) = 28 -+ sqrt(584) = [3.83391, 52.16609]; w = sqrt(3.83391)
+    # G^-1/2 [1/2, 1/2] (TorchJD's table).
+    ("aligned_mtl", {}, [0.5591, 0.4083], [0.2133, 0.9673, 0.9673]),
+    # u_1 . u_2 = -22 / sqrt(18 * 38) = -0.84119: pinv(U) 1 = (u_1 + u_2) / (1 - 0.84119)
+    # = [0.19181, 2.50312, 2.50312]; its unit vector times (g_1 + g_2) . u
+    # = 2.93264 gives d (TorchJD's table; no weighting row there).
+    ("config", {}, [1.2265, 0.8441], [0.1588, 2.0706, 2.0706]),
+    # g_1 . g_2 = -22 < 0 both ways: c_1 = e_1 + (22/38) e_2, c_2 = e_2 +
+    # (22/18) e_1; w = c_1 + c_2 = [1 + 11/9, 1 + 11/19] = [2.2222, 1.5789].
+    # K = 2 is deterministic (any key).
+    ("pcgrad", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),
+    # First call: the EMA target starts at 0 > phi, so every conflicting pair
+    # is projected as in PCGrad.
+    ("gradvac", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),
+]
+
+
 def _row_id(row):
   fn, kwargs = row[0], row[1]
   name = fn if isinstance(fn, str) else fn.__name__
@@ -181,6 +220,27 @@ def test_pinned_value(row, x64):
     dtype = jnp.float64 if x64 else jnp.float32
     actual = _evaluate(fn, kwargs, inputs, dtype)
     _check(actual, expected)
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("row", GRADIENT_ROWS,
+                         ids=[_row_id(r) for r in GRADIENT_ROWS])
+def test_pinned_gradient_method(row, x64):
+  name, kwargs, weights, direction = row
+  with jax.enable_x64(x64):
+    dtype = jnp.float64 if x64 else jnp.float32
+    jac = jnp.asarray(J_BASE, dtype)
+    method = aggregation.get(name, **kwargs)
+    params, state = method.init(2)
+    w = method.apply(params, state, jac @ jac.T).weights
+    assert w.dtype == dtype
+    np.testing.assert_allclose(w, weights, rtol=0.0, atol=GRADIENT_ATOL)
+    np.testing.assert_allclose(w @ jac, direction, rtol=0.0,
+                               atol=GRADIENT_ATOL)
+
+
+def test_gradient_table_covers_every_method():
+  assert set(aggregation.names()) <= {r[0] for r in GRADIENT_ROWS}
 
 
 def test_table_covers_every_function_and_method():

@@ -17,14 +17,22 @@ from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl_weights
 from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.config import config_weights
+from mtl_jax.aggregation.gradvac import GradVacState
+from mtl_jax.aggregation.gradvac import gradvac
+from mtl_jax.aggregation.gradvac import gradvac_weights
 from mtl_jax.aggregation.imtl_g import imtl_g
 from mtl_jax.aggregation.imtl_g import imtl_g_weights
 from mtl_jax.aggregation.mgda import mgda
 from mtl_jax.aggregation.mgda import mgda_weights
+from mtl_jax.aggregation.pcgrad import PCGradState
+from mtl_jax.aggregation.pcgrad import pcgrad
+from mtl_jax.aggregation.pcgrad import pcgrad_weights
 
 __all__ = (
     "Aggregator",
+    "GradVacState",
     "GradientWeights",
+    "PCGradState",
     "StatelessState",
     "aligned_mtl",
     "aligned_mtl_weights",
@@ -32,10 +40,14 @@ __all__ = (
     "config",
     "config_weights",
     "get",
+    "gradvac",
+    "gradvac_weights",
     "gramian",
     "imtl_g",
     "imtl_g_weights",
     "mgda",
     "mgda_weights",
     "names",
+    "pcgrad",
+    "pcgrad_weights",
 )
