@@ -98,6 +98,7 @@ def jacobian_gradients(method: Aggregator, *,
                        task_params: jac_lib.TaskParamRule = None,
                        mode: str = "params",
                        chunk_size: Optional[int] = None,
+                       reduction: str = "reduce_scatter",
                        init_perturbations: Optional[Callable[[], PyTree]] = None,
                        ) -> GradientFn:
   r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
@@ -110,6 +111,11 @@ def jacobian_gradients(method: Aggregator, *,
       ``"features"`` (of the shared features; needs ``init_perturbations``).
     chunk_size: compute the K VJPs this many at a time (``None``: all at
       once); trades speed for the memory of the backward pass.
+    reduction: across devices in ``mode="params"``: ``"reduce_scatter"``
+      (the default: each device keeps a slice of the global Jacobian, the
+      K x K partial Gramians are summed, the update is all-gathered; about
+      half the traffic, see :func:`mtl_jax.train.jacobian.scattered_gramian`)
+      or ``"all_reduce"`` (every device gets the whole K x P Jacobian).
     init_perturbations: ``() -> zeros`` of the features the model marks with
       ``self.perturb`` (built by the step from ``model_apply``).
 
@@ -125,7 +131,7 @@ def jacobian_gradients(method: Aggregator, *,
         "loss-weighting method goes to make_train_step directly (it takes the "
         "weighted-sum path); combining it with a gradient method is not "
         "defined here.")
-  jac_lib.check_options(mode, chunk_size)
+  jac_lib.check_options(mode, chunk_size, reduction)
   if mode == "features" and init_perturbations is None:
     raise ValueError("mode='features' needs init_perturbations.")
 
@@ -148,11 +154,23 @@ def jacobian_gradients(method: Aggregator, *,
     num_tasks = local.shape[0]
     losses = pmean(lax.stop_gradient(local), axis_name)
 
+    def weights_of(gram):
+      out = method.apply(params["weighting"], method_state, gram,
+                         losses=losses)
+      return lax.stop_gradient(out.weights).astype(local.dtype), out.state
+
     if mode == "params":
       rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_tasks,
                                  local.dtype, chunk_size)
-      rows = pmean(rows, axis_name)
-      gram = jac_lib.gramian(rows)
+      if axis_name is not None and reduction == "reduce_scatter":
+        shared_grads, weights, new_state, finite = jac_lib.scattered_gramian(
+            rows, weights_of, axis_name)
+      else:
+        rows = pmean(rows, axis_name)
+        gram = jac_lib.gramian(rows)
+        weights, new_state = weights_of(gram)
+        shared_grads = jac_lib.combine(rows, weights)
+        finite = jac_lib.rows_finite(gram)
     else:
       rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_tasks,
                                  local.dtype, chunk_size)
@@ -160,18 +178,11 @@ def jacobian_gradients(method: Aggregator, *,
       # the whole batch is the mean of the local ones over N.
       gram = jac_lib.gramian(rows)
       if axis_name is not None:
-        gram = lax.pmean(gram, axis_name) / lax.psum(1, axis_name)
-    finite = jac_lib.rows_finite(rows)
-    if axis_name is not None and mode == "features":
-      finite = lax.pmin(finite.astype(jnp.int32), axis_name).astype(bool)
-
-    out = method.apply(params["weighting"], method_state, gram, losses=losses)
-    weights = lax.stop_gradient(out.weights).astype(local.dtype)
-
-    if mode == "params":
-      shared_grads = jac_lib.combine(rows, weights)
-    else:
+        gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
+      finite = jac_lib.rows_finite(gram)
+      weights, new_state = weights_of(gram)
       shared_grads = pmean(vjp_fn(weights)[0], axis_name)
+
     if has_heads:
       task_grads = pmean(vjp_fn(jnp.ones_like(local))[1], axis_name)
     else:
@@ -179,7 +190,7 @@ def jacobian_gradients(method: Aggregator, *,
     grads = {"model": merge(shared_grads, task_grads),
              "weighting": jax.tree.map(jnp.zeros_like, params["weighting"])}
     total = jnp.sum(weights * losses)
-    return Gradients(grads, total, losses, weights, out.state, model_state,
+    return Gradients(grads, total, losses, weights, new_state, model_state,
                      finite)
 
   return gradient_fn

@@ -150,7 +150,7 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 def _gradient_path(method: Method, model_apply: ModelApply,
                    gradient_fn: Optional[GradientFn], task_params: Any,
                    jacobian_mode: str, chunk_size: Optional[int],
-                   ) -> tuple[GradientFn, bool]:
+                   reduction: str) -> tuple[GradientFn, bool]:
   """The :data:`GradientFn` for ``method``; True when it needs perturbations."""
   is_gradient_method = isinstance(method, Aggregator)
   if not is_gradient_method and not isinstance(method, Weighting):
@@ -158,23 +158,25 @@ def _gradient_path(method: Method, model_apply: ModelApply,
         f"the method must come from mtl_jax.get(...) (a Weighting or an "
         f"Aggregator), got {type(method).__name__}.")
   jacobian_options = (task_params is not None or jacobian_mode != "params"
-                      or chunk_size is not None)
+                      or chunk_size is not None
+                      or reduction != "reduce_scatter")
   if gradient_fn is not None:
     if jacobian_options:
       raise ValueError(
-          "task_params, jacobian_mode and chunk_size configure the built-in "
-          "Jacobian path; a custom gradient_fn replaces it. Pass one or the "
+          "task_params, jacobian_mode, chunk_size and jacobian_reduction "
+          "configure the built-in Jacobian path; a custom gradient_fn replaces it. Pass one or the "
           "other.")
     return gradient_fn, False
   if not is_gradient_method:
     if jacobian_options:
       raise ValueError(
-          "task_params, jacobian_mode and chunk_size only apply to "
+          "task_params, jacobian_mode, chunk_size and jacobian_reduction "
+          "only apply to "
           "gradient-space methods (mtl_jax.aggregation); this method is a "
           "loss weighting, which needs one backward pass of its total. Drop "
           "them, or pick a gradient-space method.")
     return weighted_sum_gradients(method), False
-  jac_lib.check_options(jacobian_mode, chunk_size)
+  jac_lib.check_options(jacobian_mode, chunk_size, reduction)
   needs_perturbations = jacobian_mode == "features"
   if needs_perturbations and not hasattr(model_apply, "init_perturbations"):
     raise ValueError(
@@ -195,6 +197,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
                     task_params: jac_lib.TaskParamRule = None,
                     jacobian_mode: str = "params",
                     chunk_size: Optional[int] = None,
+                    jacobian_reduction: str = "reduce_scatter",
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -241,6 +244,9 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
       :mod:`mtl_jax.train.jacobian`).
     chunk_size: gradient-space methods only: compute this many task
       gradients at a time (``None``: all K at once) to bound memory.
+    jacobian_reduction: gradient-space methods, ``jacobian_mode="params"``,
+      several devices: ``"reduce_scatter"`` (default; each device keeps a
+      slice of the Jacobian, about half the traffic) or ``"all_reduce"``.
 
   Returns:
     ``train_step(state, batch) -> (state, metrics)`` with metrics
@@ -250,7 +256,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
     ``grad_norm``, ``param_norm``; all global, identical on every device.
   """
   path, needs_perturbations = _gradient_path(
-      method, model_apply, gradient_fn, task_params, jacobian_mode, chunk_size)
+      method, model_apply, gradient_fn, task_params, jacobian_mode, chunk_size,
+      jacobian_reduction)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, step_rng = jax.random.split(state.rng)
@@ -276,7 +283,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
               variables, cast_floating(batch, compute_dtype))
       to_gradients = jacobian_gradients(
           method, task_params=task_params, mode=jacobian_mode,
-          chunk_size=chunk_size, init_perturbations=init_perturbations)
+          chunk_size=chunk_size, reduction=jacobian_reduction,
+          init_perturbations=init_perturbations)
 
     out = to_gradients(losses_fn, state.params, state.weighting_state,
                        axis_name)

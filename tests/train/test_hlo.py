@@ -71,3 +71,51 @@ def test_host_transfers_flags_callbacks():
     return x * 2
   text = jax.jit(leaky).lower(np.ones(3, np.float32)).compile().as_text()
   assert train.host_transfers(text)
+
+
+def _jacobian_hlo(name, **jacobian):
+  state, _, _ = fx.init_state(name)
+  step = train.pmap_step(fx.make_step(name, axis_name="batch", **jacobian),
+                         "batch")
+  text = step.lower(train.replicate(state),
+                    train.shard_batch(fx.make_batch(0))).compile().as_text()
+  model = state.params["model"]
+  heads = sum(np.size(x) for h in fx.HEADS for x in jax.tree.leaves(model[h]))
+  shared = sum(np.size(x) for x in jax.tree.leaves(model)) - heads
+  return text, shared, heads
+
+
+def _by_kind(ops):
+  out = {}
+  for op in ops:
+    out[op.kind] = out.get(op.kind, 0) + op.num_elements
+  return out
+
+
+@pytest.mark.parametrize("name", ["mgda", "pcgrad"])
+def test_jacobian_reduce_scatter_moves_a_slice_of_j(name):
+  """Default reduction: reduce-scatter of the K x P Jacobian (each device
+  keeps P/n columns), an all-reduce of the K x K Gramian with the heads'
+  gradients and the K losses, an all-gather of the P-vector update."""
+  text, shared, heads = _jacobian_hlo(name)
+  k, n = fx.NUM_TASKS, jax.local_device_count()
+  padded = -(-shared // n) * n
+  by_kind = _by_kind(train.count_collectives(text))
+  assert by_kind == {"reduce-scatter": k * padded // n,
+                     "all-reduce": k * k + heads + k,
+                     "all-gather": padded}, by_kind
+  assert train.host_transfers(text) == []
+
+
+def test_jacobian_all_reduce_moves_the_whole_j():
+  text, shared, heads = _jacobian_hlo("mgda", jacobian_reduction="all_reduce")
+  k = fx.NUM_TASKS
+  assert _by_kind(train.count_collectives(text)) == {
+      "all-reduce": k * shared + heads + k}
+
+
+def test_features_mode_reduces_only_the_gramian_and_the_gradients():
+  text, shared, heads = _jacobian_hlo("mgda", jacobian_mode="features")
+  k = fx.NUM_TASKS
+  assert _by_kind(train.count_collectives(text)) == {
+      "all-reduce": k * k + shared + heads + k}

@@ -80,6 +80,17 @@ def test_mesh_shard_map_equals_single_device(name, single_runs):
   _assert_same(_reference(single_runs, name), got)
 
 
+@pytest.mark.parametrize("name", ["mgda", "config"])
+def test_all_reduce_jacobian_equals_single_device(name, single_runs):
+  """The simple reduction (the whole K x P Jacobian on every device) agrees
+  too; the default reduce-scatter is covered by the tests above."""
+  state, _, _ = fx.init_state(name)
+  step = train.pmap_step(fx.make_step(name, axis_name="batch",
+                                      jacobian_reduction="all_reduce"), "batch")
+  got = _run(step, train.replicate(state), train.shard_batch, train.unreplicate)
+  _assert_same(_reference(single_runs, name), got)
+
+
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_features_mode_pmap_and_mesh_equal_single_device(name):
   ref = _single(name, jacobian_mode="features")
