@@ -168,6 +168,10 @@ GRADIENT_ROWS = [
     # (22/18) e_1; w = c_1 + c_2 = [1 + 11/9, 1 + 11/19] = [2.2222, 1.5789].
     # K = 2 is deterministic (any key).
     ("pcgrad", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),
+    # Each row projected on the dual cone {x : J x >= 0}: TorchJD's table.
+    ("upgrad", {}, [1.1109, 0.7894], [0.2929, 1.9004, 1.9004]),
+    # The mean gradient projected on the dual cone: TorchJD's table.
+    ("dualproj", {}, [0.6109, 0.5], [0.5563, 1.1109, 1.1109]),
     # First call: the EMA target starts at 0 > phi, so every conflicting pair
     # is projected as in PCGrad.
     ("gradvac", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),

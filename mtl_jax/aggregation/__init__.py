@@ -17,6 +17,8 @@ from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl_weights
 from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.config import config_weights
+from mtl_jax.aggregation.dualproj import dualproj
+from mtl_jax.aggregation.dualproj import dualproj_weights
 from mtl_jax.aggregation.gradvac import GradVacState
 from mtl_jax.aggregation.gradvac import gradvac
 from mtl_jax.aggregation.gradvac import gradvac_weights
@@ -27,6 +29,8 @@ from mtl_jax.aggregation.mgda import mgda_weights
 from mtl_jax.aggregation.pcgrad import PCGradState
 from mtl_jax.aggregation.pcgrad import pcgrad
 from mtl_jax.aggregation.pcgrad import pcgrad_weights
+from mtl_jax.aggregation.upgrad import upgrad
+from mtl_jax.aggregation.upgrad import upgrad_weights
 
 __all__ = (
     "Aggregator",
@@ -39,6 +43,8 @@ __all__ = (
     "combine",
     "config",
     "config_weights",
+    "dualproj",
+    "dualproj_weights",
     "get",
     "gradvac",
     "gradvac_weights",
@@ -50,4 +56,6 @@ __all__ = (
     "names",
     "pcgrad",
     "pcgrad_weights",
+    "upgrad",
+    "upgrad_weights",
 )

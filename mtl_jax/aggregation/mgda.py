@@ -11,15 +11,17 @@ gradient descent algorithm (MGDA) for multiobjective optimization", 2012).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from mtl_jax.aggregation import _base
+from mtl_jax.aggregation import _qp
 
 
-def mgda_weights(gramian: jax.Array, *, epsilon: float = 1e-7,
-                 max_iters: int = 250) -> jax.Array:
+def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
+                 max_iters: Optional[int] = None) -> jax.Array:
   r"""MGDA's weights: the minimum-norm convex combination of the gradients.
 
   .. math::
@@ -31,16 +33,18 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 1e-7,
   :math:`d = J^\top w^\star` is the shortest vector of the convex hull of the
   gradients; :math:`d = 0` exactly when the point is Pareto-stationary.
 
-  Solver (written here; no kept JAX library has a simplex QP): pairwise
-  Frank-Wolfe from :math:`w = 1/K`. Each step moves weight from the active
-  task with the largest :math:`(Gw)_s` to the task with the smallest
-  :math:`(Gw)_t`, with the exact line search of a quadratic,
-  :math:`\gamma = \min\big(w_s, ((Gw)_s - (Gw)_t) / (G_{ss} + G_{tt} -
-  2 G_{st})\big)`. Unlike the plain Frank-Wolfe of TorchJD (whose weights
-  that should be 0 decay like :math:`1/t`), it converges linearly and reaches
-  the exact zeros. The loop runs exactly ``max_iters`` times inside ``jit``
-  and stops moving once the gap :math:`(Gw)_s - (Gw)_t` falls below
-  ``epsilon`` times :math:`\max_k G_{kk}`.
+  Solver (written here, in :mod:`mtl_jax.aggregation._qp`; no kept JAX
+  library has a QP with inequality constraints): with
+  :math:`\hat G = G / \operatorname{tr}(G)`, the minimiser :math:`x` of
+  :math:`x^\top (\hat G + \mathbf 1 \mathbf 1^\top) x - 2\,\mathbf 1^\top x`
+  over :math:`x \ge 0` is :math:`w^\star / (1 + w^{\star\top} \hat G
+  w^\star)`, so :math:`w^\star = x / \mathbf 1^\top x`. That bound-constrained
+  QP is solved exactly by a few primal-dual active-set (Newton) steps and a
+  Lawson-Hanson active-set finish, each step one masked
+  :math:`K \times K` Cholesky solve, for exactly ``max_iters`` steps inside
+  ``jit``. Unlike Frank-Wolfe (TorchJD's, whose weights that should be 0
+  decay like :math:`1/t`), it ends on the exact zeros and the exact optimum,
+  rank-deficient Gramians included. A zero Gramian gives :math:`1/K`.
 
   Conventions: the weights sum to 1 (TorchJD). LibMTL runs Sener's
   MinNormSolver (the same optimum) and can normalise the gradients first
@@ -48,8 +52,14 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 1e-7,
 
   Args:
     gramian: ``(K, K)`` Gramian :math:`G`.
-    epsilon: relative optimality gap at which the iteration stops.
-    max_iters: the fixed iteration budget (LibMTL's MinNormSolver: 250).
+    epsilon: a task joins the support only if it lowers :math:`w^\top G w`
+      at a rate above ``epsilon`` relative to :math:`\operatorname{tr}(G)`;
+      never below 16 machine epsilons, which the default 0 gives (the exact
+      optimum to working precision). TorchJD stops its Frank-Wolfe at a step
+      of 1e-3.
+    max_iters: the fixed number of solver steps; None gives K + 10, which
+      solved every tested Gramian with K up to 40 with a margin (TorchJD:
+      100 Frank-Wolfe steps).
 
   Returns:
     ``(K,)`` weights on the simplex.
@@ -61,32 +71,23 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 1e-7,
   References:
     Sener, Koltun, "Multi-Task Learning as Multi-Objective Optimization",
     NeurIPS 2018, https://arxiv.org/abs/1810.04650.
-    Lacoste-Julien, Jaggi, "On the Global Linear Convergence of Frank-Wolfe
-    Optimization Variants", NeurIPS 2015, https://arxiv.org/abs/1511.05932.
+    Lawson, Hanson, "Solving Least Squares Problems", 1974, chapter 23
+    (the active-set NNLS algorithm).
   """
   _base.check_gramian(gramian, None, "mgda_weights")
   _base.check_nonnegative(epsilon, "epsilon", "mgda_weights")
-  max_iters = _base.check_positive_int(max_iters, "max_iters", "mgda_weights")
-  num_tasks = gramian.shape[0]
-  dtype = _base.float_dtype(gramian)
-  tol = epsilon * jnp.max(jnp.diagonal(gramian))
-
-  def body(_, w):
-    gw = gramian @ w
-    t = jnp.argmin(gw)
-    s = jnp.argmax(jnp.where(w > 0, gw, -jnp.inf))
-    gap = gw[s] - gw[t]
-    curvature = gramian[s, s] + gramian[t, t] - 2 * gramian[s, t]
-    step = jnp.where(curvature > 0, gap / jnp.where(curvature > 0,
-                                                    curvature, 1.0), w[s])
-    gamma = jnp.where(gap > tol, jnp.minimum(step, w[s]), 0.0).astype(dtype)
-    return w.at[s].add(-gamma).at[t].add(gamma)
-
-  w0 = jnp.full((num_tasks,), 1.0 / num_tasks, dtype)
-  return lax.fori_loop(0, max_iters, body, w0)
+  if max_iters is not None:
+    _base.check_positive_int(max_iters, "max_iters", "mgda_weights")
+  newton_steps, active_set_steps = _qp.split_budget(max_iters,
+                                                    gramian.shape[0])
+  eps = jnp.finfo(_base.float_dtype(gramian)).eps
+  return _qp.simplex_min_norm(
+      gramian, newton_steps=newton_steps, active_set_steps=active_set_steps,
+      rtol=jnp.maximum(epsilon, 16 * eps))
 
 
-def mgda(epsilon: float = 1e-7, max_iters: int = 250) -> _base.Aggregator:
+def mgda(epsilon: float = 0.0,
+         max_iters: Optional[int] = None) -> _base.Aggregator:
   """MGDA as an :class:`~mtl_jax.aggregation.Aggregator`.
 
   Args:
@@ -97,7 +98,8 @@ def mgda(epsilon: float = 1e-7, max_iters: int = 250) -> _base.Aggregator:
     An ``Aggregator`` with no parameters and a state that only records K.
   """
   _base.check_nonnegative(epsilon, "epsilon", "mgda")
-  _base.check_positive_int(max_iters, "max_iters", "mgda")
+  if max_iters is not None:
+    _base.check_positive_int(max_iters, "max_iters", "mgda")
   return _base.gramian_aggregator(
       lambda state, g: (mgda_weights(g, epsilon=epsilon, max_iters=max_iters),
                         state),

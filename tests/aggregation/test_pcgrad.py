@@ -206,3 +206,16 @@ def test_factory_matches_function_and_keeps_state():
   _asserts.assert_no_retrace(method.apply, params, state, [gramian] * 3)
   with pytest.raises(ValueError, match="initialised for 4 tasks"):
     method.apply(params, state, gramian[:3, :3])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_two_tasks_equal_upgrad_with_unit_preferences(seed):
+  # TorchJD's check: for two rows PCGrad is UPGrad with pref_vector = ones
+  # (without UPGrad's ridge, which only perturbs it by ~reg_eps).
+  from mtl_jax.aggregation.upgrad import upgrad_weights
+  jac = _inputs.jacobian(seed, 2, 6, 2, dtype=np.float64)
+  with jax.enable_x64():
+    g = jnp.asarray(jac @ jac.T)
+    np.testing.assert_allclose(
+        pcgrad_weights(g, jax.random.PRNGKey(seed)),
+        upgrad_weights(g, jnp.ones(2), reg_eps=0.0), rtol=1e-8, atol=1e-10)
