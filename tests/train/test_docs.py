@@ -44,3 +44,13 @@ def test_ten_line_example_runs():
   weights = namespace["weights"]
   assert weights.shape == (2,)
   assert abs(float(weights.sum()) - 1.0) < 1e-6
+
+
+def test_gradient_method_example_runs(capsys):
+  code = _first_python_block("Methods")
+  assert "upgrad_weights" in code
+  namespace = {"__name__": "__doc_example__"}
+  exec(compile(code, DOC, "exec"), namespace)
+  jd = namespace["J"] @ namespace["d"]
+  assert float(jd.min()) >= -1e-4  # non-conflicting
+  assert capsys.readouterr().out

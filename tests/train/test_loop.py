@@ -53,15 +53,19 @@ def test_metrics_are_fetched_only_every_log_every_steps(tmp_path):
   assert len(train.read_metrics(tmp_path)) == 12
 
 
-def test_resume_continues_like_an_uninterrupted_run(tmp_path):
-  straight = _train(tmp_path / "a", 10, checkpoint_every=3)
-  first = _train(tmp_path / "b", 6, checkpoint_every=3)
+@pytest.mark.parametrize("name", ["dwa", "gradvac"])
+def test_resume_continues_like_an_uninterrupted_run(tmp_path, name):
+  """DWA's epoch means, or GradVac's EMA of cosines and its PRNG key (the
+  Jacobian path), come back from the checkpoint with the parameters."""
+  straight = _train(tmp_path / "a", 10, name=name, checkpoint_every=3)
+  first = _train(tmp_path / "b", 6, name=name, checkpoint_every=3)
   assert int(first.step) == 6
   # A stale record past the last checkpoint must be dropped on resume.
   with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
     f.write(json.dumps({"step": 7, "stale": True}) + "\n")
   batches = fx.SeededBatches()
-  resumed = _train(tmp_path / "b", 10, checkpoint_every=3, batches=batches)
+  resumed = _train(tmp_path / "b", 10, name=name, checkpoint_every=3,
+                   batches=batches)
   assert batches.consumed == 4            # only the steps 7..10
   assert fx.max_abs_diff(straight.params, resumed.params) < 1e-6
   assert fx.max_abs_diff(straight.weighting_state, resumed.weighting_state) < 1e-6
