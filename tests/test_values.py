@@ -172,6 +172,13 @@ GRADIENT_ROWS = [
     ("upgrad", {}, [1.1109, 0.7894], [0.2929, 1.9004, 1.9004]),
     # The mean gradient projected on the dual cone: TorchJD's table.
     ("dualproj", {}, [0.6109, 0.5], [0.5563, 1.1109, 1.1109]),
+    # G w = 1/w for alpha = 1: w = t [1.45293, 1], t^2 = 1 / 6.03554
+    # -> [0.59146, 0.40707] (TorchJD's table).
+    ("fairgrad", {"alpha": 1.0}, [0.5915, 0.4071], [0.0766, 0.9985, 0.9985]),
+    # The same bargaining solution (G a = 1/a), scaled so that ||J^T a|| =
+    # max_norm = 1: a^T G a = K = 2, so a = [0.59146, 0.40707] / sqrt(2)
+    # (TorchJD's table pins the direction only).
+    ("nash_mtl", {}, [0.4182, 0.2878], [0.0542, 0.7061, 0.7061]),
     # First call: the EMA target starts at 0 > phi, so every conflicting pair
     # is projected as in PCGrad.
     ("gradvac", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),

@@ -19,6 +19,8 @@ from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.config import config_weights
 from mtl_jax.aggregation.dualproj import dualproj
 from mtl_jax.aggregation.dualproj import dualproj_weights
+from mtl_jax.aggregation.fairgrad import fairgrad
+from mtl_jax.aggregation.fairgrad import fairgrad_weights
 from mtl_jax.aggregation.gradvac import GradVacState
 from mtl_jax.aggregation.gradvac import gradvac
 from mtl_jax.aggregation.gradvac import gradvac_weights
@@ -26,6 +28,9 @@ from mtl_jax.aggregation.imtl_g import imtl_g
 from mtl_jax.aggregation.imtl_g import imtl_g_weights
 from mtl_jax.aggregation.mgda import mgda
 from mtl_jax.aggregation.mgda import mgda_weights
+from mtl_jax.aggregation.nash_mtl import NashMTLState
+from mtl_jax.aggregation.nash_mtl import nash_mtl
+from mtl_jax.aggregation.nash_mtl import nash_mtl_weights
 from mtl_jax.aggregation.pcgrad import PCGradState
 from mtl_jax.aggregation.pcgrad import pcgrad
 from mtl_jax.aggregation.pcgrad import pcgrad_weights
@@ -36,6 +41,7 @@ __all__ = (
     "Aggregator",
     "GradVacState",
     "GradientWeights",
+    "NashMTLState",
     "PCGradState",
     "StatelessState",
     "aligned_mtl",
@@ -45,6 +51,8 @@ __all__ = (
     "config_weights",
     "dualproj",
     "dualproj_weights",
+    "fairgrad",
+    "fairgrad_weights",
     "get",
     "gradvac",
     "gradvac_weights",
@@ -54,6 +62,8 @@ __all__ = (
     "mgda",
     "mgda_weights",
     "names",
+    "nash_mtl",
+    "nash_mtl_weights",
     "pcgrad",
     "pcgrad_weights",
     "upgrad",

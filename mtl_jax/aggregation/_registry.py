@@ -8,9 +8,11 @@ from mtl_jax.aggregation import _base
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.dualproj import dualproj
+from mtl_jax.aggregation.fairgrad import fairgrad
 from mtl_jax.aggregation.gradvac import gradvac
 from mtl_jax.aggregation.imtl_g import imtl_g
 from mtl_jax.aggregation.mgda import mgda
+from mtl_jax.aggregation.nash_mtl import nash_mtl
 from mtl_jax.aggregation.pcgrad import pcgrad
 from mtl_jax.aggregation.upgrad import upgrad
 
@@ -18,9 +20,11 @@ _FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
     "aligned_mtl": aligned_mtl,
     "config": config,
     "dualproj": dualproj,
+    "fairgrad": fairgrad,
     "gradvac": gradvac,
     "imtl_g": imtl_g,
     "mgda": mgda,
+    "nash_mtl": nash_mtl,
     "pcgrad": pcgrad,
     "upgrad": upgrad,
 }

@@ -1,0 +1,116 @@
+"""Contract of every registered gradient-space method: the registry, shapes,
+dtypes, a stable state (no retrace), jit and vmap, no gradient, bad input."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import _asserts
+import _inputs
+import mtl_jax
+from mtl_jax import aggregation
+
+METHODS = aggregation.names()
+REQUIRED = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
+
+
+@functools.lru_cache(maxsize=None)
+def _method(name):
+  return aggregation.get(name, **REQUIRED.get(name, {}))
+
+
+def _gramian(seed, k, dtype=np.float32):
+  jac = _inputs.jacobian(seed, k, k + 3, k, dtype=np.float64)
+  return jnp.asarray(jac @ jac.T, dtype)
+
+
+def test_names_and_the_unified_entry_point():
+  assert set(METHODS) >= {"mgda", "upgrad", "dualproj", "imtl_g",
+                          "aligned_mtl", "cagrad", "nash_mtl", "fairgrad",
+                          "pcgrad", "gradvac", "config"} & set(METHODS)
+  assert len(METHODS) >= 7
+  assert set(METHODS) <= set(mtl_jax.names())
+  assert not set(METHODS) & set(mtl_jax.weighting.names())
+  for name in METHODS:
+    assert isinstance(mtl_jax.get(name, **REQUIRED.get(name, {})),
+                      aggregation.Aggregator)
+    assert mtl_jax.family(name) == "aggregation"
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_weights_shape_dtype_and_stable_state(name, k):
+  method = _method(name)
+  params, state = method.init(k, key=jax.random.PRNGKey(1))
+  seq = [_gramian(s, k) for s in range(3)]
+  traces = []
+
+  def counted(p, s, g):
+    traces.append(None)
+    return method.apply(p, s, g)
+
+  jitted = jax.jit(counted)
+  for g in seq:
+    out = jitted(params, state, g)
+    _asserts.assert_finite_shape(out.weights, (k,))
+    assert out.weights.dtype == jnp.float32
+    assert jax.tree.structure(out.state) == jax.tree.structure(state)
+    for new, old in zip(jax.tree.leaves(out.state), jax.tree.leaves(state)):
+      assert new.dtype == old.dtype and new.shape == old.shape
+    state = out.state
+  assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_float64_in_float64_out(name):
+  method = _method(name)
+  with jax.enable_x64():
+    params, state = method.init(3)
+    out = method.apply(params, state, _gramian(0, 3, np.float64))
+    assert out.weights.dtype == jnp.float64
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_vmap_over_gramians(name):
+  method = _method(name)
+  params, state = method.init(3)
+  grams = jnp.stack([_gramian(s, 3) for s in range(4)])
+  batched = jax.jit(jax.vmap(lambda g: method.apply(params, state, g).weights))
+  expected = np.stack([method.apply(params, state, g).weights for g in grams])
+  np.testing.assert_allclose(batched(grams), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_weights_carry_no_gradient(name):
+  method = _method(name)
+  params, state = method.init(3)
+  _asserts.assert_no_gradient(
+      lambda g: method.apply(params, state, g).weights, _gramian(2, 3))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_gramian_of_the_wrong_size_or_shape(name):
+  method = _method(name)
+  params, state = method.init(3)
+  with pytest.raises(ValueError, match="initialised for 3 tasks"):
+    method.apply(params, state, _gramian(0, 2))
+  with pytest.raises(ValueError, match="square"):
+    method.apply(params, state, jnp.ones((3, 4)))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_registry_errors(name):
+  with pytest.raises(ValueError, match="takes no hyperparameter"):
+    aggregation.get(name, not_a_hyperparameter=1, **REQUIRED.get(name, {}))
+  if name in REQUIRED:
+    with pytest.raises(ValueError, match="needs the hyperparameter"):
+      aggregation.get(name)
+
+
+def test_unknown_name():
+  with pytest.raises(ValueError, match="valid names are"):
+    aggregation.get("gradnorm2")
+  with pytest.raises(ValueError, match="positive integer"):
+    _method("mgda").init(0)
