@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Union
 
+from mtl_jax import _factory
 from mtl_jax import aggregation
 from mtl_jax import weighting
 
 Method = Union[weighting.Weighting, aggregation.Aggregator]
-
-
-def _key(name: str) -> str:
-  return str(name).lower().replace("-", "_")
 
 
 def names() -> tuple[str, ...]:
@@ -25,7 +22,7 @@ def family(name: str) -> str:
   Raises:
     ValueError: for an unknown name, listing the valid ones by family.
   """
-  key = _key(name)
+  key = _factory.normalize(name)
   if key in weighting.names():
     return "weighting"
   if key in aggregation.names():

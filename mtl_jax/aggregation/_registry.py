@@ -1,9 +1,9 @@
 """Look a gradient-space method up by name: ``get("cagrad", c=0.4)``."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
+from mtl_jax import _factory
 from mtl_jax.aggregation import _base
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.config import config
@@ -51,23 +51,4 @@ def get(name: str, **hparams: Any) -> _base.Aggregator:
       hyperparameter the method does not take (listing the ones it takes), or
       a required one that is missing.
   """
-  key = str(name).lower().replace("-", "_")
-  if key not in _FACTORIES:
-    raise ValueError(
-        f"unknown gradient-space method {name!r}; valid names are "
-        f"{list(names())}.")
-  factory = _FACTORIES[key]
-  accepted = inspect.signature(factory).parameters
-  unknown = sorted(set(hparams) - set(accepted))
-  if unknown:
-    raise ValueError(
-        f"gradient-space method {key!r} takes no hyperparameter(s) {unknown}; "
-        f"it takes {list(accepted)}.")
-  missing = [n for n, p in accepted.items()
-             if p.default is inspect.Parameter.empty and n not in hparams
-             and p.kind is not inspect.Parameter.VAR_KEYWORD]
-  if missing:
-    raise ValueError(
-        f"gradient-space method {key!r} needs the hyperparameter(s) {missing}, "
-        f"e.g. get({key!r}, {missing[0]}=...).")
-  return factory(**hparams)
+  return _factory.build(_FACTORIES, "gradient-space", name, hparams)

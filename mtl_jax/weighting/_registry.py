@@ -1,9 +1,9 @@
 """Look a weighting method up by name: ``get("uw_so", temperature=2.0)``."""
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable
 
+from mtl_jax import _factory
 from mtl_jax.weighting import _base
 from mtl_jax.weighting.dwa import dwa
 from mtl_jax.weighting.ew import ew
@@ -50,22 +50,4 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
     ValueError: for an unknown name (listing the valid ones), or for a
       hyperparameter the method does not take (listing the ones it takes).
   """
-  key = str(name).lower().replace("-", "_")
-  if key not in _FACTORIES:
-    raise ValueError(
-        f"unknown weighting method {name!r}; valid names are {list(names())}.")
-  factory = _FACTORIES[key]
-  accepted = inspect.signature(factory).parameters
-  unknown = sorted(set(hparams) - set(accepted))
-  if unknown:
-    raise ValueError(
-        f"weighting method {key!r} takes no hyperparameter(s) {unknown}; it "
-        f"takes {list(accepted)}.")
-  missing = [n for n, p in accepted.items()
-             if p.default is inspect.Parameter.empty and n not in hparams
-             and p.kind is not inspect.Parameter.VAR_KEYWORD]
-  if missing:
-    raise ValueError(
-        f"weighting method {key!r} needs the hyperparameter(s) {missing}, "
-        f"e.g. get({key!r}, {missing[0]}=...).")
-  return factory(**hparams)
+  return _factory.build(_FACTORIES, "weighting", name, hparams)

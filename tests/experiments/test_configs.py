@@ -52,6 +52,14 @@ def test_full_config_has_the_sections_and_the_header(name):
   assert config.train.num_steps > 0 or config.train.num_epochs > 0
 
 
+def _train_and_evaluate(config, workdir):
+  """One run of ``config``; CelebA reads tfds's mock data."""
+  if config.data.name == "celeba":
+    with tfds.testing.mock_data(num_examples=8):
+      return train_main.train_and_evaluate(config, str(workdir))
+  return train_main.train_and_evaluate(config, str(workdir))
+
+
 _SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit net
 
 
@@ -65,11 +73,7 @@ _SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit 
 def test_config_trains_two_steps_on_fixture_data(name, tmp_path):
   config = _with_data(smoke_config(name), tmp_path)
   config.weighting.name = "uw"  # learnable weighting params in the tree
-  if config.data.name == "celeba":
-    with tfds.testing.mock_data(num_examples=8):
-      result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
-  else:
-    result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  result = _train_and_evaluate(config, tmp_path / "run")
   records = train.read_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == [1, 2]
   assert all(np.isfinite(r["total"]) for r in records)
@@ -107,11 +111,7 @@ def test_config_trains_a_gradient_method(name, method, mode, tmp_path):
   config.weighting.name = method
   config.weighting.jacobian_mode = mode
   config.weighting.chunk_size = 2
-  if config.data.name == "celeba":
-    with tfds.testing.mock_data(num_examples=8):
-      result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
-  else:
-    result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
+  result = _train_and_evaluate(config, tmp_path / "run")
   records = train.read_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == [1, 2]
   assert not any(r["skipped"] for r in records)
