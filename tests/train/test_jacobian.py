@@ -282,3 +282,20 @@ def test_unknown_name_lists_both_families():
   with pytest.raises(ValueError, match="gradient-space methods") as info:
     mtl_jax.get("pcgrad2")
   assert "uw_so" in str(info.value) and "mgda" in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["params", "features"])
+def test_bfloat16_model_keeps_the_jacobian_path_in_float32(mode):
+  state, _, _ = fx.init_state("upgrad")
+  step = jax.jit(fx.make_step("upgrad", compute_dtype=jnp.bfloat16,
+                              jacobian_mode=mode))
+  new, metrics = step(state, fx.make_batch(7))
+  _, ref = _compiled("upgrad", True, mode)(state, fx.make_batch(7))
+  assert not bool(metrics["skipped"])
+  for key in ("losses", "weights", "total", "grad_norm"):
+    assert metrics[key].dtype == jnp.float32, key
+  for leaf in jax.tree.leaves((new.params, new.opt_state)):
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
+      assert leaf.dtype == jnp.float32
+  np.testing.assert_allclose(metrics["weights"], ref["weights"], rtol=5e-2,
+                             atol=1e-2)
