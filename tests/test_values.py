@@ -154,6 +154,12 @@ GRADIENT_ROWS = [
     # = 0.2 towards e_0 -> [0.6, 0.4]; then Gw = [2, 2]: optimal.
     # d = 0.6 [-4, 1, 1] + 0.4 [6, 1, 1] = [0, 1, 1].
     ("mgda", {}, [0.6, 0.4], [0.0, 1.0, 1.0]),
+    # Two tasks: w* = argmin over the segment, in closed form; weights
+    # 1/2 + (c ||g_0|| / ||J^T w*||) w* (TorchJD's table, c = 0.5).
+    ("cagrad", {"c": 0.5}, [0.7041, 0.5], [0.1835, 1.2041, 1.2041]),
+    # LibMTL's rescale=1 divides by 1 + c^2 = 1.25: [0.1468, 0.9633, 0.9633]
+    # (computed by hand in REFERENCE 8.3).
+    ("cagrad", {"c": 0.5, "rescale": 1}, [0.5633, 0.4], [0.1468, 0.9633, 0.9633]),
     # G^-1 = [[38, 22], [22, 18]] / 200, s = [sqrt 18, sqrt 38]
     # = [4.24264, 6.16441]: v = [1.48419, 1.02153] / sum -> [0.59233, 0.40767].
     ("imtl_g", {}, [0.5923, 0.4077], [0.0767, 1.0, 1.0]),

@@ -15,6 +15,8 @@ from mtl_jax.aggregation._registry import get
 from mtl_jax.aggregation._registry import names
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl_weights
+from mtl_jax.aggregation.cagrad import cagrad
+from mtl_jax.aggregation.cagrad import cagrad_weights
 from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.config import config_weights
 from mtl_jax.aggregation.dualproj import dualproj
@@ -46,6 +48,8 @@ __all__ = (
     "StatelessState",
     "aligned_mtl",
     "aligned_mtl_weights",
+    "cagrad",
+    "cagrad_weights",
     "combine",
     "config",
     "config_weights",

@@ -6,6 +6,7 @@ from typing import Any, Callable
 from mtl_jax import _factory
 from mtl_jax.aggregation import _base
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl
+from mtl_jax.aggregation.cagrad import cagrad
 from mtl_jax.aggregation.config import config
 from mtl_jax.aggregation.dualproj import dualproj
 from mtl_jax.aggregation.fairgrad import fairgrad
@@ -18,6 +19,7 @@ from mtl_jax.aggregation.upgrad import upgrad
 
 _FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
     "aligned_mtl": aligned_mtl,
+    "cagrad": cagrad,
     "config": config,
     "dualproj": dualproj,
     "fairgrad": fairgrad,
