@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mtl_jax
 from experiments import common
 from experiments import compare
 from experiments import report
@@ -61,9 +62,16 @@ def test_config_hyperparameters_reach_the_weighting(config):
   weights = common.build_weighting(config, spec, 10).apply(
       params, None, losses).weights
   np.testing.assert_allclose(weights, [1.0, 0.5, 0.5, 1.0])  # per-task forms
-  with pytest.raises(ValueError, match="unknown weighting"):
+  with pytest.raises(ValueError, match="unknown method 'nope'"):
     config.weighting.name = "nope"
     common.build_weighting(config, spec, 10)
+  # A gradient-space method, with its hyperparameters from the config.
+  config.weighting.name, config.weighting.cagrad_c = "cagrad", 0.25
+  got = common.build_weighting(config, spec, 10)
+  gram = jnp.array([[18.0, -22.0], [-22.0, 38.0]])
+  np.testing.assert_allclose(
+      got.apply({}, got.init(2)[1], gram).weights,
+      mtl_jax.aggregation.cagrad_weights(gram, 0.25), rtol=1e-6)
 
 
 def _fake_row(label, kind, tests):
