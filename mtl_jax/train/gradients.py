@@ -167,7 +167,7 @@ def jacobian_gradients(method: Aggregator, *,
             rows, weights_of, axis_name)
       else:
         rows = pmean(rows, axis_name)
-        gram = jac_lib.gramian(rows)
+        gram = jac_lib.isolate(jac_lib.gramian(rows))
         weights, new_state = weights_of(gram)
         shared_grads = jac_lib.combine(rows, weights)
         finite = jac_lib.rows_finite(gram)
@@ -179,6 +179,7 @@ def jacobian_gradients(method: Aggregator, *,
       gram = jac_lib.gramian(rows)
       if axis_name is not None:
         gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
+      gram = jac_lib.isolate(gram)
       finite = jac_lib.rows_finite(gram)
       weights, new_state = weights_of(gram)
       shared_grads = pmean(vjp_fn(weights)[0], axis_name)
