@@ -40,6 +40,43 @@ def make_weighting(name: str, num_tasks: int):
   return mtl_jax.get(name, **method_hparams(name, num_tasks))
 
 
+# Hyperparameters the benchmarks give the gradient-space methods that need
+# one (the others run with their paper defaults).
+GRADIENT_HPARAMS = {"cagrad": {"c": 0.4}, "fairgrad": {"alpha": 1.0}}
+
+
+def gradient_methods() -> tuple[str, ...]:
+  """Every registered gradient-space method, read at run time."""
+  import mtl_jax  # pylint: disable=g-import-not-at-top
+  return mtl_jax.aggregation.names()
+
+
+def make_gradient_method(name: str):
+  import mtl_jax  # pylint: disable=g-import-not-at-top
+  return mtl_jax.get(name, **GRADIENT_HPARAMS.get(name, {}))
+
+
+def constant_weights(num_tasks: int, value: float = 1.0):
+  """A gradient-space method whose weights are always ``value``: with the
+  Jacobian path it gives EW's update, so its step costs the engine's
+  Jacobian path and no solver."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from mtl_jax import aggregation  # pylint: disable=g-import-not-at-top
+
+  def init(k, *, key=None):
+    del key
+    assert k == num_tasks, (k, num_tasks)
+    return {}, aggregation.StatelessState(jnp.zeros((k,), jnp.int8))
+
+  def apply(params, state, gramian, *, losses=None):
+    del params, losses
+    return aggregation.GradientWeights(
+        jnp.full((gramian.shape[0],), value, gramian.dtype), state)
+
+  return aggregation.Aggregator(init, apply)
+
+
 # ---------------------------------------------------------------- models
 
 def mlp_problem(num_tasks: int, batch_size: int, seed: int = 0):
@@ -74,12 +111,32 @@ def digit_problem(batch_size: int, image_size: int = 32, seed: int = 0):
   return DigitSceneNet(), batch, losses.digit_scene_losses
 
 
+def segnet_problem(batch_size: int, height: int = 288, width: int = 384,
+                   seed: int = 0):
+  """SegNet with NYUv2's heads (13 classes, depth, normals) and a fixed
+  random NYUv2-shaped batch. Returns ``(model, batch, task_losses)``."""
+  from mtl_jax import losses  # pylint: disable=g-import-not-at-top
+  from mtl_jax.models import NYUV2_HEADS, SegNet  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  s = (batch_size, height, width)
+  normal = rng.normal(size=s + (3,))
+  normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+  batch = {"image": rng.random(s + (3,), dtype=np.float32),
+           "segmentation": rng.integers(-1, 13, s).astype(np.int32),
+           "depth": rng.uniform(0.5, 10, s + (1,)).astype(np.float32),
+           "normal": normal.astype(np.float32)}
+  return SegNet(heads=NYUV2_HEADS), batch, losses.nyuv2_losses
+
+
 def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
              weighting, num_tasks: int, *, learning_rate: float = 1e-3,
-             seed: int = 0):
+             seed: int = 0, **step_kwargs):
   """The engine's jitted train step with Adam, and its state at step 0.
 
-  Returns ``(step, state, batch_on_device)``; the step is compiled.
+  ``weighting`` is a method of either family; ``step_kwargs`` go to
+  ``make_train_step`` (a gradient-space method's ``task_params``,
+  ``jacobian_mode``, ``chunk_size``). Returns ``(step, state,
+  batch_on_device)``; the step is compiled.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -90,7 +147,8 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
   state = train.create_train_state(jax.random.PRNGKey(seed), model, batch,
                                    weighting, optimizer, num_tasks=num_tasks)
   step = jax.jit(train.make_train_step(train.module_apply_fn(model),
-                                       task_losses, weighting, optimizer),
+                                       task_losses, weighting, optimizer,
+                                       **step_kwargs),
                  donate_argnums=0)
   batch = jax.device_put(dict(batch))
   state, _ = step(state, batch)  # compile, and leave the donated input behind

@@ -95,14 +95,16 @@ def missing_requirements() -> list[str]:
   return missing
 
 
-def load_libmtl():
+def load_libmtl(methods: dict[str, str] | None = None):
   """LibMTL's HPS and weighting classes, loaded from their files.
 
   Stub parent packages are put in ``sys.modules`` so that the modules'
   ``from LibMTL.x.y import ...`` lines resolve without running the package
   ``__init__`` (which imports torchvision's removed ``models.utils``).
-  Returns ``(HPS, AbsWeighting, {method: class})``.
+  ``methods`` maps our names to LibMTL class names (default
+  :data:`LIBMTL_METHODS`). Returns ``(HPS, AbsWeighting, {method: class})``.
   """
+  methods = LIBMTL_METHODS if methods is None else methods
   root = pathlib.Path(
       next(iter(importlib.util.find_spec("LibMTL").submodule_search_locations)))
   for package in ("LibMTL", "LibMTL.architecture", "LibMTL.weighting"):
@@ -126,7 +128,7 @@ def load_libmtl():
   hps = load("LibMTL.architecture.HPS").HPS
   abs_weighting = load("LibMTL.weighting.abstract_weighting").AbsWeighting
   classes = {name: getattr(load(f"LibMTL.weighting.{cls}"), cls)
-             for name, cls in LIBMTL_METHODS.items()}
+             for name, cls in methods.items()}
   return hps, abs_weighting, classes
 
 
@@ -296,7 +298,9 @@ def torch_problem(model_name, num_tasks, np_batch):
 
 
 def make_torch_runner(hps, weighting_cls, method, model_name, num_tasks,
-                      np_batch, seed=0):
+                      np_batch, seed=0, kwargs=None):
+  """A LibMTL model (HPS + ``weighting_cls``) and its step; ``kwargs`` go to
+  ``model.backward`` (default: :data:`LIBMTL_KWARGS` of ``method``)."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
   encoder, decoders, inputs, targets, loss_fns = torch_problem(
@@ -316,7 +320,8 @@ def make_torch_runner(hps, weighting_cls, method, model_name, num_tasks,
   model.train_loss_buffer = np.ones((num_tasks, 3))
   optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
   return TorchRunner(model, optimizer, inputs, targets, loss_fns,
-                     LIBMTL_KWARGS.get(method, {}))
+                     LIBMTL_KWARGS.get(method, {}) if kwargs is None
+                     else kwargs)
 
 
 # ---------------------------------------------------------------- driver

@@ -12,15 +12,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 HAVE_BENCH_EXTRA = all(importlib.util.find_spec(m) is not None
                        for m in ("torch", "LibMTL"))
+HAVE_GRADIENT_BENCH = HAVE_BENCH_EXTRA and importlib.util.find_spec(
+    "torchjd") is not None
+
+
+def _hidden(*packages):
+  """Runs the script in argv[1] as if ``packages`` were not installed."""
+  return (
+      "import importlib.util as u, runpy, sys\n"
+      "find = u.find_spec\n"
+      "u.find_spec = lambda name, *a: (None if name.split('.')[0] in "
+      f"{packages!r} else find(name, *a))\n"
+      "sys.argv = [sys.argv[1]]\n"
+      "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
 
 # Runs benchmarks/vs_pytorch.py as if torch and LibMTL were not installed.
-_HIDDEN = (
-    "import importlib.util as u, runpy, sys\n"
-    "find = u.find_spec\n"
-    "u.find_spec = lambda name, *a: (None if name.split('.')[0] in "
-    "('torch', 'LibMTL') else find(name, *a))\n"
-    "sys.argv = [sys.argv[1]]\n"
-    "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+_HIDDEN = _hidden("torch", "LibMTL")
 
 
 def _run(args, timeout=240, **kwargs):
@@ -86,3 +94,68 @@ def test_vs_pytorch_smoke(tmp_path):
   result = json.loads(path.read_text())["mlp3"]
   assert set(result) == {"ew", "uw", "uw_so"}
   assert all(r["speedup"] > 0 for r in result.values())
+
+
+def test_vs_pytorch_gradient_without_the_bench_extra_says_what_is_missing():
+  out = _run(["-c", _hidden("torch", "LibMTL", "torchjd"),
+              str(BENCH / "vs_pytorch_gradient.py")], timeout=60)
+  assert out.returncode != 0
+  assert "missing" in out.stderr
+  for package in ("torch", "LibMTL", "torchjd", "bench"):
+    assert package in out.stderr
+
+
+@pytest.mark.skipif(HAVE_GRADIENT_BENCH,
+                    reason="torch, LibMTL and torchjd are installed")
+def test_vs_pytorch_gradient_exits_non_zero_here():
+  out = _run([str(BENCH / "vs_pytorch_gradient.py")], timeout=60)
+  assert out.returncode != 0 and "missing" in out.stderr
+
+
+@pytest.mark.slow
+def test_gradient_overhead_smoke(tmp_path):
+  path = tmp_path / "gradient.json"
+  out = _run([str(BENCH / "gradient_overhead.py"), "--model", "mlp",
+              "--num-tasks", "3", "--batch-size", "8", "--repeats", "2",
+              "--steps", "1", "--methods", "mgda", "--modes", "params",
+              "features", "--feature-methods", "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())
+  assert set(result) == {"ew", "ew (control)", "jacobian (w = 1)", "mgda"}
+  assert set(result["jacobian (w = 1)"]) == {"params", "features"}
+  assert set(result["mgda"]) == {"params"}  # no feature methods asked for
+  assert result["ew"]["params"]["ratio"] == 1.0
+  assert result["mgda"]["params"]["ratio"] > 0
+  assert "vs_jacobian" in result["mgda"]["params"]
+  assert "| mgda |" in out.stdout
+  assert "| jacobian (w = 1) [features] |" in out.stdout
+
+
+@pytest.mark.slow
+def test_jacobian_memory_smoke(tmp_path):
+  path = tmp_path / "memory.json"
+  out = _run([str(BENCH / "jacobian_memory.py"), "--no-ew", "--chunks", "4",
+              "--run", "4", "--steps", "1", "--method", "mgda", "--width",
+              "2", "--blocks", "1", "--image-size", "8", "--batch-size", "2",
+              "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  (row,) = json.loads(path.read_text())
+  assert row["setting"] == "4" and row["finite"]
+  assert row["temp"] > 0 and row["estimate"] > 0
+  assert row["peak_rss"] >= row["peak_rss_compile"] > 0
+  assert "| mgda, chunk_size=4 |" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_GRADIENT_BENCH,
+                    reason="needs the bench extra (torch, LibMTL, torchjd)")
+def test_vs_pytorch_gradient_smoke(tmp_path):
+  path = tmp_path / "vs_gradient.json"
+  out = _run([str(BENCH / "vs_pytorch_gradient.py"), "--cases", "mlp3",
+              "--methods", "mgda", "--no-jacobian-row", "--repeats", "1",
+              "--steps", "1", "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())["mlp3"]
+  assert set(result) == {"mgda"}
+  assert result["mgda"]["speedup_vs_libmtl"] > 0
+  assert result["mgda"]["speedup_vs_torchjd"] > 0

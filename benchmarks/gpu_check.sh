@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One command for a machine with an accelerator (under 8 minutes on one GPU):
+#
+#   bash benchmarks/gpu_check.sh [OUT_DIR] [--quick]
+#
+# 1. prints the device (jax.devices()[0].device_kind) into OUT_DIR/device.txt;
+# 2. gradient_overhead.py on NYUv2's SegNet (batch 8 of 288x384, 3 tasks):
+#    EW, the Jacobian path with constant weights, every registered
+#    gradient-space method in jacobian_mode="params", and the constant
+#    weights and UPGrad (or MGDA) in "features" mode;
+# 3. scalarization_lanes.py on the same SegNet: 2 and 4 vmapped lanes
+#    against one lane at a time.
+#
+# Tables go to OUT_DIR as .md (and .json); OUT_DIR defaults to $OUT when set,
+# else runs/gpu_check. Each stage runs under `timeout`, and the gradient
+# stage stops compiling new methods after a budget, so the whole command
+# ends in time even where compiles are slow; what was left out is listed
+# under its table. --quick: a CPU-sized run (SegNet at batch 2 of 32x64, two
+# methods, few repeats; a few minutes on 2 cores) to check the script itself.
+# No test needs this script. jax is expected to be installed; mtl_jax is
+# installed (pip install -e .) only when `import mtl_jax` fails.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+out=""
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -*) echo "unknown option $arg (usage: gpu_check.sh [OUT_DIR] [--quick])" >&2
+        exit 2 ;;
+    *) out="$arg" ;;
+  esac
+done
+out="${out:-${OUT:-runs/gpu_check}}"
+mkdir -p "$out"
+start=$SECONDS
+
+python -c "import mtl_jax" 2>/dev/null || pip install -q -e .
+
+python - <<'EOF' | tee "$out/device.txt"
+import jax
+d = jax.devices()[0]
+print(f"device_kind: {d.device_kind}; platform: {d.platform}; "
+      f"devices: {jax.device_count()}; jax {jax.__version__}")
+EOF
+
+feature_method=$(python -c "import mtl_jax.aggregation as a; \
+print('upgrad' if 'upgrad' in a.names() else 'mgda')")
+if [ "$quick" = 1 ]; then
+  grad_args=(--batch-size 2 --image-size 32x64 --repeats 2 --steps 1
+             --methods mgda "$feature_method" --compile-budget-s 400)
+  lane_args=(--batch-size 2 --image-size 32x64 --lanes 2 --repeats 2
+             --steps 1)
+  grad_timeout=900; lane_timeout=300
+else
+  grad_args=(--batch-size 8 --image-size 288x384 --repeats 10 --steps 3
+             --compile-budget-s 240)
+  lane_args=(--batch-size 8 --image-size 288x384 --lanes 2 4 --repeats 8
+             --steps 3)
+  grad_timeout=330; lane_timeout=120
+fi
+
+status=0
+echo "== gradient-space methods on SegNet"
+timeout "$grad_timeout" python benchmarks/gradient_overhead.py --model segnet \
+    "${grad_args[@]}" --feature-methods "$feature_method" \
+    --json "$out/gradient_overhead_segnet.json" \
+    | tee "$out/gradient_overhead_segnet.md" || status=$?
+
+echo "== vmapped scalarization lanes on SegNet"
+timeout "$lane_timeout" python benchmarks/scalarization_lanes.py \
+    --model segnet "${lane_args[@]}" --json "$out/lanes_segnet.json" \
+    | tee "$out/lanes_segnet.md" || status=$?
+
+echo "gpu_check: $((SECONDS - start)) s; tables in $out (exit $status)"
+exit "$status"

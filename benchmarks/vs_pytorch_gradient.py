@@ -1,0 +1,358 @@
+"""Gradient-space methods: training steps per second, mtl_jax against LibMTL
+and TorchJD (PyTorch, CPU).
+
+Not a test. The same hard-sharing models, fixed batch, optimiser (Adam, lr
+1e-3) and number of tasks as ``vs_pytorch.py`` (whose PyTorch models this
+script reuses), trained with a gradient-space method by
+
+* mtl_jax: the engine's jitted ``make_train_step`` with the method from
+  ``mtl_jax.get`` (the Jacobian path: one forward pass, the K per-task
+  gradients of the shared parameters as a vmapped VJP, the method's weights
+  from the K x K Gramian, heads trained on their own task's gradient, from
+  ``mtl_jax.models.task_params``), plus Adam, the non-finite guard and the
+  norms;
+* LibMTL 1.1.5: its ``HPS`` architecture mixed with its weighting class, as
+  its ``Trainer`` builds it, with ``rep_grad=False``: ``model.backward``
+  runs K backward passes (one per task, the shared gradients copied into a
+  K x P matrix in between), the method, and writes the combined gradient
+  into the shared parameters (the heads keep their own task's gradient);
+* TorchJD: forward through the shared encoder and the heads, then
+  ``torchjd.autojac.mtl_backward(losses, features=...)`` (each head's own
+  gradient, and the K x P Jacobian of the shared parameters by a vmapped
+  VJP through the encoder) and ``jac_to_grad(encoder params, aggregator)``,
+  then ``optimizer.step()``.
+
+Method names map as follows (a row is left out where the peer has no such
+method): mgda (LibMTL MGDA, ``mgda_gn="none"``; TorchJD ``MGDA()``), pcgrad,
+cagrad (``c = 0.4``: LibMTL ``calpha=0.4, rescale=1``; TorchJD
+``CAGrad(c=0.4)``), imtl_g (LibMTL ``IMTL``, which also learns IMTL-L's
+loss scales; TorchJD ``IMTLG()``), nash_mtl (TorchJD ``NashMTL(n_tasks=K)``:
+cvxpy and ECOS), aligned_mtl, upgrad, dualproj, fairgrad (``alpha=1.0``),
+gradvac (``beta = 0.5``), config (TorchJD ``ConFIG()``). LibMTL 1.1.5, the
+release on PyPI, has MGDA, PCGrad, CAGrad, IMTL and GradVac only. Every
+mtl_jax method comes from ``mtl_jax.aggregation.names()`` at run time; a row
+``jacobian (w = 1)`` times the mtl_jax Jacobian path with constant weights
+(EW's update) against TorchJD's ``Sum()``: the engines without a solver.
+
+Models (``--cases``): GradNorm's MLP trunk with 3 and 10 tasks, batch 64
+(``mlp3``, ``mlp10``), and the digit scene conv net (DigitSceneNet, 4 tasks,
+batch 32 of 32x32x3, ``conv``). Timing: everything is compiled / warmed up
+first, then all candidates of one model are timed interleaved (each repeat
+runs ``--steps`` steps of every candidate in a fresh random order);
+speed-ups are medians of the per-repeat ratios t(peer) / t(mtl_jax). One
+thread each (``torch.set_num_threads(1)``; XLA with its Eigen pool off and
+one intra-op thread), as ``vs_pytorch.py`` does and for the same reason.
+
+Target: >= 1.5x LibMTL on the conv net, for every method LibMTL has.
+
+Needs the ``bench`` extra (``pip install -e .[bench]`` and ``pip install
+--no-deps LibMTL==1.1.5``): torch, LibMTL, torchjd; TorchJD's Nash-MTL and
+CAGrad also need cvxpy (and ECOS for Nash-MTL), its UPGrad and DualProj
+quadprog and qpsolvers, its FairGrad scipy; a row whose peer lacks one is
+skipped with the reason.
+
+Usage::
+
+  python benchmarks/vs_pytorch_gradient.py [--cases mlp3 mlp10 conv]
+      [--methods mgda pcgrad ...] [--repeats 20] [--steps 3] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import vs_pytorch  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CASES = {"mlp3": vs_pytorch.CASES["mlp3"], "mlp10": vs_pytorch.CASES["mlp10"],
+         "conv": vs_pytorch.CASES["conv"]}
+LEARNING_RATE = vs_pytorch.LEARNING_RATE
+JACOBIAN = "jacobian (w = 1)"
+TARGET = 1.5  # speed-up over LibMTL on the conv net
+
+# our name: (LibMTL 1.1.5 class, kwargs of its backward)
+LIBMTL_GRADIENT = {
+    "mgda": ("MGDA", {"mgda_gn": "none"}),
+    "pcgrad": ("PCGrad", {}),
+    "cagrad": ("CAGrad", {"calpha": 0.4, "rescale": 1}),
+    "imtl_g": ("IMTL", {}),
+    "gradvac": ("GradVac", {"beta": 0.5}),
+}
+# our name: (TorchJD aggregator, kwargs, optional modules it needs)
+TORCHJD_GRADIENT = {
+    JACOBIAN: ("Sum", {}, ()),
+    "mgda": ("MGDA", {}, ()),
+    "pcgrad": ("PCGrad", {}, ()),
+    "cagrad": ("CAGrad", {"c": 0.4}, ("cvxpy",)),
+    "imtl_g": ("IMTLG", {}, ()),
+    "nash_mtl": ("NashMTL", {"n_tasks": None}, ("cvxpy", "ecos")),
+    "aligned_mtl": ("AlignedMTL", {}, ()),
+    "upgrad": ("UPGrad", {}, ("quadprog", "qpsolvers")),
+    "dualproj": ("DualProj", {}, ("quadprog", "qpsolvers")),
+    "fairgrad": ("FairGrad", {"alpha": 1.0}, ("scipy",)),
+    "gradvac": ("GradVac", {"beta": 0.5}, ()),
+    "config": ("ConFIG", {}, ()),
+}
+
+
+# ------------------------------------------------------------ requirements
+
+def missing_requirements() -> list[str]:
+  """What the benchmark lacks, as readable lines (empty when all is there)."""
+  missing = []
+  if importlib.util.find_spec("torch") is None:
+    missing.append("torch (a CPU build is enough: pip install torch)")
+  if importlib.util.find_spec("torchjd") is None:
+    missing.append("torchjd (pip install torchjd)")
+  libmtl = importlib.util.find_spec("LibMTL")
+  if libmtl is None:
+    missing.append("LibMTL (pip install --no-deps LibMTL==1.1.5; its "
+                   "weighting modules need only torch and numpy)")
+  else:
+    root = pathlib.Path(next(iter(libmtl.submodule_search_locations)))
+    needed = ["architecture/abstract_arch.py", "architecture/HPS.py",
+              "weighting/abstract_weighting.py"]
+    needed += [f"weighting/{cls}.py" for cls, _ in LIBMTL_GRADIENT.values()]
+    missing += [f"LibMTL file {root / f}" for f in needed
+                if not (root / f).is_file()]
+  return missing
+
+
+def missing_optional(method: str) -> list[str]:
+  """Optional modules TorchJD's version of ``method`` needs and lacks."""
+  if method not in TORCHJD_GRADIENT:
+    return []
+  return [m for m in TORCHJD_GRADIENT[method][2]
+          if importlib.util.find_spec(m) is None]
+
+
+def torch2_hps(hps):
+  """LibMTL's HPS with its shared gradients zeroed in place between tasks.
+
+  LibMTL 1.1.5 (written for torch 1.x) zeroes the encoder's gradients
+  between the K backward passes with ``encoder.zero_grad()``, which since
+  torch 2.0 sets them to ``None``; its ``_reset_grad`` then fails writing
+  the combined gradient into ``param.grad.data``. Zeroing in place restores
+  the behaviour LibMTL was written for (and costs a memset per pass).
+  """
+
+  class HPS(hps):  # pylint: disable=invalid-name
+
+    def zero_grad_share_params(self):
+      self.encoder.zero_grad(set_to_none=False)
+
+  return HPS
+
+
+# ---------------------------------------------------------------- TorchJD
+
+class TorchJDRunner:
+  """n TorchJD steps: forward, ``mtl_backward``, ``jac_to_grad``, Adam."""
+
+  def __init__(self, encoder, decoders, inputs, targets, loss_fns,
+               aggregator):
+    import torch  # pylint: disable=g-import-not-at-top
+    self.encoder, self.decoders = encoder, decoders
+    self.inputs, self.targets, self.loss_fns = inputs, targets, loss_fns
+    self.aggregator = aggregator
+    self.task_names = list(loss_fns)
+    self.shared = list(encoder.parameters())
+    params = self.shared + list(decoders.parameters())
+    self.optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+
+  def __call__(self, n: int) -> None:
+    from torchjd.autojac import jac_to_grad, mtl_backward  # pylint: disable=g-import-not-at-top
+    for _ in range(n):
+      rep = self.encoder(self.inputs)
+      if isinstance(rep, tuple):
+        # The conv net's heads read the decoder's output and the pooled
+        # bottleneck. mtl_backward needs shared features of which none is
+        # computed from another (the decoder's output is computed from the
+        # bottleneck), so the count head gets the pooled bottleneck as a
+        # 1x1 map: its own mean over H and W is then the identity.
+        pooled = rep[1].mean(dim=(2, 3))
+        features = [rep[0], pooled]
+        rep = (rep[0], pooled[:, :, None, None])
+      else:
+        features = [rep]
+      losses = [self.loss_fns[t](self.decoders[t](rep), self.targets[t])
+                for t in self.task_names]
+      self.optimizer.zero_grad()
+      mtl_backward(losses, features=features)
+      jac_to_grad(self.shared, self.aggregator)
+      self.optimizer.step()
+
+
+def make_torchjd_runner(method, model_name, num_tasks, np_batch, seed=0):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchjd.aggregation  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  encoder, decoders, inputs, targets, loss_fns = vs_pytorch.torch_problem(
+      model_name, num_tasks, np_batch)
+  name, kwargs, _ = TORCHJD_GRADIENT[method]
+  kwargs = {k: (num_tasks if v is None else v) for k, v in kwargs.items()}
+  aggregator = getattr(torchjd.aggregation, name)(**kwargs)
+  encoder, decoders = encoder(), decoders()
+  encoder.train()
+  decoders.train()
+  return TorchJDRunner(encoder, decoders, inputs, targets, loss_fns,
+                       aggregator)
+
+
+# ---------------------------------------------------------------- driver
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--cases", nargs="*", default=list(CASES),
+                      choices=list(CASES))
+  parser.add_argument("--methods", nargs="*", default=None,
+                      help="default: every registered gradient-space method")
+  parser.add_argument("--no-jacobian-row", action="store_true",
+                      help=f"leave out the '{JACOBIAN}' row")
+  parser.add_argument("--repeats", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=3)
+  parser.add_argument("--json", type=pathlib.Path, default=None)
+  return parser.parse_args(argv)
+
+
+def jax_runner(method, model, np_batch, task_losses, num_tasks):
+  from mtl_jax import models  # pylint: disable=g-import-not-at-top
+  agg = (_common.constant_weights(num_tasks) if method == JACOBIAN
+         else _common.make_gradient_method(method))
+  return _common.JaxRunner(*_common.jit_step(
+      model, np_batch, task_losses, agg, num_tasks,
+      learning_rate=LEARNING_RATE, task_params=models.task_params(model)))
+
+
+def run_case(case, methods, args, hps, classes, notes):
+  model_name, num_tasks, batch_size = CASES[case]
+  if model_name == "mlp":
+    model, np_batch, task_losses = _common.mlp_problem(num_tasks, batch_size)
+  else:
+    model, np_batch, task_losses = _common.digit_problem(batch_size)
+  runners, done = {}, []
+  for method in methods:
+    try:
+      runners[("mtl_jax", method)] = jax_runner(method, model, np_batch,
+                                                task_losses, num_tasks)
+    except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      notes.append(f"{case} {method}: mtl_jax failed to build or compile "
+                   f"({type(e).__name__}: {str(e)[:200]}); row skipped")
+      continue
+    done.append(method)
+    peers = {}
+    if method in classes:
+      cls, kwargs = classes[method], LIBMTL_GRADIENT[method][1]
+      peers["libmtl"] = lambda cls=cls, kwargs=kwargs, method=method: \
+          vs_pytorch.make_torch_runner(hps, cls, method, model_name,
+                                       num_tasks, np_batch, kwargs=kwargs)
+    lacks = missing_optional(method)
+    if method in TORCHJD_GRADIENT and not lacks:
+      peers["torchjd"] = lambda method=method: make_torchjd_runner(
+          method, model_name, num_tasks, np_batch)
+    for peer, build in peers.items():
+      try:  # one step now: a peer that fails is left out, with the reason
+        runner = build()
+        runner(1)
+        runners[(peer, method)] = runner
+      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+        notes.append(f"{case} {method}: {peer} fails ({type(e).__name__}: "
+                     f"{str(e)[:160]}); its column is empty")
+    if lacks:
+      notes.append(f"{case} {method}: TorchJD's version needs "
+                   f"{', '.join(lacks)} (pip install 'torchjd[full]'); "
+                   "its column is empty")
+  times = _common.interleaved(runners, repeats=args.repeats, steps=args.steps)
+
+  rows, result = [], {}
+  for method in done:
+    jax_t = times[("mtl_jax", method)]
+    out = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t)}
+    row = [method, f"{1 / _common.median(jax_t):.1f}"]
+    for peer in ("libmtl", "torchjd"):
+      if (peer, method) not in times:
+        row += ["-", "-", "-"]
+        continue
+      peer_t = times[(peer, method)]
+      speedups = [p / j for p, j in zip(peer_t, jax_t)]
+      lo, hi = _common.quartiles(speedups)
+      speedup = _common.median(speedups)
+      row += [f"{1 / _common.median(peer_t):.1f}", f"{speedup:.2f}x",
+              f"{lo:.2f} .. {hi:.2f}"]
+      out[f"{peer}_steps_per_s"] = 1 / _common.median(peer_t)
+      out[f"speedup_vs_{peer}"] = speedup
+      out[f"speedup_vs_{peer}_iqr"] = [lo, hi]
+    if model_name == "conv" and "speedup_vs_libmtl" in out:
+      met = out["speedup_vs_libmtl"] >= TARGET
+      out["target_met"] = met
+      row.append("met" if met else "NOT met")
+    elif model_name == "conv":
+      row.append("-")
+    rows.append(row)
+    result[method] = out
+  what = ("MLPTrunk 250 -> 4 x 100, heads of 100" if model_name == "mlp"
+          else "DigitSceneNet (8, 16, 32), 32x32x3")
+  headers = ["method", "mtl_jax steps/s", "LibMTL steps/s",
+             "vs LibMTL (median)", "vs LibMTL IQR", "TorchJD steps/s",
+             "vs TorchJD (median)", "vs TorchJD IQR"]
+  if model_name == "conv":
+    headers.append(f">= {TARGET}x LibMTL")
+  print(f"\n## {case}: {what}, {num_tasks} tasks, batch {batch_size}, Adam")
+  print(_common.markdown_table(headers, rows))
+  sys.stdout.flush()
+  return result
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  missing = missing_requirements()
+  if missing:
+    print("vs_pytorch_gradient.py needs the `bench` extra (pip install -e "
+          ".[bench] && pip install --no-deps LibMTL==1.1.5); missing:\n  "
+          + "\n  ".join(missing), file=sys.stderr)
+    return 2
+  if "jax" in sys.modules:
+    raise RuntimeError("XLA_FLAGS must be set before jax is imported")
+  os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+      " intra_op_parallelism_threads=1").strip()
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  methods = (list(_common.gradient_methods()) if args.methods is None
+             else list(args.methods))
+  if not args.no_jacobian_row:
+    methods = [JACOBIAN] + methods
+  libmtl_names = {m: LIBMTL_GRADIENT[m][0] for m in methods
+                  if m in LIBMTL_GRADIENT}
+  hps, _, classes = vs_pytorch.load_libmtl(libmtl_names)
+  hps = torch2_hps(hps)
+  version = importlib.metadata.version("torchjd")
+  print("# Gradient-space methods: mtl_jax vs LibMTL 1.1.5 and TorchJD "
+        f"{version} (PyTorch) on CPU, training steps per second")
+  print(f"# {_common.machine_line()}")
+  print(f"# torch {torch.__version__}, torch.set_num_threads(1); XLA threads: "
+        f"1 (eigen pool off); {args.repeats} interleaved repeats x "
+        f"{args.steps} steps; speed-up = median over repeats of "
+        "t(peer) / t(mtl_jax)")
+  notes = []
+  results = {case: run_case(case, methods, args, hps, classes, notes)
+             for case in args.cases}
+  absent = [m for m in methods if m != JACOBIAN and m not in LIBMTL_GRADIENT]
+  if absent:
+    print(f"\n# not in LibMTL 1.1.5: {', '.join(absent)}")
+  for note in notes:
+    print(f"# {note}")
+  if args.json is not None:
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
