@@ -10,7 +10,12 @@ with ``c=0.4``, FairGrad with ``alpha=1.0``), heads from
 * ``params`` (the default): the K x P Jacobian of the shared parameters, one
   forward pass and a vmapped VJP over the K unit cotangents;
 * ``features``: the Jacobian of the shared features the model marks, then
-  one VJP through the trunk with the weighted cotangent.
+  one VJP through the trunk with the weighted cotangent;
+
+and, for each of ``--chunk-sizes``, in ``params`` mode with that
+``chunk_size`` (rows ``name [chunk c]``): the K VJPs ``c`` at a time, one
+vmapped VJP per chunk, the chunks one after the other (``chunk_size=1``: K
+ordinary VJPs in a row).
 
 Two more rows split a method's cost into engine and solver: ``jacobian
 (w = 1)`` is the Jacobian path with a method that returns constant weights
@@ -37,10 +42,12 @@ Usage::
 
   python benchmarks/gradient_overhead.py [--model mlp|digits|segnet]
       [--num-tasks 10] [--batch-size 32] [--repeats 40] [--steps 3]
-      [--modes params features] [--methods mgda upgrad ...] [--json out.json]
+      [--modes params features] [--chunk-sizes 1 2] [--methods mgda ...]
+      [--json out.json]
 
-``--json`` writes ``{candidate: {mode: {"ratio": median ratio to EW,
-"iqr": [q1, q3], "ms": median ms / step, "vs_jacobian": ...}}}``.
+``--json`` writes ``{candidate: {variant: {"ratio": median ratio to EW,
+"iqr": [q1, q3], "ms": median ms / step, "vs_jacobian": ...}}}``, the
+variant being ``params``, ``features`` or ``params, chunk c``.
 """
 from __future__ import annotations
 
@@ -82,6 +89,12 @@ def parse_args(argv=None):
   parser.add_argument("--feature-methods", nargs="*", default=None,
                       help="methods also timed in jacobian_mode='features' "
                       "(default: all of --methods)")
+  parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[],
+                      help="also time these chunk sizes of the Jacobian "
+                      "(params mode), as rows 'name [chunk c]'")
+  parser.add_argument("--chunk-methods", nargs="*", default=None,
+                      help="methods also timed with each of --chunk-sizes "
+                      "(default: all of --methods)")
   parser.add_argument("--compile-budget-s", type=float, default=None,
                       help="stop compiling new candidates after this many "
                       "seconds (the rest are skipped and listed)")
@@ -97,9 +110,18 @@ def hlo_counts(runner: _common.JaxRunner) -> tuple[int, int]:
   return entry.count(" fusion("), len(re.findall(r"\swhile\(", text))
 
 
-def label(name: str, mode: str) -> str:
-  return name if mode == "params" or name in ("ew", CONTROL) else \
-      f"{name} [features]"
+def variant_key(mode: str, chunk: int | None) -> str:
+  """The JSON key of a variant: 'params', 'features', 'params, chunk 1'."""
+  return mode if chunk is None else f"{mode}, chunk {chunk}"
+
+
+def label(name: str, mode: str, chunk: int | None = None) -> str:
+  """'name', 'name [features]', 'name [chunk 1]' ('ew' stays 'ew')."""
+  if name in ("ew", CONTROL):
+    return name
+  tags = ([] if mode == "params" else [mode]) + (
+      [] if chunk is None else [f"chunk {chunk}"])
+  return f"{name} [{', '.join(tags)}]" if tags else name
 
 
 def main(argv=None) -> int:
@@ -124,6 +146,12 @@ def main(argv=None) -> int:
              else list(args.methods))
   feature_methods = (methods if args.feature_methods is None
                      else list(args.feature_methods))
+  chunk_methods = (methods if args.chunk_methods is None
+                   else list(args.chunk_methods))
+  # (mode, chunk_size, methods) of every Jacobian-path variant timed.
+  variants = [(mode, None, methods if mode == "params" else feature_methods)
+              for mode in args.modes]
+  variants += [("params", c, chunk_methods) for c in args.chunk_sizes]
   task_params = models.task_params(model)
 
   runners, skipped = {}, []
@@ -132,23 +160,22 @@ def main(argv=None) -> int:
     runners[name] = _common.JaxRunner(*_common.jit_step(
         model, batch, task_losses, _common.make_weighting("ew", num_tasks),
         num_tasks))
-  for mode in args.modes:
-    for name in [JACOBIAN] + (methods if mode == "params"
-                              else feature_methods):
+  for mode, chunk, names in variants:
+    for name in [JACOBIAN] + names:
+      key = label(name, mode, chunk)
       if (args.compile_budget_s is not None
           and time.perf_counter() - start > args.compile_budget_s):
-        skipped.append(f"{label(name, mode)}: compile budget of "
+        skipped.append(f"{key}: compile budget of "
                        f"{args.compile_budget_s:g} s spent")
         continue
       try:
         method = (_common.constant_weights(num_tasks) if name == JACOBIAN
                   else _common.make_gradient_method(name))
-        runners[label(name, mode)] = _common.JaxRunner(*_common.jit_step(
+        runners[key] = _common.JaxRunner(*_common.jit_step(
             model, batch, task_losses, method, num_tasks,
-            task_params=task_params, jacobian_mode=mode))
+            task_params=task_params, jacobian_mode=mode, chunk_size=chunk))
       except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
-        skipped.append(f"{label(name, mode)}: {type(e).__name__}: "
-                       f"{str(e)[:200]}")
+        skipped.append(f"{key}: {type(e).__name__}: {str(e)[:200]}")
   counts = {name: hlo_counts(run) for name, run in runners.items()}
   ratios, times = _common.adjacent_pairs(
       runners, "ew", repeats=args.repeats, steps=args.steps)
@@ -156,14 +183,15 @@ def main(argv=None) -> int:
 
   result, rows = {}, []
   for name in ["ew", CONTROL, JACOBIAN] + methods:
-    for mode in (("params",) if name in ("ew", CONTROL) else args.modes):
-      key = label(name, mode)
+    for mode, chunk, _ in ([("params", None, [])] if name in ("ew", CONTROL)
+                           else variants):
+      key = label(name, mode, chunk)
       if key not in runners:
         continue
       ratio = _common.median(ratios[key])
       lo, hi = _common.quartiles(ratios[key])
       ms = 1e3 * _common.median(times[key])
-      jac = label(JACOBIAN, mode)
+      jac = label(JACOBIAN, mode, chunk)
       entry = {"ratio": round(ratio, 4), "iqr": [round(lo, 4), round(hi, 4)],
                "ms": round(ms, 3)}
       vs_jac = solver_ms = ""
@@ -176,7 +204,7 @@ def main(argv=None) -> int:
         solver = (entry["vs_jacobian"] - 1) * 1e3 * _common.median(times[jac])
         entry["solver_ms"] = round(solver, 3)
         solver_ms = f"{solver:+.2f}"
-      result.setdefault(name, {})[mode] = entry
+      result.setdefault(name, {})[variant_key(mode, chunk)] = entry
       fusions, loops = counts[key]
       rows.append((key, f"{ms:.2f}", f"{ratio:.3f}", f"{lo:.3f} .. {hi:.3f}",
                    vs_jac, solver_ms, fusions, loops))
@@ -186,7 +214,8 @@ def main(argv=None) -> int:
   print(f"# {args.repeats} interleaved repeats, each candidate's {args.steps} "
         f"steps next to {args.steps} of EW; heads: task_params="
         f"{task_params!r}; '{JACOBIAN}': the Jacobian path with constant "
-        "weights (engine only); '[features]': jacobian_mode='features'")
+        "weights (engine only); '[features]': jacobian_mode='features'; "
+        "'[chunk c]': chunk_size=c")
   print(_common.markdown_table(
       ("candidate", "ms / step (median)", "ratio to EW (median)", "ratio IQR",
        "/ jacobian (w = 1)", "solver ms", "entry fusions",

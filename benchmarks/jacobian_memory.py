@@ -9,7 +9,9 @@ Not a test. The bundled ResNet-18 (``mtl_jax.models.ResNet18(num_attributes=
 * a gradient-space method (``--method``, default UPGrad, or MGDA where UPGrad
   is not registered) on the Jacobian path, heads from
   ``mtl_jax.models.task_params``, with ``chunk_size`` None (the 40 VJPs in
-  one vmap), 8, 4 and 1 (that many at a time under ``lax.map``).
+  one vmap), 8, 4 and 1 (that many at a time: one vmapped VJP per chunk, the
+  chunks one after the other, chained by ``lax.optimization_barrier``; see
+  ``mtl_jax.train.jacobian.batched_vjp``).
 
 For each setting, in a fresh subprocess (so that nothing else shares its
 memory): XLA's compiled memory analysis
@@ -23,7 +25,7 @@ compiling and after ``--steps`` steps, and the median time of a step.
 Usage::
 
   python benchmarks/jacobian_memory.py [--chunks none 8 4 1] [--run ew none 8]
-      [--method upgrad] [--batch-size 32] [--steps 2] [--json out.json]
+      [--method upgrad] [--batch-size 32] [--steps 3] [--json out.json]
 """
 from __future__ import annotations
 
@@ -45,19 +47,21 @@ GB = 1e9
 
 
 def celeba_problem(batch_size: int, image_size: int, width: int,
-                   blocks: int = 2, seed: int = 0):
+                   blocks: int = 2, seed: int = 0,
+                   num_tasks: int = NUM_TASKS):
   """ResNet-18 with 40 heads, a fixed random batch, the CelebA losses
-  (``blocks`` basic blocks per stage: 2 is ResNet-18)."""
+  (``blocks`` basic blocks per stage: 2 is ResNet-18; ``num_tasks`` other
+  than 40 only for smoke tests)."""
   from mtl_jax import losses  # pylint: disable=g-import-not-at-top
   from mtl_jax.models import ResNet18  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   batch = {
       "image": rng.random((batch_size, image_size, image_size, 3),
                           dtype=np.float32),
-      "attributes": rng.integers(0, 2, (batch_size, NUM_TASKS)).astype(
+      "attributes": rng.integers(0, 2, (batch_size, num_tasks)).astype(
           np.float32),
   }
-  return (ResNet18(num_attributes=NUM_TASKS, width=width,
+  return (ResNet18(num_attributes=num_tasks, width=width,
                    stage_sizes=(blocks,) * 4), batch, losses.celeba_losses)
 
 
@@ -87,9 +91,10 @@ def child(args) -> dict:
   from mtl_jax import models, train  # pylint: disable=g-import-not-at-top
   setting = args.child
   model, batch, task_losses = celeba_problem(args.batch_size, args.image_size,
-                                             args.width, args.blocks)
+                                             args.width, args.blocks,
+                                             num_tasks=args.num_tasks)
   if setting == "ew":
-    method, kwargs = _common.make_weighting("ew", NUM_TASKS), {}
+    method, kwargs = _common.make_weighting("ew", args.num_tasks), {}
   else:
     method = _common.make_gradient_method(args.method)
     kwargs = {"task_params": models.task_params(model),
@@ -97,7 +102,8 @@ def child(args) -> dict:
   optimizer = train.make_optimizer(optax.adam(1e-3),
                                    weighting_learning_rate=1e-3)
   state = train.create_train_state(jax.random.PRNGKey(0), model, batch,
-                                   method, optimizer, num_tasks=NUM_TASKS)
+                                   method, optimizer,
+                                   num_tasks=args.num_tasks)
   batch = jax.device_put(dict(batch))
   step = jax.jit(train.make_train_step(train.module_apply_fn(model),
                                        task_losses, method, optimizer,
@@ -159,6 +165,8 @@ def parse_args(argv=None):
                       "only for smoke tests)")
   parser.add_argument("--blocks", type=int, default=2,
                       help=argparse.SUPPRESS)  # per stage; 1: smoke tests
+  parser.add_argument("--num-tasks", type=int, default=NUM_TASKS,
+                      help=argparse.SUPPRESS)  # 40 (CelebA); fewer: smoke tests
   parser.add_argument("--json", type=pathlib.Path, default=None)
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--run-steps", type=int, default=0,
@@ -171,6 +179,7 @@ def run_child(args, setting: str, steps: int) -> dict:
          args.method, "--run-steps", str(steps), "--batch-size",
          str(args.batch_size), "--image-size", str(args.image_size),
          "--width", str(args.width), "--blocks", str(args.blocks),
+         "--num-tasks", str(args.num_tasks),
          "--max-run-gb", str(args.max_run_gb)]
   env = dict(os.environ)
   out = subprocess.run(cmd, env=env, capture_output=True, text=True,
@@ -221,7 +230,7 @@ def main(argv=None) -> int:
   net = ("ResNet-18" if args.blocks == 2 else
          f"ResNet ({args.blocks} blocks per stage)")
   print(f"# Jacobian memory: {net} (width {args.width}, {params:,} "
-        f"parameters), {NUM_TASKS} CelebA attribute tasks, batch "
+        f"parameters), {args.num_tasks} CelebA attribute tasks, batch "
         f"{args.batch_size} of {args.image_size}x{args.image_size}x3, Adam, "
         "jit, state donated")
   print(f"# {_common.machine_line()}")

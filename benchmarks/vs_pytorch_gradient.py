@@ -10,7 +10,10 @@ script reuses), trained with a gradient-space method by
   gradients of the shared parameters as a vmapped VJP, the method's weights
   from the K x K Gramian, heads trained on their own task's gradient, from
   ``mtl_jax.models.task_params``), plus Adam, the non-finite guard and the
-  norms;
+  norms; with ``--chunk-sizes c``, also as a second mtl_jax candidate
+  with ``chunk_size=c`` (rows ``name [chunk c]``: the K VJPs ``c`` at a
+  time, one chunk after the other; ``chunk_size=1`` is K ordinary VJPs in a
+  row), timed against the same peer steps;
 * LibMTL 1.1.5: its ``HPS`` architecture mixed with its weighting class, as
   its ``Trainer`` builds it, with ``rep_grad=False``: ``model.backward``
   runs K backward passes (one per task, the shared gradients copied into a
@@ -54,7 +57,11 @@ skipped with the reason.
 Usage::
 
   python benchmarks/vs_pytorch_gradient.py [--cases mlp3 mlp10 conv]
-      [--methods mgda pcgrad ...] [--repeats 20] [--steps 3] [--json out.json]
+      [--methods mgda pcgrad ...] [--chunk-sizes 1] [--repeats 20]
+      [--steps 3] [--json out.json]
+
+``--json`` writes ``{case: {row: {...}}}``, a row being a method's name or
+``name [chunk c]``.
 """
 from __future__ import annotations
 
@@ -216,19 +223,29 @@ def parse_args(argv=None):
                       help="default: every registered gradient-space method")
   parser.add_argument("--no-jacobian-row", action="store_true",
                       help=f"leave out the '{JACOBIAN}' row")
+  parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[],
+                      help="also time mtl_jax with these chunk sizes of the "
+                      "Jacobian, as rows 'name [chunk c]'")
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--json", type=pathlib.Path, default=None)
   return parser.parse_args(argv)
 
 
-def jax_runner(method, model, np_batch, task_losses, num_tasks):
+def jax_runner(method, model, np_batch, task_losses, num_tasks,
+               chunk_size=None):
   from mtl_jax import models  # pylint: disable=g-import-not-at-top
   agg = (_common.constant_weights(num_tasks) if method == JACOBIAN
          else _common.make_gradient_method(method))
   return _common.JaxRunner(*_common.jit_step(
       model, np_batch, task_losses, agg, num_tasks,
-      learning_rate=LEARNING_RATE, task_params=models.task_params(model)))
+      learning_rate=LEARNING_RATE, task_params=models.task_params(model),
+      chunk_size=chunk_size))
+
+
+def engine(chunk_size):
+  """The runner key (and row suffix) of mtl_jax with ``chunk_size``."""
+  return "mtl_jax" if chunk_size is None else f"mtl_jax [chunk {chunk_size}]"
 
 
 def run_case(case, methods, args, hps, classes, notes):
@@ -238,15 +255,19 @@ def run_case(case, methods, args, hps, classes, notes):
   else:
     model, np_batch, task_losses = _common.digit_problem(batch_size)
   runners, done = {}, []
+  chunks = [None] + list(args.chunk_sizes)
   for method in methods:
-    try:
-      runners[("mtl_jax", method)] = jax_runner(method, model, np_batch,
-                                                task_losses, num_tasks)
-    except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
-      notes.append(f"{case} {method}: mtl_jax failed to build or compile "
-                   f"({type(e).__name__}: {str(e)[:200]}); row skipped")
+    for chunk in chunks:
+      try:
+        runners[(engine(chunk), method)] = jax_runner(
+            method, model, np_batch, task_losses, num_tasks, chunk)
+        done.append((method, chunk))
+      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+        notes.append(f"{case} {method}: {engine(chunk)} failed to build or "
+                     f"compile ({type(e).__name__}: {str(e)[:200]}); row "
+                     "skipped")
+    if not any(m == method for m, _ in done):
       continue
-    done.append(method)
     peers = {}
     if method in classes:
       cls, kwargs = classes[method], LIBMTL_GRADIENT[method][1]
@@ -272,10 +293,12 @@ def run_case(case, methods, args, hps, classes, notes):
   times = _common.interleaved(runners, repeats=args.repeats, steps=args.steps)
 
   rows, result = [], {}
-  for method in done:
-    jax_t = times[("mtl_jax", method)]
-    out = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t)}
-    row = [method, f"{1 / _common.median(jax_t):.1f}"]
+  for method, chunk in done:
+    name = method if chunk is None else f"{method} [chunk {chunk}]"
+    jax_t = times[(engine(chunk), method)]
+    out = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t),
+           "chunk_size": chunk}
+    row = [name, f"{1 / _common.median(jax_t):.1f}"]
     for peer in ("libmtl", "torchjd"):
       if (peer, method) not in times:
         row += ["-", "-", "-"]
@@ -296,7 +319,7 @@ def run_case(case, methods, args, hps, classes, notes):
     elif model_name == "conv":
       row.append("-")
     rows.append(row)
-    result[method] = out
+    result[name] = out
   what = ("MLPTrunk 250 -> 4 x 100, heads of 100" if model_name == "mlp"
           else "DigitSceneNet (8, 16, 32), 32x32x3")
   headers = ["method", "mtl_jax steps/s", "LibMTL steps/s",
@@ -340,7 +363,9 @@ def main(argv=None) -> int:
   print(f"# torch {torch.__version__}, torch.set_num_threads(1); XLA threads: "
         f"1 (eigen pool off); {args.repeats} interleaved repeats x "
         f"{args.steps} steps; speed-up = median over repeats of "
-        "t(peer) / t(mtl_jax)")
+        "t(peer) / t(mtl_jax)"
+        + ("; rows 'name [chunk c]': mtl_jax with chunk_size=c against the "
+           "same peer steps" if args.chunk_sizes else ""))
   notes = []
   results = {case: run_case(case, methods, args, hps, classes, notes)
              for case in args.cases}

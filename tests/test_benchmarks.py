@@ -31,8 +31,16 @@ def _hidden(*packages):
 _HIDDEN = _hidden("torch", "LibMTL")
 
 
-def _run(args, timeout=240, **kwargs):
+# XLA flag for the smoke runs of the gradient benchmarks: their time is
+# nearly all compilation (of the Jacobian step, and of a ResNet's
+# initialisers), which LLVM's lowest optimisation level roughly halves.
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def _run(args, timeout=240, xla_flags="", **kwargs):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  if xla_flags:
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout,
                         check=False, **kwargs)
@@ -118,32 +126,39 @@ def test_gradient_overhead_smoke(tmp_path):
   out = _run([str(BENCH / "gradient_overhead.py"), "--model", "mlp",
               "--num-tasks", "3", "--batch-size", "8", "--repeats", "2",
               "--steps", "1", "--methods", "mgda", "--modes", "params",
-              "features", "--feature-methods", "--json", str(path)])
+              "features", "--feature-methods", "--chunk-sizes", "1",
+              "--chunk-methods", "--json", str(path)],
+             xla_flags=_FAST_COMPILE)
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(path.read_text())
   assert set(result) == {"ew", "ew (control)", "jacobian (w = 1)", "mgda"}
-  assert set(result["jacobian (w = 1)"]) == {"params", "features"}
-  assert set(result["mgda"]) == {"params"}  # no feature methods asked for
+  assert set(result["jacobian (w = 1)"]) == {"params", "features",
+                                             "params, chunk 1"}
+  assert set(result["mgda"]) == {"params"}  # no feature or chunk methods
   assert result["ew"]["params"]["ratio"] == 1.0
   assert result["mgda"]["params"]["ratio"] > 0
   assert "vs_jacobian" in result["mgda"]["params"]
   assert "| mgda |" in out.stdout
   assert "| jacobian (w = 1) [features] |" in out.stdout
+  assert "| jacobian (w = 1) [chunk 1] |" in out.stdout
 
 
 @pytest.mark.slow
 def test_jacobian_memory_smoke(tmp_path):
   path = tmp_path / "memory.json"
-  out = _run([str(BENCH / "jacobian_memory.py"), "--no-ew", "--chunks", "4",
-              "--run", "4", "--steps", "1", "--method", "mgda", "--width",
+  # 4 tasks instead of CelebA's 40 and two chunks of 2: the chunked path and
+  # a real step, at a fraction of the compile time.
+  out = _run([str(BENCH / "jacobian_memory.py"), "--no-ew", "--chunks", "2",
+              "--run", "2", "--steps", "1", "--method", "mgda", "--width",
               "2", "--blocks", "1", "--image-size", "8", "--batch-size", "2",
-              "--json", str(path)])
+              "--num-tasks", "4", "--json", str(path)],
+             xla_flags=_FAST_COMPILE)
   assert out.returncode == 0, out.stderr[-2000:]
   (row,) = json.loads(path.read_text())
-  assert row["setting"] == "4" and row["finite"]
+  assert row["setting"] == "2" and row["finite"]
   assert row["temp"] > 0 and row["estimate"] > 0
   assert row["peak_rss"] >= row["peak_rss_compile"] > 0
-  assert "| mgda, chunk_size=4 |" in out.stdout
+  assert "| mgda, chunk_size=2 |" in out.stdout
 
 
 @pytest.mark.slow
@@ -152,10 +167,12 @@ def test_jacobian_memory_smoke(tmp_path):
 def test_vs_pytorch_gradient_smoke(tmp_path):
   path = tmp_path / "vs_gradient.json"
   out = _run([str(BENCH / "vs_pytorch_gradient.py"), "--cases", "mlp3",
-              "--methods", "mgda", "--no-jacobian-row", "--repeats", "1",
-              "--steps", "1", "--json", str(path)])
+              "--methods", "mgda", "--no-jacobian-row", "--chunk-sizes", "1",
+              "--repeats", "1", "--steps", "1", "--json", str(path)],
+             xla_flags=_FAST_COMPILE)
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(path.read_text())["mlp3"]
-  assert set(result) == {"mgda"}
-  assert result["mgda"]["speedup_vs_libmtl"] > 0
-  assert result["mgda"]["speedup_vs_torchjd"] > 0
+  assert set(result) == {"mgda", "mgda [chunk 1]"}
+  for row in result.values():
+    assert row["speedup_vs_libmtl"] > 0 and row["speedup_vs_torchjd"] > 0
+  assert result["mgda [chunk 1]"]["chunk_size"] == 1
