@@ -226,7 +226,9 @@ def init_state(program: Program, seed: int,
   state = train.create_train_state(
       jax.random.PRNGKey(seed), program.model, sample, program.weighting,
       program.optimizer, num_tasks=len(program.spec.tasks),
-      input_key=program.spec.input_key)
+      input_key=program.spec.input_key,
+      task_params=common.jacobian_options(
+          program.config, program.model, program.weighting).get("task_params"))
   if weights is not None:
     state = common.with_weights(state, weights)
   return state

@@ -42,9 +42,26 @@ State = Any   # a NamedTuple of non-learnable state
 
 
 class GradientWeights(NamedTuple):
-  """What :attr:`Aggregator.apply` returns."""
+  """What :attr:`Aggregator.apply` returns.
+
+  Only ``weights`` and ``state`` are required. The optional fields serve the
+  methods that do more than weight the rows of :math:`J`:
+
+  * ``direction``: the ``(P,)`` update of a method that reads :math:`J`
+    itself (``Aggregator.inputs == "jacobian"``: GradDrop, MoCo, DB-MTL,
+    ExcessMTL); its ``weights`` are then what it reports per task;
+  * ``head_weights``: the ``(K,)`` multiplier of each task's own gradient in
+    the task-specific parameters (1 when ``None``, as TorchJD's
+    ``mtl_backward``; LibMTL's IMTL scales the heads by :math:`e^{s_k}`);
+  * ``aux_loss``: a scalar, differentiable in ``params``, whose gradient
+    trains the method's own parameters (GradNorm's logits, IMTL's loss
+    scales) with the model's optimiser; ``None`` gives them zero gradients.
+  """
   weights: jax.Array  # (K,) w: the update direction is d = J^T w; no gradient
   state: State        # the new state
+  direction: Optional[jax.Array] = None     # (P,) for inputs == "jacobian"
+  head_weights: Optional[jax.Array] = None  # (K,) on the heads' gradients
+  aux_loss: Optional[jax.Array] = None      # () trains params
 
 
 class InitFn(Protocol):
@@ -62,9 +79,19 @@ class ApplyFn(Protocol):
 
 
 class Aggregator(NamedTuple):
-  """A gradient-space method as a pair of pure functions (optax style)."""
+  """A gradient-space method as a pair of pure functions (optax style).
+
+  ``inputs`` says what ``apply`` reads: ``"gramian"`` (the default, and
+  every method of part 1): ``apply(params, state, G, *, losses)``;
+  ``"jacobian"``: ``apply(params, state, J, *, losses)`` with the flat
+  ``(K, P)`` Jacobian of the shared parameters, returning the update in
+  ``GradientWeights.direction``. Such a method's ``init`` also takes
+  ``num_params=P`` when it keeps ``(K, P)`` buffers (MoCo, DB-MTL,
+  ExcessMTL), and the train step gives every device the whole Jacobian.
+  """
   init: InitFn
   apply: ApplyFn
+  inputs: str = "gramian"
 
 
 class StatelessState(NamedTuple):
@@ -167,6 +194,65 @@ def pref_or_mean(pref_vector: Any, num_tasks: int,
 
 def float_dtype(gramian: jax.Array) -> jnp.dtype:
   return jnp.result_type(gramian)
+
+
+def check_jacobian(jacobian: jax.Array, num_tasks: Optional[int],
+                   num_params: Optional[int], method: str) -> None:
+  """Raises a ValueError unless ``jacobian`` is a floating (K, P) matrix."""
+  shape = jnp.shape(jacobian)
+  if len(shape) != 2:
+    raise ValueError(
+        f"{method}: the Jacobian must be a (num_tasks, num_params) matrix, "
+        f"got shape {shape}. Flatten each task's gradient into one row.")
+  if num_tasks is not None and shape[0] != num_tasks:
+    raise ValueError(
+        f"{method}: got a Jacobian of {shape[0]} rows but the method was "
+        f"initialised for {num_tasks} tasks. Give one row per task, in the "
+        "order of init.")
+  if num_params is not None and shape[1] != num_params:
+    raise ValueError(
+        f"{method}: got a Jacobian of {shape[1]} columns but the method's "
+        f"buffers were built for num_params={num_params}. Build the train "
+        "state with the same task_params as the train step (the shared "
+        "parameters are the columns), or init with the right num_params.")
+  if not jnp.issubdtype(jnp.result_type(jacobian), jnp.floating):
+    raise ValueError(f"{method}: the Jacobian must be floating point, got "
+                     f"dtype {jnp.result_type(jacobian)}.")
+
+
+def check_num_params(num_params: Any, method: str) -> int:
+  """``num_params`` as an int, or a ValueError saying where it comes from."""
+  if num_params is None:
+    raise ValueError(
+        f"{method} keeps (num_tasks, num_params) buffers: its init needs "
+        "num_params, the number of shared parameters. "
+        "mtl_jax.train.create_train_state passes it (give it the same "
+        "task_params as make_train_step); by hand: "
+        "init(num_tasks, num_params=P).")
+  if (isinstance(num_params, bool) or not isinstance(num_params, numbers.Integral)
+      or num_params < 1):
+    raise ValueError(f"{method}: num_params must be a positive integer, got "
+                     f"{num_params!r}.")
+  return int(num_params)
+
+
+def apply_with_grads(method: "Aggregator", params: Params, state: State,
+                     inputs: jax.Array, losses: Optional[jax.Array]
+                     ) -> tuple[GradientWeights, Params]:
+  """``method.apply`` and the gradient of its ``aux_loss`` in ``params``.
+
+  The gradient is zero where the method has no ``aux_loss``.
+  """
+
+  def objective(p):
+    out = method.apply(p, state, inputs, losses=losses)
+    aux = jnp.zeros((), jnp.float32) if out.aux_loss is None else out.aux_loss
+    return jnp.asarray(aux, jnp.float32), out
+
+  if not jax.tree.leaves(params):
+    return method.apply(params, state, inputs, losses=losses), params
+  (_, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  return out, grads
 
 
 def gramian(jacobian: jax.Array) -> jax.Array:

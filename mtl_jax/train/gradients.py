@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mtl_jax.aggregation import Aggregator
+from mtl_jax.aggregation._base import apply_with_grads
 from mtl_jax.train import jacobian as jac_lib
 from mtl_jax.weighting import Weighting
 
@@ -122,7 +123,12 @@ def jacobian_gradients(method: Aggregator, *,
   Returns:
     A :data:`GradientFn`. Its ``weights`` are the method's :math:`w`, its
     ``total`` is :math:`\sum_k w_k L_k` (whose gradient in the shared
-    parameters is the update), and the weighting params get zero gradients.
+    parameters is the update, for the methods that weight the rows of
+    :math:`J`), and the method's own params (GradNorm's logits) get the
+    gradient of its ``aux_loss``, zero without one. A method that reads
+    :math:`J` itself (``method.inputs == "jacobian"``) gets the flat
+    ``(K, P)`` Jacobian, the same on every device (an all-reduce whatever
+    ``reduction`` says), and returns the update.
   """
   if not isinstance(method, Aggregator):
     raise ValueError(
@@ -134,6 +140,14 @@ def jacobian_gradients(method: Aggregator, *,
   jac_lib.check_options(mode, chunk_size, reduction)
   if mode == "features" and init_perturbations is None:
     raise ValueError("mode='features' needs init_perturbations.")
+
+  reads_jacobian = method.inputs == "jacobian"
+  if reads_jacobian and mode != "params":
+    raise ValueError(
+        "This gradient-space method reads the Jacobian J itself (its "
+        "per-coordinate rule or its (K, P) buffers are defined on the shared "
+        "parameters), so it needs jacobian_mode='params', got "
+        f"{mode!r}.")
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
                   axis_name: Optional[str]) -> Gradients:
@@ -154,21 +168,34 @@ def jacobian_gradients(method: Aggregator, *,
     num_tasks = local.shape[0]
     losses = pmean(lax.stop_gradient(local), axis_name)
 
-    def weights_of(gram):
-      out = method.apply(params["weighting"], method_state, gram,
-                         losses=losses)
-      return lax.stop_gradient(out.weights).astype(local.dtype), out.state
+    def run_method(inputs):
+      out, method_grads = apply_with_grads(method, params["weighting"],
+                                           method_state, inputs, losses)
+      weights = lax.stop_gradient(out.weights).astype(local.dtype)
+      return weights, (out, method_grads)
 
     if mode == "params":
       rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_tasks,
                                  local.dtype, chunk_size)
-      if axis_name is not None and reduction == "reduce_scatter":
-        shared_grads, weights, new_state, finite = jac_lib.scattered_gramian(
-            rows, weights_of, axis_name)
+      if reads_jacobian:
+        # The whole Jacobian on every device: the method's per-coordinate
+        # rule and its (K, P) buffers see the same J everywhere.
+        rows = pmean(rows, axis_name)
+        flat, unflatten = jac_lib.flatten_rows(rows)
+        acc = jnp.promote_types(flat.dtype, jnp.float32)
+        finite = jnp.isfinite(jnp.sum(jnp.square(flat.astype(acc)), axis=1))
+        weights, (out, method_grads) = run_method(flat)
+        if out.direction is None:
+          raise ValueError("A method with inputs='jacobian' must return its "
+                           "update in GradientWeights.direction.")
+        shared_grads = unflatten(lax.stop_gradient(out.direction))
+      elif axis_name is not None and reduction == "reduce_scatter":
+        shared_grads, weights, (out, method_grads), finite = (
+            jac_lib.scattered_gramian(rows, run_method, axis_name))
       else:
         rows = pmean(rows, axis_name)
         gram = jac_lib.isolate(jac_lib.gramian(rows))
-        weights, new_state = weights_of(gram)
+        weights, (out, method_grads) = run_method(gram)
         shared_grads = jac_lib.combine(rows, weights)
         finite = jac_lib.rows_finite(gram)
     else:
@@ -181,17 +208,21 @@ def jacobian_gradients(method: Aggregator, *,
         gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
       gram = jac_lib.isolate(gram)
       finite = jac_lib.rows_finite(gram)
-      weights, new_state = weights_of(gram)
+      weights, (out, method_grads) = run_method(gram)
       shared_grads = pmean(vjp_fn(weights)[0], axis_name)
 
     if has_heads:
-      task_grads = pmean(vjp_fn(jnp.ones_like(local))[1], axis_name)
+      head_weights = (jnp.ones_like(local) if out.head_weights is None else
+                      lax.stop_gradient(out.head_weights).astype(local.dtype))
+      task_grads = pmean(vjp_fn(head_weights)[1], axis_name)
     else:
       task_grads = []
+    # The method's own parameters see the global losses and the global
+    # Jacobian: their gradients agree on every device already.
     grads = {"model": merge(shared_grads, task_grads),
-             "weighting": jax.tree.map(jnp.zeros_like, params["weighting"])}
+             "weighting": method_grads}
     total = jnp.sum(weights * losses)
-    return Gradients(grads, total, losses, weights, new_state, model_state,
+    return Gradients(grads, total, losses, weights, out.state, model_state,
                      finite)
 
   return gradient_fn

@@ -48,9 +48,29 @@ class TrainState(flax.struct.PyTreeNode):
   total_skips: jax.Array
 
 
+def init_method(method: Weighting, num_tasks: int, key: jax.Array,
+                model_params: PyTree, task_params: Any = None
+                ) -> tuple[PyTree, PyTree]:
+  """``method.init``, given the number of shared parameters when it needs it.
+
+  A gradient-space method that reads the Jacobian itself and keeps
+  ``(K, P)`` buffers (``inputs == "jacobian"``: MoCo, DB-MTL, ExcessMTL)
+  sizes them by ``P``, the shared parameters of ``model_params`` under the
+  rule ``task_params`` (the same rule the train step gets).
+  """
+  if getattr(method, "inputs", "gramian") != "jacobian":
+    return method.init(num_tasks, key=key)
+  from mtl_jax.train import jacobian as jac_lib  # pylint: disable=g-import-not-at-top
+  mask = jac_lib.task_param_mask(model_params, task_params)
+  split, _ = jac_lib._split(model_params, mask)  # pylint: disable=protected-access
+  shared = split.shared
+  num_params = sum(int(x.size) for x in jax.tree.leaves(shared))
+  return method.init(num_tasks, key=key, num_params=num_params)
+
+
 def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
                      weighting: Weighting, optimizer: optax.GradientTransformation,
-                     num_tasks: int) -> TrainState:
+                     num_tasks: int, *, task_params: Any = None) -> TrainState:
   """Builds a :class:`TrainState` from already initialised model variables.
 
   Args:
@@ -64,12 +84,17 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
     optimizer: trains ``{"model": ..., "weighting": ...}``; see
       :func:`make_optimizer`.
     num_tasks: K, the number of task losses.
+    task_params: the task-specific parameters, as given to
+      :func:`~mtl_jax.train.make_train_step`; only a method with ``(K, P)``
+      buffers (MoCo, DB-MTL, ExcessMTL) reads it, to size them.
 
   Returns:
     The state at step 0.
   """
   weighting_key, rng = jax.random.split(rng)
-  weighting_params, weighting_state = weighting.init(num_tasks, key=weighting_key)
+  weighting_params, weighting_state = init_method(
+      weighting, num_tasks, weighting_key, model_variables["params"],
+      task_params)
   variables = dict(model_variables)
   # Perturbations (self.perturb) are batch-shaped zeros, not state: the
   # Jacobian's representation mode builds them per batch.
@@ -88,8 +113,8 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
                        weighting: Weighting,
                        optimizer: optax.GradientTransformation, num_tasks: int,
                        *, input_key: str = "image",
-                       init_kwargs: Optional[Mapping[str, Any]] = None
-                       ) -> TrainState:
+                       init_kwargs: Optional[Mapping[str, Any]] = None,
+                       task_params: Any = None) -> TrainState:
   """Initialises a Flax linen model and returns the state at step 0.
 
   The model is initialised with ``model.init(rngs, sample_batch[input_key],
@@ -105,6 +130,8 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
     num_tasks: K.
     input_key: key of the model input in the batch.
     init_kwargs: extra keyword arguments of ``model.init``.
+    task_params: as given to :func:`~mtl_jax.train.make_train_step`; sizes
+      the ``(K, P)`` buffers of MoCo, DB-MTL and ExcessMTL.
 
   Returns:
     A :class:`TrainState` with float32 parameters on the default device.
@@ -113,4 +140,5 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
   variables = model.init({"params": params_rng, "dropout": dropout_rng},
                          jnp.asarray(sample_batch[input_key]), train=False,
                          **dict(init_kwargs or {}))
-  return init_train_state(init_rng, variables, weighting, optimizer, num_tasks)
+  return init_train_state(init_rng, variables, weighting, optimizer, num_tasks,
+                          task_params=task_params)

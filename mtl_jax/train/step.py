@@ -292,6 +292,15 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
                                           state.params)
     params = optax.apply_updates(state.params, updates)
     model_state = _pmean_floating(out.model_state, axis_name)
+    method_state = out.method_state
+    after_update = getattr(method, "after_update", None)
+    if after_update is not None:
+      # FAMO's extra step: the losses of the same batch (same dropout) at
+      # the updated parameters, one forward pass, no gradient.
+      after, _ = losses_fn(lax.stop_gradient(params["model"]))
+      after = pmean(lax.stop_gradient(after), axis_name)
+      method_state = after_update(params["weighting"], method_state,
+                                  out.losses, after)
 
     losses_finite = jnp.isfinite(out.losses)
     grads_finite = _all_finite(out.grads)
@@ -305,7 +314,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
         params=_select(ok, params, state.params),
         opt_state=_select(ok, opt_state, state.opt_state),
         model_state=_select(ok, model_state, state.model_state),
-        weighting_state=_select(ok, out.method_state, state.weighting_state),
+        weighting_state=_select(ok, method_state, state.weighting_state),
         rng=rng,
         consecutive_skips=consecutive.astype(jnp.int32),
         total_skips=state.total_skips + (~ok).astype(jnp.int32))

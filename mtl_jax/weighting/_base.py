@@ -59,10 +59,26 @@ class ApplyFn(Protocol):
     ...
 
 
+class AfterUpdateFn(Protocol):
+
+  def __call__(self, params: Params, state: State, losses_before: jax.Array,
+               losses_after: jax.Array) -> State:
+    ...
+
+
 class Weighting(NamedTuple):
-  """A loss-weighting method as a pair of pure functions (optax style)."""
+  """A loss-weighting method as a pair of pure functions (optax style).
+
+  ``after_update`` is optional: a method that learns from the effect of the
+  step it weighted (FAMO) gives ``after_update(params, state, losses_before,
+  losses_after) -> state``. The train step then recomputes the losses on
+  the same batch at the updated parameters (one extra forward pass, no
+  backward) and passes both loss vectors; ``None`` (every other method)
+  costs nothing.
+  """
   init: InitFn
   apply: ApplyFn
+  after_update: Optional[AfterUpdateFn] = None
 
 
 def check_num_tasks(num_tasks: Any) -> int:

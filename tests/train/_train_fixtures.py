@@ -65,7 +65,8 @@ def hparams(name: str) -> dict[str, Any]:
           "scalarization": {"weights": (0.2, 0.3, 0.5)},
           "uw_so": {"temperature": 2.0},
           "cagrad": {"c": 0.5},
-          "fairgrad": {"alpha": 1.0}}.get(name, {})
+          "fairgrad": {"alpha": 1.0},
+          "constant": {"weights": (0.2, 0.3, 0.5)}}.get(name, {})
 
 
 def get_weighting(name: str):
@@ -85,8 +86,11 @@ def init_state(name: str, seed: int = 0,
                optimizer: Optional[optax.GradientTransformation] = None):
   w = get_weighting(name)
   tx = optimizer or default_optimizer()
+  # (K, P) buffers (MoCo, DB-MTL, ExcessMTL) are sized by the shared params.
+  task_params = HEADS if is_gradient_method(name) else None
   state = train.create_train_state(jax.random.PRNGKey(seed), TinyMLP(),
-                                   make_batch(0), w, tx, NUM_TASKS)
+                                   make_batch(0), w, tx, NUM_TASKS,
+                                   task_params=task_params)
   return state, w, tx
 
 

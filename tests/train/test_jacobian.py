@@ -46,6 +46,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
   flat = [jax.tree_util.tree_flatten_with_path(g)[0] for g in per_task]
   paths = [tuple(e.key for e in path) for path, _ in flat[0]]
   shared = [i for i, p in enumerate(paths) if not (heads and _is_head(p))]
+  task_losses = losses(params)
   if mode == "params":
     rows = np.stack([np.concatenate([np.ravel(f[i][1]) for i in shared])
                      for f in flat]).astype(np.float64)
@@ -55,21 +56,34 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
     jf = jax.jacrev(lambda e: losses(params, e))(zeros)
     jf = np.asarray(jf, np.float64).reshape(fx.NUM_TASKS, -1)
     gram = jf @ jf.T
-  out = method.apply(state.params["weighting"], state.weighting_state,
-                     jnp.asarray(gram, jnp.float32))
+  reads_jacobian = method.inputs == "jacobian"
+  inputs = rows if reads_jacobian else gram
+  out, method_grads = aggregation._base.apply_with_grads(
+      method, state.params["weighting"], state.weighting_state,
+      jnp.asarray(inputs, jnp.float32), task_losses)
   w = np.asarray(out.weights, np.float64)
+  head_w = (np.ones(fx.NUM_TASKS) if out.head_weights is None
+            else np.asarray(out.head_weights, np.float64))
+  if reads_jacobian:
+    direction = np.asarray(out.direction, np.float64)
+    offsets = np.cumsum([0] + [np.size(flat[0][i][1]) for i in shared])
   leaves = []
   for i, path in enumerate(paths):
     if i in shared:
-      leaves.append(sum(w[k] * np.asarray(flat[k][i][1], np.float64)
-                        for k in range(fx.NUM_TASKS)))
+      if reads_jacobian:
+        j = shared.index(i)
+        leaves.append(direction[offsets[j]:offsets[j + 1]].reshape(
+            np.shape(flat[0][i][1])))
+      else:
+        leaves.append(sum(w[k] * np.asarray(flat[k][i][1], np.float64)
+                          for k in range(fx.NUM_TASKS)))
     else:
-      leaves.append(sum(np.asarray(flat[k][i][1], np.float64)
+      leaves.append(sum(head_w[k] * np.asarray(flat[k][i][1], np.float64)
                         for k in range(fx.NUM_TASKS)))
   grads = {"model": jax.tree.unflatten(jax.tree.structure(params),
                                        [jnp.asarray(x, jnp.float32)
                                         for x in leaves]),
-           "weighting": {}}
+           "weighting": method_grads}
   tx = fx.default_optimizer()
   updates, _ = tx.update(grads, state.opt_state, state.params)
   return optax.apply_updates(state.params, updates), w, out.state
