@@ -46,9 +46,10 @@ GRADIENT_HPARAMS = {"cagrad": {"c": 0.4}, "fairgrad": {"alpha": 1.0}}
 
 
 def gradient_methods() -> tuple[str, ...]:
-  """Every registered gradient-space method, read at run time."""
+  """Every registered gradient-space method, read at run time, but
+  ``constant`` (its step is the ``jacobian (w = 1)`` row's)."""
   import mtl_jax  # pylint: disable=g-import-not-at-top
-  return mtl_jax.aggregation.names()
+  return tuple(n for n in mtl_jax.aggregation.names() if n != "constant")
 
 
 def make_gradient_method(name: str):

@@ -275,7 +275,14 @@ _GRADIENT_HPARAMS = {
     "fairgrad": {"alpha": "fairgrad_alpha"},
     "nash_mtl": {"max_norm": "nash_max_norm"},
     "gradvac": {"beta": "gradvac_beta"},
+    "gradnorm": {"alpha": "gradnorm_alpha"},
+    "graddrop": {"leak": "graddrop_leak"},
+    "excess_mtl": {"robust_step_size": "excess_robust_step_size",
+                   "n_warmup_steps": "excess_warmup_steps"},
+    "sdmgrad": {"lamda": "sdmgrad_lamda", "n_iter": "sdmgrad_n_iter"},
 }
+# Gradient methods that draw random numbers: seeded from train.seed.
+_SEEDED = ("pcgrad", "gradvac", "graddrop", "random")
 
 
 def build_weighting(config: Config, spec: DatasetSpec,
@@ -288,8 +295,10 @@ def build_weighting(config: Config, spec: DatasetSpec,
   if mtl_jax.family(name) == "aggregation":
     fields = _GRADIENT_HPARAMS.get(name, {})
     hparams = {arg: w[field] for arg, field in fields.items()}
-    if name in ("pcgrad", "gradvac"):
+    if name in _SEEDED:
       hparams["seed"] = int(config.train.seed)
+    if name == "constant":
+      hparams["weights"] = tuple(w.weights) or (1.0 / k,) * k
     return mtl_jax.get(name, **hparams)
   if name == "scalarization":
     return state_scalarization(tuple(w.weights) or (1.0 / k,) * k)
@@ -306,6 +315,14 @@ def build_weighting(config: Config, spec: DatasetSpec,
                   steps_per_epoch=int(per_epoch))
   if name == "imtl_l":
     return mw.get("imtl_l", init_log_scale=w.init_log_scale)
+  if name == "famo":
+    return mw.get("famo", lr=w.famo_lr, weight_decay=w.famo_weight_decay)
+  if name == "stch":
+    if w.stch_warmup_epochs < 0:  # TorchJD's stateless form
+      return mw.get("stch", mu=w.stch_mu)
+    return mw.get("stch", mu=w.stch_mu,
+                  warmup_epochs=int(w.stch_warmup_epochs),
+                  steps_per_epoch=int(steps_per_epoch))
   return mw.get(name)  # ew, gls, rlw (RLW's key comes from the run's seed)
 
 

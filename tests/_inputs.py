@@ -30,11 +30,12 @@ def hparams(name: str, num_tasks: int) -> dict[str, Any]:
       "dwa": {"steps_per_epoch": 2},
       "uw_so": {"temperature": 2.0},
       "rlw": {"seed": 3},
+      "stch": {"mu": 0.5},   # TorchJD's stateless form; warm-up: test_stch
   }.get(name, {})
 
 
-METHODS = ("dwa", "ew", "gls", "imtl_l", "rlw", "scalarization", "uw", "uw_o",
-           "uw_so")
+METHODS = ("dwa", "ew", "famo", "gls", "imtl_l", "rlw", "scalarization", "stch",
+           "uw", "uw_o", "uw_so")
 
 
 def positive_losses(seed: int, num_tasks: int, *, low: float = 1e-2,
@@ -85,6 +86,9 @@ def build(name: str, num_tasks: int, *, seed: int = 0, warm: bool = True,
   rng = np.random.default_rng(seed + 1000)
   params = jax.tree.map(
       lambda p: jnp.asarray(rng.uniform(-1.0, 1.0, p.shape), p.dtype), params)
+  if name == "famo":  # logits off 0: weights other than 1/K
+    state = state._replace(logits=jnp.asarray(
+        rng.uniform(-1.0, 1.0, (num_tasks,)), state.logits.dtype))
   if name == "dwa":
     for step in range(2 * hparams(name, num_tasks)["steps_per_epoch"]):
       losses = positive_losses(seed + step, num_tasks, low=0.5, high=2.0)

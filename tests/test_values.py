@@ -18,7 +18,14 @@ is ``(name, kwargs, weights W(G), direction J^T W(G))``, the values of
 TorchJD's own table (``tests/unit/aggregation/test_values.py``), checked to
 ``GRADIENT_ATOL`` = 1e-4 as TorchJD does. A name is built with
 ``mtl_jax.aggregation.get(name, **kwargs)``, initialised for two tasks and
-applied once.
+applied once, with the keyword inputs of an optional fifth element
+(``{"losses": [...]}`` for the methods that read the losses). A pure
+function ``fn`` in place of the name is called as ``fn(G, **kwargs)`` (to
+inject a random draw) and covers the method ``fn``'s name without
+``_weights``. A method that reads J itself (``inputs="jacobian"``: GradDrop,
+MoCo, DB-MTL, ExcessMTL) is initialised with ``num_params=3`` and applied to
+J; its row holds the weights it reports and the direction it returns (in
+general not ``J^T w``).
 """
 import math
 
@@ -29,11 +36,16 @@ import pytest
 
 from mtl_jax import aggregation
 from mtl_jax import weighting
+from mtl_jax.aggregation import graddrop_direction
+from mtl_jax.aggregation import random_weights
 from mtl_jax.weighting import dwa_weights
+from mtl_jax.weighting import famo_loss
+from mtl_jax.weighting import famo_weights
 from mtl_jax.weighting import gls_loss
 from mtl_jax.weighting import imtl_l_loss
 from mtl_jax.weighting import rlw_weights
 from mtl_jax.weighting import scalarization_grid
+from mtl_jax.weighting import stch_loss
 from mtl_jax.weighting import uncertainty_loss
 from mtl_jax.weighting import uw_o_weights
 from mtl_jax.weighting import uw_so_weights
@@ -141,6 +153,51 @@ ROWS = [
     # init s = ln 2: 2 * (0.5 + 2) - 2 ln 2 = 5 - 1.3862944 = 3.6137056; weights 2.
     ("imtl_l", {"init_log_scale": LN2}, ([0.5, 2.0],),
      (3.6137056, [2.0, 2.0])),
+
+    # --- FAMO and STCH -------------------------------------------------------
+    # FAMO, logits 0 (z = [1/2, 1/2]) on [1, 2] (TorchJD's test_famo.py):
+    # c = 1 / (0.5 / 1 + 0.5 / 2) = 4/3; value 4/3 * 0.5 * ln 2 = 0.4620981
+    # (the 1e-8 moves it by < 1e-8); gradient c z / L = [2/3, 1/3].
+    (famo_loss, {}, ([1.0, 2.0], [0.0, 0.0]), 0.4620981),
+    (famo_weights, {}, ([1.0, 2.0], [0.0, 0.0]), [0.6666667, 0.3333333]),
+    ("famo", {}, ([1.0, 2.0],), (0.4620981, [0.6666667, 0.3333333])),
+    # STCH, TorchJD's test_stch.py (mu = 1): weights 1/2 on [0, 0]:
+    # log(e^0 + e^0) = ln 2; gradient (1/2) softmax = [1/4, 1/4].
+    (stch_loss, {"mu": 1.0}, ([0.0, 0.0],), LN2),
+    ("stch", {}, ([0.0, 0.0],), (LN2, [0.25, 0.25])),
+    # weights [1, 1] on [1, 1]: log(2 e) = 1 + ln 2 = 1.6931472; gradient
+    # softmax = [1/2, 1/2].
+    (stch_loss, {"mu": 1.0, "weights": [1.0, 1.0]}, ([1.0, 1.0],), 1.0 + LN2),
+    ("stch", {"weights": (1.0, 1.0)}, ([1.0, 1.0],), (1.0 + LN2, [0.5, 0.5])),
+    # reference [1, 1] shifts [1, 1] to [0, 0]: ln 2.
+    (stch_loss, {"mu": 1.0, "weights": [1.0, 1.0], "reference": [1.0, 1.0]},
+     ([1.0, 1.0],), LN2),
+    ("stch", {"weights": (1.0, 1.0), "reference": (1.0, 1.0)}, ([1.0, 1.0],),
+     (LN2, [0.5, 0.5])),
+    # TorchJD's mu = 1e-10 on [1e30, 2e30, 3e30] -> 1e30 cannot be held to an
+    # absolute 1e-5 (test_stch.py checks it relatively); the same case scaled
+    # by 1e-30: weights 1/3, max(1/3, 2/3, 1) = 1, plus 1e-10 log(1 + 2e^-1e10)
+    # = 1; gradient [0, 0, 1/3]. Unshifted, exp(1 / 1e-10) would overflow.
+    (stch_loss, {"mu": 1e-10}, ([1.0, 2.0, 3.0],), 1.0),
+    ("stch", {"mu": 1e-10}, ([1.0, 2.0, 3.0],), (1.0, [0.0, 0.0, 0.3333333])),
+    # LibMTL's form, warmup_epochs = 1, steps_per_epoch = 2. Step 0 (epoch 0,
+    # warm-up): ln 1 + ln 2 = ln 2, gradient 1/L = [1, 0.5].
+    ("stch", {"warmup_epochs": 1, "steps_per_epoch": 2}, ([1.0, 2.0],),
+     (LN2, [1.0, 0.5])),
+    # Epoch 1 averages [2, 4], [4, 2] into the nadir n = [3, 3]. Step 5 (epoch
+    # 3), L = [3, 1]: f = log(L / n) = [0, -ln 3]; total K mu log(e^0 + 1/3)
+    # = 2 ln(4/3) = 0.5753641; softmax [3/4, 1/4], gradient
+    # K softmax / L = [2 * 0.75 / 3, 2 * 0.25 / 1] = [0.5, 0.5].
+    ("stch", {"warmup_epochs": 1, "steps_per_epoch": 2},
+     ([1.0, 2.0], [1.0, 2.0], [2.0, 4.0], [4.0, 2.0], [1.0, 1.0], [3.0, 1.0]),
+     (0.5753641, [0.5, 0.5])),
+
+    # --- GradDrop with torch's draws ----------------------------------------
+    # TorchJD's J = [[-4, 1, 1], [6, 1, 1]], torch's seed-0 rand(3) = [0.4963,
+    # 0.7682, 0.0885] injected. Column 0: P = (1 + 2/10) / 2 = 0.6 > 0.4963,
+    # keep the positive 6; columns 1, 2: P = 1 > U, keep both 1s: [6, 2, 2].
+    (graddrop_direction, {}, ([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]],
+                              [0.4963, 0.7682, 0.0885]), [6.0, 2.0, 2.0]),
 ]
 
 
@@ -188,6 +245,42 @@ GRADIENT_ROWS = [
     # First call: the EMA target starts at 0 > phi, so every conflicting pair
     # is projected as in PCGrad.
     ("gradvac", {}, [2.2222, 1.5789], [0.5848, 3.8012, 3.8012]),
+    # 1/K each: d = ([-4, 1, 1] + [6, 1, 1]) / 2 = [1, 1, 1].
+    ("mean", {}, [0.5, 0.5], [1.0, 1.0, 1.0]),
+    # 1 each: d = [-4 + 6, 2, 2] = [2, 2, 2].
+    ("sum", {}, [1.0, 1.0], [2.0, 2.0, 2.0]),
+    # d = 1 [-4, 1, 1] + 2 [6, 1, 1] = [8, 3, 3].
+    ("constant", {"weights": (1.0, 2.0)}, [1.0, 2.0], [8.0, 3.0, 3.0]),
+    # torch's seed-0 draw randn(2) = [1.5410, -0.2934], injected: softmax =
+    # [1, e^-1.8344] / (1 + e^-1.8344) = [1, 0.15970] / 1.15970
+    # = [0.86229, 0.13771]; d = [6 - 10 * 0.86229, 1, 1] = [-2.6229, 1, 1].
+    (random_weights, {"draw": [1.5410, -0.2934]}, [0.8623, 0.1377],
+     [-2.6229, 1.0, 1.0]),
+    # First call, L(0) = L: r = 1; logits 1: w = 2 softmax([1, 1]) = [1, 1],
+    # d = [2, 2, 2] (the balancing loss moves the logits for the next call).
+    ("gradnorm", {}, [1.0, 1.0], [2.0, 2.0, 2.0], {"losses": [1.0, 2.0]}),
+    # log-scales 0: e^s = 1, so IMTL-G's weights on G (the imtl_g row).
+    ("imtl", {}, [0.5923, 0.4077], [0.0767, 1.0, 1.0], {"losses": [1.0, 2.0]}),
+    # --- methods that read J itself: (name, kwargs, reported weights, d) ---
+    # GradDrop: PRNGKey(5)'s draw for column 0 is below P = 0.6 (as torch's
+    # 0.4963 above, with either threefry layout of jax), so d = [6, 2, 2];
+    # weights: the share of each row's entries kept, [2/3, 1].
+    ("graddrop", {"seed": 5}, [0.6667, 1.0], [6.0, 2.0, 2.0]),
+    # MoCo, L = [1, 2]: y = [u_0 / 2, u_1] (unit rows u_i, u_0 . u_1 =
+    # -22 / sqrt(684) = -0.841191); y y^T [1/2, 1/2] = [-0.085298, 0.289702];
+    # lambda = softmax(1/2 - 0.1 [...]) = [0.509374, 0.490626];
+    # d = 0.254687 u_0 + 0.490626 u_1 = [0.237419, 0.139620, 0.139620].
+    ("moco", {}, [0.5094, 0.4906], [0.2374, 0.1396, 0.1396],
+     {"losses": [1.0, 2.0]}),
+    # DB-MTL, L = [1, 2]: B = 0.1 [g_0, g_1 / 2], norms 0.1 [sqrt 18, sqrt 38
+    # / 2] = [0.424264, 0.308221]; alpha = [1, 1.376494];
+    # d = 0.1 (g_0 + 0.688247 g_1) = [0.012948, 0.168825, 0.168825].
+    ("db_mtl", {}, [1.0, 1.3765], [0.0129, 0.1688, 0.1688],
+     {"losses": [1.0, 2.0]}),
+    # ExcessMTL, first call: S = J^2, e = sum |J_ik| = [6, 8] (the 1e-7 moves
+    # it by < 1e-7), used raw: w = [e^6, e^8] / (e^6 + e^8) = [1, e^2] /
+    # (1 + e^2) = [0.119203, 0.880797]; d = J^T w = [4.807971, 1, 1].
+    ("excess_mtl", {}, [0.1192, 0.8808], [4.8080, 1.0, 1.0]),
 ]
 
 
@@ -243,26 +336,79 @@ def test_pinned_value(row, x64):
 @pytest.mark.parametrize("row", GRADIENT_ROWS,
                          ids=[_row_id(r) for r in GRADIENT_ROWS])
 def test_pinned_gradient_method(row, x64):
-  name, kwargs, weights, direction = row
+  name, kwargs, weights, direction, *inputs = row
   with jax.enable_x64(x64):
     dtype = jnp.float64 if x64 else jnp.float32
     jac = jnp.asarray(J_BASE, dtype)
-    method = aggregation.get(name, **kwargs)
-    params, state = method.init(2)
-    w = method.apply(params, state, jac @ jac.T).weights
+    d = None
+    if not isinstance(name, str):  # a pure function, its draw injected
+      w = name(jac @ jac.T, **{k: jnp.asarray(v, dtype)
+                               for k, v in kwargs.items()})
+    else:
+      method = aggregation.get(name, **kwargs)
+      inputs = {k: jnp.asarray(v, dtype)
+                for k, v in (inputs[0] if inputs else {}).items()}
+      if method.inputs == "jacobian":  # reads J, returns its direction
+        params, state = method.init(2, num_params=3)
+        out = method.apply(params, state, jac, **inputs)
+        w, d = out.weights, out.direction
+        assert d.dtype == dtype
+      else:
+        params, state = method.init(2)
+        w = method.apply(params, state, jac @ jac.T, **inputs).weights
+    if d is None:
+      d = w @ jac
     assert w.dtype == dtype
     np.testing.assert_allclose(w, weights, rtol=0.0, atol=GRADIENT_ATOL)
-    np.testing.assert_allclose(w @ jac, direction, rtol=0.0,
-                               atol=GRADIENT_ATOL)
+    np.testing.assert_allclose(d, direction, rtol=0.0, atol=GRADIENT_ATOL)
+
+
+# --- methods on three parts of the batch: (name, kwargs, [(A, weights on the
+# third part)] over successive calls); A is the cross Gramian of parts 1, 2.
+A_DIAG = [[1.0, 0.0, 0.0], [0.0, 0.25, 0.0], [0.0, 0.0, 0.0]]
+A_EYE = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+SPLIT_ROWS = [
+    # TorchJD's test_sdmgrad.py (n_iter = 1): A = diag(1, 1/4, 0) is scaled
+    # by (mean sqrt diag)^2 = 1/4 to diag(4, 1, 0); w = 1/3 steps by 10 A
+    # (w + 0.1) to [-17, -4, 1/3] -> simplex [0, 0, 1]; (w + 0.1) / 1.3 =
+    # [1, 1, 11] / 13. Then A = I: [0, 0, 1] - 10 [0.1, 0.1, 1.1] =
+    # [-1, -1, -10] -> [1/2, 1/2, 0]; (w + 0.1) / 1.3 = [6, 6, 1] / 13.
+    ("sdmgrad", {"n_iter": 1}, [(A_DIAG, [1 / 13, 1 / 13, 11 / 13]),
+                                (A_EYE, [6 / 13, 6 / 13, 1 / 13])]),
+    # MoDo, gamma = 1, rho = 0: 1/3 - A 1/3 = [0, 1/4, 1/3], projected on the
+    # simplex by adding 5/36 to each: [5, 14, 17] / 36.
+    ("modo", {"gamma": 1.0, "rho": 0.0}, [(A_DIAG, [5 / 36, 14 / 36,
+                                                   17 / 36])]),
+]
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("row", SPLIT_ROWS, ids=[r[0] for r in SPLIT_ROWS])
+def test_pinned_three_part_method(row, x64):
+  name, kwargs, calls = row
+  with jax.enable_x64(x64):
+    dtype = jnp.float64 if x64 else jnp.float32
+    method = aggregation.get(name, **kwargs)
+    params, state = method.init(3)
+    for cross, expected in calls:
+      gram = jnp.eye(9, dtype=dtype).at[:3, 3:6].set(jnp.asarray(cross, dtype))
+      out = method.apply(params, state, gram)
+      np.testing.assert_allclose(out.weights[:6], 0.0)
+      np.testing.assert_allclose(out.weights[6:], expected, rtol=0.0,
+                                 atol=GRADIENT_ATOL)
+      state = out.state
 
 
 def test_gradient_table_covers_every_method():
-  assert set(aggregation.names()) <= {r[0] for r in GRADIENT_ROWS}
+  covered = {r[0] if isinstance(r[0], str)
+             else r[0].__name__.removesuffix("_weights") for r in GRADIENT_ROWS}
+  covered |= {r[0] for r in SPLIT_ROWS}
+  assert set(aggregation.names()) <= covered
 
 
 def test_table_covers_every_function_and_method():
   covered = {r[0] if isinstance(r[0], str) else r[0].__name__ for r in ROWS}
   functions = {"uw_o_weights", "uw_so_weights", "uncertainty_loss",
                "dwa_weights", "rlw_weights", "gls_loss", "imtl_l_loss",
-               "scalarization_grid"}
+               "scalarization_grid", "famo_loss", "famo_weights", "stch_loss"}
   assert functions | set(weighting.names()) <= covered

@@ -79,6 +79,17 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.weighting.fairgrad_alpha = 1.0       # FairGrad's alpha (LibMTL: 1.0)
   config.weighting.nash_max_norm = 1.0        # Nash-MTL: ||d|| <= max_norm (TorchJD)
   config.weighting.gradvac_beta = 0.5         # GradVac's EMA rate (paper: 0.5)
+  config.weighting.gradnorm_alpha = 1.5       # GradNorm's alpha (LibMTL: 1.5)
+  config.weighting.graddrop_leak = 0.0        # GradDrop's leak (LibMTL: 0)
+  config.weighting.excess_robust_step_size = 1.0  # ExcessMTL's eta (TorchJD 1; LibMTL 1e-2)
+  config.weighting.excess_warmup_steps = 0    # ExcessMTL's warm-up steps (TorchJD 0)
+  config.weighting.sdmgrad_lamda = 0.3        # SDMGrad's lambda (needs batch_size % 3 == 0)
+  config.weighting.sdmgrad_n_iter = 20        # SDMGrad's inner steps
+  # Loss-based methods of part 2 (mtl_jax.weighting).
+  config.weighting.famo_lr = 0.025            # FAMO's logit step (TorchJD, LibMTL)
+  config.weighting.famo_weight_decay = 1e-3   # FAMO's coupled L2 on the logits
+  config.weighting.stch_mu = 1.0              # STCH's smoothing (LibMTL: 1)
+  config.weighting.stch_warmup_epochs = 4     # LibMTL's nadir warm-up; -1: TorchJD's stateless form
   config.weighting.jacobian_mode = "params"   # "params" (exact) or "features" (rep_grad)
   config.weighting.chunk_size = 0             # task gradients per chunk; 0: all at once
 

@@ -88,10 +88,19 @@ class Aggregator(NamedTuple):
   ``GradientWeights.direction``. Such a method's ``init`` also takes
   ``num_params=P`` when it keeps ``(K, P)`` buffers (MoCo, DB-MTL,
   ExcessMTL), and the train step gives every device the whole Jacobian.
+
+  ``batch_splits``: a method that needs gradients from independent batches
+  (SDMGrad, MoDo: three) asks for the batch to be split. The train step
+  splits each batch into ``batch_splits`` interleaved parts (example
+  :math:`i` goes to part :math:`i \bmod s`), computes the :math:`sK` losses
+  (part-major: part 0's K tasks, then part 1's...) and gives ``apply`` the
+  :math:`sK \times sK` Gramian of their gradients; ``apply`` returns
+  :math:`sK` weights.
   """
   init: InitFn
   apply: ApplyFn
   inputs: str = "gramian"
+  batch_splits: int = 1
 
 
 class StatelessState(NamedTuple):
@@ -138,6 +147,21 @@ def check_gramian(gramian: jax.Array, num_tasks: Optional[int],
     raise ValueError(
         f"{method}: the Gramian must be floating point, got dtype "
         f"{jnp.result_type(gramian)}.")
+
+
+def check_split_gramian(gramian: jax.Array, splits: int, num_tasks: int,
+                        method: str) -> None:
+  """Like :func:`check_gramian` for a method on ``splits`` parts of the batch
+  (``Aggregator.batch_splits``): the Gramian has ``splits * K`` rows."""
+  shape = jnp.shape(gramian)
+  if len(shape) == 2 and shape[0] == shape[1] != splits * num_tasks:
+    raise ValueError(
+        f"{method} reads the Gramian of the task gradients on {splits} "
+        f"independent parts of the batch: {splits} x {num_tasks} tasks = "
+        f"{splits * num_tasks} rows (part-major), got {shape[0]}x{shape[1]}. "
+        "The train step splits the batch by itself (batch_splits); by hand, "
+        f"stack the Jacobians of {splits} independent batches.")
+  check_gramian(gramian, splits * num_tasks, method)
 
 
 def check_nonnegative(value: Any, name: str, method: str,

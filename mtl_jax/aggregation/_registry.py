@@ -8,26 +8,50 @@ from mtl_jax.aggregation import _base
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl
 from mtl_jax.aggregation.cagrad import cagrad
 from mtl_jax.aggregation.config import config
+from mtl_jax.aggregation.constant import constant
+from mtl_jax.aggregation.db_mtl import db_mtl
 from mtl_jax.aggregation.dualproj import dualproj
+from mtl_jax.aggregation.excess_mtl import excess_mtl
 from mtl_jax.aggregation.fairgrad import fairgrad
+from mtl_jax.aggregation.graddrop import graddrop
+from mtl_jax.aggregation.gradnorm import gradnorm
 from mtl_jax.aggregation.gradvac import gradvac
+from mtl_jax.aggregation.imtl import imtl
 from mtl_jax.aggregation.imtl_g import imtl_g
+from mtl_jax.aggregation.mean import mean
 from mtl_jax.aggregation.mgda import mgda
+from mtl_jax.aggregation.moco import moco
+from mtl_jax.aggregation.modo import modo
 from mtl_jax.aggregation.nash_mtl import nash_mtl
 from mtl_jax.aggregation.pcgrad import pcgrad
+from mtl_jax.aggregation.random import random
+from mtl_jax.aggregation.sdmgrad import sdmgrad
+from mtl_jax.aggregation.sum_ import sum_
 from mtl_jax.aggregation.upgrad import upgrad
 
 _FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
     "aligned_mtl": aligned_mtl,
     "cagrad": cagrad,
     "config": config,
+    "constant": constant,
+    "db_mtl": db_mtl,
     "dualproj": dualproj,
+    "excess_mtl": excess_mtl,
     "fairgrad": fairgrad,
+    "graddrop": graddrop,
+    "gradnorm": gradnorm,
     "gradvac": gradvac,
+    "imtl": imtl,
     "imtl_g": imtl_g,
+    "mean": mean,
     "mgda": mgda,
+    "moco": moco,
+    "modo": modo,
     "nash_mtl": nash_mtl,
     "pcgrad": pcgrad,
+    "random": random,
+    "sdmgrad": sdmgrad,
+    "sum": sum_,
     "upgrad": upgrad,
 }
 

@@ -142,6 +142,13 @@ def jacobian_gradients(method: Aggregator, *,
     raise ValueError("mode='features' needs init_perturbations.")
 
   reads_jacobian = method.inputs == "jacobian"
+  splits = method.batch_splits
+  if splits > 1 and mode != "params":
+    raise ValueError(
+        f"This gradient-space method compares the gradients of {splits} "
+        "parts of the batch; in jacobian_mode='features' the parts' feature "
+        "gradients are orthogonal (disjoint examples), so it needs "
+        f"jacobian_mode='params', got {mode!r}.")
   if reads_jacobian and mode != "params":
     raise ValueError(
         "This gradient-space method reads the Jacobian J itself (its "
@@ -165,8 +172,8 @@ def jacobian_gradients(method: Aggregator, *,
         return losses_fn(merge(shared, task), perturbations)
       local, vjp_fn, model_state = jax.vjp(
           f, split.shared, split.task, init_perturbations(), has_aux=True)
-    num_tasks = local.shape[0]
-    losses = pmean(lax.stop_gradient(local), axis_name)
+    num_rows = local.shape[0]
+    losses = pmean(lax.stop_gradient(local), axis_name)  # (splits * K,)
 
     def run_method(inputs):
       out, method_grads = apply_with_grads(method, params["weighting"],
@@ -175,7 +182,7 @@ def jacobian_gradients(method: Aggregator, *,
       return weights, (out, method_grads)
 
     if mode == "params":
-      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_tasks,
+      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_rows,
                                  local.dtype, chunk_size)
       if reads_jacobian:
         # The whole Jacobian on every device: the method's per-coordinate
@@ -199,7 +206,7 @@ def jacobian_gradients(method: Aggregator, *,
         shared_grads = jac_lib.combine(rows, weights)
         finite = jac_lib.rows_finite(gram)
     else:
-      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_tasks,
+      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_rows,
                                  local.dtype, chunk_size)
       # dL/df_n = (1/N) dl_n/df_n on device n's examples: the Gramian of
       # the whole batch is the mean of the local ones over N.
@@ -212,7 +219,10 @@ def jacobian_gradients(method: Aggregator, *,
       shared_grads = pmean(vjp_fn(weights)[0], axis_name)
 
     if has_heads:
-      head_weights = (jnp.ones_like(local) if out.head_weights is None else
+      # Each head: its own task's gradient on the whole batch (the mean of
+      # the parts' gradients when the batch is split).
+      head_weights = (jnp.full_like(local, 1.0 / splits)
+                      if out.head_weights is None else
                       lax.stop_gradient(out.head_weights).astype(local.dtype))
       task_grads = pmean(vjp_fn(head_weights)[1], axis_name)
     else:
@@ -222,6 +232,10 @@ def jacobian_gradients(method: Aggregator, *,
     grads = {"model": merge(shared_grads, task_grads),
              "weighting": method_grads}
     total = jnp.sum(weights * losses)
+    if splits > 1:  # per task: the whole batch's losses, summed weights
+      losses = jnp.mean(losses.reshape(splits, -1), axis=0)
+      weights = jnp.sum(weights.reshape(splits, -1), axis=0)
+      finite = jnp.all(finite.reshape(splits, -1), axis=0)
     return Gradients(grads, total, losses, weights, out.state, model_state,
                      finite)
 

@@ -128,8 +128,13 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
              train: bool, rngs: Mapping[str, jax.Array],
              compute_dtype: Optional[jnp.dtype],
              perturbations: Optional[PyTree] = None,
+             splits: int = 1,
              ) -> tuple[jax.Array, PyTree, PyTree]:
-  """Model then task losses; returns (float32 losses, outputs, model state)."""
+  """Model then task losses; returns (float32 losses, outputs, model state).
+
+  ``splits > 1``: the losses of ``splits`` interleaved parts of the batch
+  (example i in part i mod splits), part-major, ``(splits * K,)``.
+  """
   variables = {"params": cast_floating(model_params, compute_dtype),
                **cast_floating(model_state, compute_dtype)}
   if perturbations is not None:
@@ -137,7 +142,20 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   outputs, new_model_state = model_apply(
       variables, cast_floating(batch, compute_dtype), train=train, rngs=rngs)
   outputs = cast_floating(outputs, jnp.float32)
-  losses = jnp.asarray(task_loss_fn(outputs, batch), jnp.float32)
+  if splits == 1:
+    losses = jnp.asarray(task_loss_fn(outputs, batch), jnp.float32)
+  else:
+    size = jax.tree.leaves(batch)[0].shape[0]
+    if size % splits:
+      raise ValueError(
+          f"this method splits each device's batch into {splits} parts "
+          f"(independent gradient samples), but the batch per device has "
+          f"{size} examples. Use a per-device batch size divisible by "
+          f"{splits}.")
+    part = lambda tree, j: jax.tree.map(lambda x: x[j::splits], tree)  # noqa: E731
+    losses = jnp.concatenate([
+        jnp.asarray(task_loss_fn(part(outputs, j), part(batch, j)),
+                    jnp.float32) for j in range(splits)])
   if losses.ndim != 1:
     raise ValueError(
         f"task_loss_fn must return a (num_tasks,) vector of batch-mean "
@@ -258,6 +276,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   path, needs_perturbations = _gradient_path(
       method, model_apply, gradient_fn, task_params, jacobian_mode, chunk_size,
       jacobian_reduction)
+  splits = getattr(method, "batch_splits", 1) if path is None else 1
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, step_rng = jax.random.split(state.rng)
@@ -267,7 +286,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
       losses, _, model_state = _forward(
           model_apply, task_loss_fn, model_params, state.model_state, batch,
           train=True, rngs=rngs, compute_dtype=compute_dtype,
-          perturbations=perturbations)
+          perturbations=perturbations, splits=splits)
       return losses, model_state
 
     if path is not None:

@@ -13,6 +13,10 @@ from mtl_jax.weighting.dwa import DWAState
 from mtl_jax.weighting.dwa import dwa
 from mtl_jax.weighting.dwa import dwa_weights
 from mtl_jax.weighting.ew import ew
+from mtl_jax.weighting.famo import FAMOState
+from mtl_jax.weighting.famo import famo
+from mtl_jax.weighting.famo import famo_loss
+from mtl_jax.weighting.famo import famo_weights
 from mtl_jax.weighting.gls import gls
 from mtl_jax.weighting.gls import gls_loss
 from mtl_jax.weighting.imtl_l import imtl_l
@@ -22,6 +26,9 @@ from mtl_jax.weighting.rlw import rlw
 from mtl_jax.weighting.rlw import rlw_weights
 from mtl_jax.weighting.scalarization import scalarization
 from mtl_jax.weighting.scalarization import scalarization_grid
+from mtl_jax.weighting.stch import STCHState
+from mtl_jax.weighting.stch import stch
+from mtl_jax.weighting.stch import stch_loss
 from mtl_jax.weighting.uw import uncertainty_loss
 from mtl_jax.weighting.uw import uw
 from mtl_jax.weighting.uw_o import uw_o
@@ -32,13 +39,18 @@ from mtl_jax.weighting.uw_so import uw_so_weights
 __all__ = (
     "DWAState",
     "EmptyState",
+    "FAMOState",
     "RLWState",
+    "STCHState",
     "WeightedLoss",
     "Weighting",
     "check_positive_losses",
     "dwa",
     "dwa_weights",
     "ew",
+    "famo",
+    "famo_loss",
+    "famo_weights",
     "get",
     "gls",
     "gls_loss",
@@ -49,6 +61,8 @@ __all__ = (
     "rlw_weights",
     "scalarization",
     "scalarization_grid",
+    "stch",
+    "stch_loss",
     "uncertainty_loss",
     "uw",
     "uw_o",

@@ -7,10 +7,12 @@ from mtl_jax import _factory
 from mtl_jax.weighting import _base
 from mtl_jax.weighting.dwa import dwa
 from mtl_jax.weighting.ew import ew
+from mtl_jax.weighting.famo import famo
 from mtl_jax.weighting.gls import gls
 from mtl_jax.weighting.imtl_l import imtl_l
 from mtl_jax.weighting.rlw import rlw
 from mtl_jax.weighting.scalarization import scalarization
+from mtl_jax.weighting.stch import stch
 from mtl_jax.weighting.uw import uw
 from mtl_jax.weighting.uw_o import uw_o
 from mtl_jax.weighting.uw_so import uw_so
@@ -18,10 +20,12 @@ from mtl_jax.weighting.uw_so import uw_so
 _FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
     "dwa": dwa,
     "ew": ew,
+    "famo": famo,
     "gls": gls,
     "imtl_l": imtl_l,
     "rlw": rlw,
     "scalarization": scalarization,
+    "stch": stch,
     "uw": uw,
     "uw_o": uw_o,
     "uw_so": uw_so,
@@ -37,8 +41,9 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
   """Builds the weighting method ``name`` with its hyperparameters.
 
   Args:
-    name: one of :func:`names`: ``"dwa"``, ``"ew"``, ``"gls"``, ``"imtl_l"``,
-      ``"rlw"``, ``"scalarization"``, ``"uw"``, ``"uw_o"``, ``"uw_so"``.
+    name: one of :func:`names`: ``"dwa"``, ``"ew"``, ``"famo"``, ``"gls"``,
+      ``"imtl_l"``, ``"rlw"``, ``"scalarization"``, ``"stch"``, ``"uw"``,
+      ``"uw_o"``, ``"uw_so"``.
     **hparams: keyword arguments of that method's factory, for example
       ``temperature=2.0`` for ``"uw_so"`` or ``weights=(0.5, 0.5)`` for
       ``"scalarization"``.

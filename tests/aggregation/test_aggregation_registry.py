@@ -14,16 +14,47 @@ from mtl_jax import aggregation
 
 METHODS = aggregation.names()
 REQUIRED = {"cagrad": {"c": 0.5}, "fairgrad": {"alpha": 1.0}}
+# Required hyperparameters with one entry per task, built for K tasks.
+PER_TASK = {"constant": lambda k: {"weights": tuple(np.arange(1.0, k + 1.0))}}
+
+
+def _hparams(name, k=3):
+  hparams = dict(REQUIRED.get(name, {}))
+  if name in PER_TASK:
+    hparams.update(PER_TASK[name](k))
+  return hparams
 
 
 @functools.lru_cache(maxsize=None)
-def _method(name):
-  return aggregation.get(name, **REQUIRED.get(name, {}))
+def _method(name, k=3):
+  return aggregation.get(name, **_hparams(name, k))
+
+
+def _losses(k, dtype=np.float32):
+  # Every apply gets the losses: GradNorm and IMTL need them, the others
+  # ignore them.
+  return jnp.asarray(np.linspace(0.5, 1.5, k), dtype)
 
 
 def _gramian(seed, k, dtype=np.float32):
   jac = _inputs.jacobian(seed, k, k + 3, k, dtype=np.float64)
   return jnp.asarray(jac @ jac.T, dtype)
+
+
+# Methods with inputs="jacobian" (GradDrop, MoCo, DB-MTL, ExcessMTL) read the
+# (K, P) Jacobian itself and return the direction; those with (K, P) buffers
+# need num_params at init. The same contract holds with J in place of G.
+def _init(method, k, **kwargs):
+  if method.inputs == "jacobian":
+    kwargs["num_params"] = k + 3
+  return method.init(k, **kwargs)
+
+
+def _input(method, seed, k, dtype=np.float32):
+  """What ``method.apply`` reads: G, or the (k, k + 3) J of that G."""
+  if method.inputs == "jacobian":
+    return jnp.asarray(_inputs.jacobian(seed, k, k + 3, k), dtype)
+  return _gramian(seed, k, dtype)
 
 
 def test_names_and_the_unified_entry_point():
@@ -33,7 +64,7 @@ def test_names_and_the_unified_entry_point():
   assert set(METHODS) <= set(mtl_jax.names())
   assert not set(METHODS) & set(mtl_jax.weighting.names())
   for name in METHODS:
-    assert isinstance(mtl_jax.get(name, **REQUIRED.get(name, {})),
+    assert isinstance(mtl_jax.get(name, **_hparams(name)),
                       aggregation.Aggregator)
     assert mtl_jax.family(name) == "aggregation"
 
@@ -41,20 +72,23 @@ def test_names_and_the_unified_entry_point():
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_weights_shape_dtype_and_stable_state(name, k):
-  method = _method(name)
-  params, state = method.init(k, key=jax.random.PRNGKey(1))
-  seq = [_gramian(s, k) for s in range(3)]
+  method = _method(name, k)
+  params, state = _init(method, k, key=jax.random.PRNGKey(1))
+  seq = [_input(method, s, k) for s in range(3)]
   traces = []
 
   def counted(p, s, g):
     traces.append(None)
-    return method.apply(p, s, g)
+    return method.apply(p, s, g, losses=_losses(k))
 
   jitted = jax.jit(counted)
   for g in seq:
     out = jitted(params, state, g)
     _asserts.assert_finite_shape(out.weights, (k,))
     assert out.weights.dtype == jnp.float32
+    if method.inputs == "jacobian":
+      _asserts.assert_finite_shape(out.direction, (k + 3,))
+      assert out.direction.dtype == jnp.float32
     assert jax.tree.structure(out.state) == jax.tree.structure(state)
     for new, old in zip(jax.tree.leaves(out.state), jax.tree.leaves(state)):
       assert new.dtype == old.dtype and new.shape == old.shape
@@ -66,44 +100,52 @@ def test_weights_shape_dtype_and_stable_state(name, k):
 def test_float64_in_float64_out(name):
   method = _method(name)
   with jax.enable_x64():
-    params, state = method.init(3)
-    out = method.apply(params, state, _gramian(0, 3, np.float64))
+    params, state = _init(method, 3)
+    out = method.apply(params, state, _input(method, 0, 3, np.float64),
+                       losses=_losses(3, np.float64))
     assert out.weights.dtype == jnp.float64
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_vmap_over_gramians(name):
   method = _method(name)
-  params, state = method.init(3)
-  grams = jnp.stack([_gramian(s, 3) for s in range(4)])
-  batched = jax.jit(jax.vmap(lambda g: method.apply(params, state, g).weights))
-  expected = np.stack([method.apply(params, state, g).weights for g in grams])
+  params, state = _init(method, 3)
+  grams = jnp.stack([_input(method, s, 3) for s in range(4)])
+  batched = jax.jit(jax.vmap(
+      lambda g: method.apply(params, state, g, losses=_losses(3)).weights))
+  expected = np.stack([method.apply(params, state, g, losses=_losses(3)).weights
+                       for g in grams])
   np.testing.assert_allclose(batched(grams), expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_weights_carry_no_gradient(name):
   method = _method(name)
-  params, state = method.init(3)
+  params, state = _init(method, 3)
   _asserts.assert_no_gradient(
-      lambda g: method.apply(params, state, g).weights, _gramian(2, 3))
+      lambda g: method.apply(params, state, g, losses=_losses(3)).weights,
+      _input(method, 2, 3))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_gramian_of_the_wrong_size_or_shape(name):
   method = _method(name)
-  params, state = method.init(3)
+  params, state = _init(method, 3)
   with pytest.raises(ValueError, match="initialised for 3 tasks"):
-    method.apply(params, state, _gramian(0, 2))
+    method.apply(params, state, _input(method, 0, 2), losses=_losses(3))
+  if method.inputs == "jacobian":
+    with pytest.raises(ValueError, match=r"\(num_tasks, num_params\) matrix"):
+      method.apply(params, state, jnp.ones((3,)), losses=_losses(3))
+    return
   with pytest.raises(ValueError, match="square"):
-    method.apply(params, state, jnp.ones((3, 4)))
+    method.apply(params, state, jnp.ones((3, 4)), losses=_losses(3))
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_registry_errors(name):
   with pytest.raises(ValueError, match="takes no hyperparameter"):
-    aggregation.get(name, not_a_hyperparameter=1, **REQUIRED.get(name, {}))
-  if name in REQUIRED:
+    aggregation.get(name, not_a_hyperparameter=1, **_hparams(name))
+  if name in REQUIRED or name in PER_TASK:
     with pytest.raises(ValueError, match="needs the hyperparameter"):
       aggregation.get(name)
 

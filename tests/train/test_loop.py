@@ -53,10 +53,18 @@ def test_metrics_are_fetched_only_every_log_every_steps(tmp_path):
   assert len(train.read_metrics(tmp_path)) == 12
 
 
-@pytest.mark.parametrize("name", ["dwa", "gradvac"])
+# Every kind of method state: DWA's epoch means, GradVac's EMA of cosines and
+# its key, FAMO's logits and their Adam moments, the (K, P) buffers of MoCo,
+# DB-MTL and ExcessMTL, GradNorm's learnable logits and initial losses,
+# GradDrop's key, SDMGrad's warm start.
+STATEFUL = ["dwa", "gradvac", "famo", "moco", "db_mtl", "excess_mtl",
+            "gradnorm", "graddrop", "sdmgrad"]
+
+
+@pytest.mark.parametrize("name", STATEFUL)
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, name):
-  """DWA's epoch means, or GradVac's EMA of cosines and its PRNG key (the
-  Jacobian path), come back from the checkpoint with the parameters."""
+  """The method's state comes back from the checkpoint with the parameters,
+  and the resumed run ends where the uninterrupted one does."""
   straight = _train(tmp_path / "a", 10, name=name, checkpoint_every=3)
   first = _train(tmp_path / "b", 6, name=name, checkpoint_every=3)
   assert int(first.step) == 6

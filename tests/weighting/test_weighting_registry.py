@@ -49,6 +49,16 @@ def _reference(name, params, state, losses):
   if name == "imtl_l":
     s = np.asarray(params["log_scales"], np.float64)
     return np.sum(np.exp(s) * l - s), np.exp(s)
+  if name == "famo":
+    z = _softmax(np.asarray(state.logits, np.float64))
+    shifted = l + 1e-8
+    c = 1.0 / np.sum(z / shifted, axis=-1, keepdims=True)
+    return np.sum(c * z * np.log(shifted), axis=-1), c * z / shifted
+  if name == "stch":  # mu = 0.5, preference 1/K, no reference
+    scaled = l / k / 0.5
+    m = np.max(scaled, axis=-1, keepdims=True)
+    total = 0.5 * (m[..., 0] + np.log(np.sum(np.exp(scaled - m), axis=-1)))
+    return total, _softmax(scaled) / k
   if name == "ew":
     w = np.ones(k)
   elif name == "scalarization":
@@ -239,8 +249,8 @@ def test_degenerate_losses_stay_finite(name, case):
 
 
 def test_names():
-  assert weighting.names() == ("dwa", "ew", "gls", "imtl_l", "rlw",
-                               "scalarization", "uw", "uw_o", "uw_so")
+  assert weighting.names() == ("dwa", "ew", "famo", "gls", "imtl_l", "rlw",
+                               "scalarization", "stch", "uw", "uw_o", "uw_so")
   assert set(_inputs.METHODS) == set(weighting.names())
 
 
