@@ -22,6 +22,7 @@ from absl import logging
 
 from experiments import common
 from experiments import run as run_lib
+import mtl_jax
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import train
 
@@ -135,18 +136,29 @@ def _fixed(mean: float, std: float, decimals: int = 2) -> str:
   return f"{mean:+.{decimals}f} ± {std:.{decimals}f}"
 
 
+def family(label: str) -> str:
+  """``loss`` or ``gradient`` for a registered method's label, else ``-``
+  (grid points, baselines)."""
+  try:
+    kind = mtl_jax.family(label.split(" ")[0])
+  except ValueError:
+    return "-"
+  return {"weighting": "loss", "aggregation": "gradient"}[kind]
+
+
 def markdown_table(summaries: Sequence[Mapping[str, Any]],
                    spec: common.DatasetSpec) -> str:
   """The main table: Delta_m both ways, every test metric, weights, wall time."""
   metric_names = list(spec.higher_is_better)
   arrow = {True: "↑", False: "↓"}
-  head = (["method", "Δm % (metrics) ↓", "Δm % (tasks) ↓"]
+  head = (["method", "family", "Δm % (metrics) ↓", "Δm % (tasks) ↓"]
           + [f"{n} {arrow[spec.higher_is_better[n]]}" for n in metric_names]
           + ["final weights", "wall s"])
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
   for s in summaries:
     cells = [s["method"] + (f" ({s['failed']} failed)" if s["failed"] else ""),
+             family(s["method"]),
              _fixed(s["delta_m_metric_mean"], s["delta_m_metric_std"]),
              _fixed(s["delta_m_task_mean"], s["delta_m_task_std"])]
     cells += [_pm(s[f"{n}_mean"], s[f"{n}_std"]) for n in metric_names]
@@ -190,7 +202,7 @@ def plot_weights(path: str, rows: Sequence[Row], tasks: Sequence[str]) -> None:
     for k, task in enumerate(tasks):
       ax.plot(steps, w[:, k], label=task, lw=1.2)
     ax.set_yscale("log")
-    ax.set_title(row.label, fontsize=10)
+    ax.set_title(f"{row.label} ({family(row.label)})", fontsize=10)
     ax.grid(alpha=0.3, which="both")
   for ax in axes.flat[len(rows):]:
     ax.axis("off")

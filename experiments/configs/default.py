@@ -91,7 +91,10 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.weighting.stch_mu = 1.0              # STCH's smoothing (LibMTL: 1)
   config.weighting.stch_warmup_epochs = 4     # LibMTL's nadir warm-up; -1: TorchJD's stateless form
   config.weighting.jacobian_mode = "params"   # "params" (exact) or "features" (rep_grad)
-  config.weighting.chunk_size = 0             # task gradients per chunk; 0: all at once
+  # Task gradients per chunk; 0: all at once (one vmapped VJP). On CPU one
+  # VJP per task is faster for conv nets (docs/benchmarks.md, 5.0: 2.1x vs
+  # 3.3x EW's step on this model); on an accelerator try 0.
+  config.weighting.chunk_size = 1
 
   # --------------------------------------------------------------- optim
   config.optim = config_dict.ConfigDict()
@@ -116,7 +119,11 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
 
   # -------------------------------------------- compare / sweep drivers
   config.compare = config_dict.ConfigDict()
-  config.compare.methods = "ew,uw,uw_o,uw_so,dwa,rlw,gls,imtl_l"
+  # Both families: the loss-based methods (FAMO included), then the
+  # gradient-space ones on the Jacobian path.
+  config.compare.methods = ("ew,uw,uw_o,uw_so,dwa,rlw,gls,imtl_l,famo,"
+                            "mgda,pcgrad,cagrad,imtl_g,nash_mtl,aligned_mtl,"
+                            "upgrad")
   config.compare.seeds = 2
   config.compare.scalarization_step = 0.2   # grid spacing (4 points for 4 tasks); 0: none
   config.compare.baselines = "single_task"  # single_task, published, none

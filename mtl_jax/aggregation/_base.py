@@ -149,6 +149,24 @@ def check_gramian(gramian: jax.Array, num_tasks: Optional[int],
         f"{jnp.result_type(gramian)}.")
 
 
+def require_losses(losses: Any, num_tasks: Optional[int],
+                   method: str) -> jax.Array:
+  """``losses`` as a ``(K,)`` array with no gradient, or a ValueError saying
+  how to pass them (the methods that need them: MoCo, DB-MTL, GradNorm,
+  IMTL)."""
+  if losses is None:
+    raise ValueError(
+        f"{method} needs the task losses: apply(params, state, inputs, "
+        "losses=L) with L of shape (num_tasks,). The train step of "
+        "mtl_jax.train passes them.")
+  shape = jnp.shape(losses)
+  if len(shape) != 1 or (num_tasks is not None and shape[0] != num_tasks):
+    raise ValueError(
+        f"{method}: losses must have shape ({num_tasks},), one loss per task, "
+        f"got shape {shape}.")
+  return jax.lax.stop_gradient(jnp.asarray(losses))
+
+
 def check_split_gramian(gramian: jax.Array, splits: int, num_tasks: int,
                         method: str) -> None:
   """Like :func:`check_gramian` for a method on ``splits`` parts of the batch

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from mtl_jax.aggregation import _base
-from mtl_jax.aggregation.moco import require_losses
 from mtl_jax.weighting._base import check_num_tasks
 
 _LOG_EPS = 1e-8   # LibMTL: log(L_i + 1e-8)
@@ -105,7 +104,7 @@ def db_mtl_direction(jacobian: jax.Array, losses: jax.Array,
   method = "db_mtl_direction"
   _base.check_jacobian(jacobian, None, None, method)
   num_tasks = jnp.shape(jacobian)[0]
-  require_losses(losses, num_tasks, method)
+  _base.require_losses(losses, num_tasks, method)
   if jnp.shape(buffer) != jnp.shape(jacobian):
     raise ValueError(
         f"{method}: buffer must be {jnp.shape(jacobian)} like the Jacobian, "
@@ -169,7 +168,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.Aggregator:
     del params
     num_tasks, num_params = state.buffer.shape
     _base.check_jacobian(jacobian, num_tasks, num_params, "db_mtl")
-    require_losses(losses, num_tasks, "db_mtl")
+    _base.require_losses(losses, num_tasks, "db_mtl")
     step = state.step + 1
     direction, alpha, buffer = db_mtl_direction(
         jacobian, losses, state.buffer, step, beta=beta, beta_sigma=beta_sigma)

@@ -102,19 +102,6 @@ class GradNormState(NamedTuple):
   count: jax.Array           # () int32 calls so far (saturates at 2^31 - 1)
 
 
-def _check_losses(losses, num_tasks: int, method: str) -> jax.Array:
-  if losses is None:
-    raise ValueError(
-        f"{method} needs the task losses: apply(params, state, G, "
-        "losses=L) with L of shape (num_tasks,). The train step of "
-        "mtl_jax.train passes them.")
-  if jnp.shape(losses) != (num_tasks,):
-    raise ValueError(
-        f"{method}: losses must have shape ({num_tasks},), one loss per task, "
-        f"got shape {jnp.shape(losses)}.")
-  return jax.lax.stop_gradient(jnp.asarray(losses))
-
-
 def gradnorm(alpha: float = 1.5,
              steps_per_epoch: Optional[int] = None) -> _base.Aggregator:
   r"""GradNorm as an :class:`~mtl_jax.aggregation.Aggregator` (LibMTL's form).
@@ -170,7 +157,7 @@ def gradnorm(alpha: float = 1.5,
   def apply(params, state, gramian, *, losses=None):
     num_tasks = state.initial_losses.shape[-1]
     _base.check_gramian(gramian, num_tasks, "gradnorm")
-    losses = _check_losses(losses, num_tasks, "gradnorm")
+    losses = _base.require_losses(losses, num_tasks, "gradnorm")
     gramian = jax.lax.stop_gradient(gramian)
     dtype = _base.float_dtype(gramian)
     state_dtype = state.initial_losses.dtype

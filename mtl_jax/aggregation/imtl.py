@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.aggregation import _base
-from mtl_jax.aggregation.gradnorm import _check_losses
 from mtl_jax.aggregation.imtl_g import imtl_g_weights
 from mtl_jax.weighting._base import check_num_tasks
 from mtl_jax.weighting.imtl_l import imtl_l_loss
@@ -108,7 +107,7 @@ def imtl() -> _base.Aggregator:
   def apply(params, state, gramian, *, losses=None):
     num_tasks = state.tasks.shape[-1]
     _base.check_gramian(gramian, num_tasks, "imtl")
-    losses = _check_losses(losses, num_tasks, "imtl")
+    losses = _base.require_losses(losses, num_tasks, "imtl")
     dtype = _base.float_dtype(gramian)
     log_scales = params["log_scales"]
     weights = imtl_weights(gramian, log_scales)

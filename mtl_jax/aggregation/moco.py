@@ -24,21 +24,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from mtl_jax.aggregation import _base
-from mtl_jax.weighting._base import check_losses_shape
 from mtl_jax.weighting._base import check_num_tasks
 
 _NORM_EPS = 1e-8  # LibMTL: g_i / (||g_i|| + 1e-8)
-
-
-def require_losses(losses: Any, num_tasks: Optional[int],
-                   method: str) -> None:
-  """Raises a ValueError unless ``losses`` is a ``(K,)`` vector."""
-  if losses is None:
-    raise ValueError(
-        f"{method} needs the task losses: apply(params, state, J, "
-        "losses=losses) with losses of shape (num_tasks,). The train step of "
-        "mtl_jax.train passes them.")
-  check_losses_shape(losses, num_tasks, method)
 
 
 def _check_hparams(method: str, **hparams) -> None:
@@ -115,7 +103,7 @@ def moco_direction(jacobian: jax.Array, losses: jax.Array, y: jax.Array,
   method = "moco_direction"
   _base.check_jacobian(jacobian, None, None, method)
   num_tasks = jnp.shape(jacobian)[0]
-  require_losses(losses, num_tasks, method)
+  _base.require_losses(losses, num_tasks, method)
   if jnp.shape(y) != jnp.shape(jacobian) or jnp.shape(lambd) != (num_tasks,):
     raise ValueError(
         f"{method}: y must be {jnp.shape(jacobian)} like the Jacobian and "
@@ -193,7 +181,7 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
     del params
     num_tasks, num_params = state.y.shape
     _base.check_jacobian(jacobian, num_tasks, num_params, "moco")
-    require_losses(losses, num_tasks, "moco")
+    _base.require_losses(losses, num_tasks, "moco")
     step = state.step + 1
     direction, y, lambd = moco_direction(
         jacobian, losses, state.y, state.lambd, step, beta=beta,

@@ -179,7 +179,7 @@ def test_errors():
   jac = jnp.asarray(J_BASE, jnp.float32)
   with pytest.raises(ValueError, match="needs the task losses"):
     method.apply(params, state, jac)
-  with pytest.raises(ValueError, match="losses must be a vector"):
+  with pytest.raises(ValueError, match="losses must have shape"):
     method.apply(params, state, jac, losses=jnp.ones((2, 1)))
   with pytest.raises(ValueError, match="initialised for 2 tasks"):
     method.apply(params, state, jnp.ones((3, 3)), losses=jnp.ones(3))

@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax import aggregation
 from mtl_jax.aggregation.modo import modo
 from mtl_jax.aggregation.modo import modo_weights
 from mtl_jax.aggregation.sdmgrad import sdmgrad
