@@ -4,11 +4,13 @@
 ``mtl_jax.names()`` lists them. The subpackages, each with its own ``__all__``:
 
 * :mod:`mtl_jax.weighting`: the loss-based methods (EW, Scalarization, UW,
-  UW-O, UW-SO, DWA, RLW, GLS, IMTL-L) as pure functions, factories and a
-  registry.
+  UW-O, UW-SO, DWA, RLW, GLS, IMTL-L, FAMO, STCH) as pure functions,
+  factories and a registry.
 * :mod:`mtl_jax.aggregation`: the gradient-space methods (MGDA, PCGrad,
-  CAGrad, IMTL-G, Nash-MTL, Aligned-MTL, UPGrad, DualProj, FairGrad, GradVac,
-  ConFIG) as pure functions of the Gramian, factories and a registry.
+  CAGrad, IMTL-G, IMTL, Nash-MTL, Aligned-MTL, UPGrad, DualProj, FairGrad,
+  GradVac, ConFIG, GradNorm, SDMGrad, MoDo, Mean, Sum, Constant, Random as
+  functions of the Gramian; GradDrop, MoCo, DB-MTL, ExcessMTL of the
+  Jacobian) as pure functions, factories and a registry.
 * :mod:`mtl_jax.flax`: Flax modules holding weighting parameters.
 * :mod:`mtl_jax.train`: the jitted, data-parallel train step, optimiser,
   checkpointing and the training loop.
