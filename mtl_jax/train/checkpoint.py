@@ -14,12 +14,23 @@ directory and renamed when complete, so a process killed while saving
 leaves no half-written step that ``latest_step`` or ``restore`` could pick.
 In a multi-process run every process calls ``save`` and ``restore``; orbax
 writes the (replicated) state from the primary process only.
+
+Damage after the fact (a bit flip, a copy cut short, a half-synced bucket)
+is caught on restore: every step's ``data`` item also holds a manifest of
+the state (each leaf's path, shape and dtype) and the SHA-256 of its bytes.
+:meth:`Checkpointer.restore` checks both; a step that cannot be read or does
+not match its checksum is reported (a warning with its step and path),
+moved aside to ``<step>.damaged`` and the next older step is tried. A state
+whose structure differs from the one being resumed (another model, another
+method) is an error naming the first differing leaf, not a damaged step.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -57,6 +68,51 @@ def gather_json(obj: Any) -> list[Any]:
   return [json.loads(bytes(row[:size]).decode()) for row, size in zip(rows, sizes)]
 
 
+class CheckpointError(RuntimeError):
+  """No checkpoint can be restored, or one cannot be written."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's state does not have the structure being resumed."""
+
+
+def _leaf_path(path) -> str:
+  return jax.tree_util.keystr(path)
+
+
+def manifest(state: PyTree) -> list[list[Any]]:
+  """``[path, shape, dtype]`` of every leaf of a host pytree, in tree order."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return [[_leaf_path(p), list(np.shape(x)), str(np.asarray(x).dtype)]
+          for p, x in leaves]
+
+
+def checksum(state: PyTree) -> str:
+  """SHA-256 of the leaves' bytes (C order), in tree order."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(state):
+    digest.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return digest.hexdigest()
+
+
+def _first_difference(saved: list, expected: list) -> Optional[str]:
+  """The first leaf where two manifests differ, as a sentence, or None."""
+  saved_by_path = {p: (shape, dtype) for p, shape, dtype in saved}
+  expected_paths = [p for p, _, _ in expected]
+  for path, shape, dtype in expected:
+    if path not in saved_by_path:
+      return f"leaf {path} is not in the checkpoint (expected shape " \
+             f"{tuple(shape)}, {dtype})"
+    s_shape, s_dtype = saved_by_path[path]
+    if list(s_shape) != list(shape) or s_dtype != dtype:
+      return (f"leaf {path}: saved {tuple(s_shape)} {s_dtype}, expected "
+              f"{tuple(shape)} {dtype}")
+  extra = [p for p in saved_by_path if p not in set(expected_paths)]
+  if extra:
+    return f"leaf {extra[0]} is in the checkpoint but not in this state"
+  return None
+
+
 class Checkpointer:
   """Periodic, atomic checkpoints of a train state and the data position.
 
@@ -75,6 +131,8 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True,
         enable_async_checkpointing=async_save)
     self.directory = os.fspath(os.path.abspath(directory))
+    self._async = bool(async_save)
+    self._pending = None  # the step of an asynchronous write in flight
     self._manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_names=("state", "data"))
@@ -95,40 +153,158 @@ class Checkpointer:
     everyone = gather_json(_encode(data_state))
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        data=ocp.args.JsonSave({"processes": everyone}))
-    self._manager.save(int(step), args=args, force=True)
+        data=ocp.args.JsonSave({"processes": everyone,
+                                "manifest": manifest(state),
+                                "sha256": checksum(state)}))
+    try:
+      self._manager.save(int(step), args=args, force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      # An asynchronous write that failed surfaces at the next save.
+      pending = self._pending
+      what = (f"{pending} (or {step})" if pending is not None else step)
+      raise self._write_error(what, e) from e
+    self._pending = int(step) if self._async else None
+
+  def _write_error(self, step: Any, error: Exception) -> CheckpointError:
+    last = self._intact_hint()
+    what = "a checkpoint" if step is None else f"checkpoint step {step}"
+    return CheckpointError(
+        f"could not write {what} into {self.directory}: "
+        f"{type(error).__name__}: {error}. {last} Free space or make the "
+        "directory writable, then rerun the same command to resume from it.")
+
+  def _intact_hint(self) -> str:
+    try:
+      steps = self.all_steps()
+    except Exception:  # pylint: disable=broad-except
+      steps = []
+    if not steps:
+      return "No earlier checkpoint exists."
+    return (f"The last complete checkpoint, step {steps[-1]}, is left as it "
+            "was.")
+
+  def _read_data(self, step: int) -> dict[str, Any]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        data=ocp.args.JsonRestore()))
+    return restored.data or {}
+
+  def _damaged(self, step: int, error: Any) -> None:
+    path = os.path.join(self.directory, str(step))
+    aside = f"{path}.damaged"
+    try:
+      if jax.process_index() == 0 and os.path.isdir(path):
+        os.replace(path, aside)
+      self._manager.reload()
+      where = f"moved to {aside}"
+    except OSError:
+      where = f"left at {path}"
+    warnings.warn(
+        f"checkpoint step {step} ({path}) is damaged and cannot be restored "
+        f"({error}); {where}. Trying the next older step.", RuntimeWarning)
 
   def restore(self, template: PyTree, step: Optional[int] = None
               ) -> tuple[PyTree, Any]:
-    """Restores ``(state, data_state)`` of ``step`` (default: the latest).
+    """Restores ``(state, data_state)`` of ``step`` (default: the newest
+    intact step).
 
     Args:
       template: a host pytree with the structure, shapes and dtypes of the
         saved state (e.g. the freshly initialised state).
-      step: which step; the latest complete one when None.
+      step: which step. None: the latest one that reads back and matches its
+        checksum; each damaged newer step is reported in a warning and moved
+        aside (``<step>.damaged``).
 
     Returns:
       The state as host (numpy) arrays and this process's data state (None
       if none was saved).
+
+    Raises:
+      CheckpointMismatchError: the saved state's structure, shapes or dtypes
+        differ from ``template`` (names the first differing leaf).
+      CheckpointError: no step can be restored (or ``step`` is damaged).
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
+    steps = self.all_steps()[::-1] if step is None else [int(step)]
+    if not steps:
       raise FileNotFoundError(f"no checkpoint in {self.directory}.")
     template = jax.tree.map(np.asarray, template)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(template),
-        data=ocp.args.JsonRestore()))
-    state = jax.tree.map(np.asarray, restored.state)
-    processes = (restored.data or {}).get("processes") or []
-    index = jax.process_index()
-    data_state = _decode(processes[index]) if index < len(processes) else None
-    return state, data_state
+    expected = manifest(template)
+    damaged = []
+    for candidate in steps:
+      try:
+        data = self._read_data(candidate)
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(candidate)
+        if step is not None:
+          raise CheckpointError(
+              f"checkpoint step {candidate} in {self.directory} cannot be "
+              f"read ({type(e).__name__}: {e}).") from e
+        self._damaged(candidate, f"{type(e).__name__}: {e}")
+        continue
+      saved = data.get("manifest")
+      if saved is not None:
+        difference = _first_difference(saved, expected)
+        if difference is not None:
+          raise CheckpointMismatchError(
+              f"the checkpoint in {self.directory} (step {candidate}) does "
+              f"not match the state being resumed: {difference}. It was "
+              "written by another model, method or number of tasks. Use a "
+              "new workdir, or the same config as the run that wrote it.")
+      try:
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template)))
+        state = jax.tree.map(np.asarray, restored.state)
+        if "sha256" in data and checksum(state) != data["sha256"]:
+          raise ValueError("the state's bytes do not match the checksum "
+                           "saved with them")
+      except Exception as e:  # pylint: disable=broad-except
+        damaged.append(candidate)
+        if step is not None:
+          raise CheckpointError(
+              f"checkpoint step {candidate} in {self.directory} is damaged "
+              f"({type(e).__name__}: {e}).") from e
+        self._damaged(candidate, f"{type(e).__name__}: {e}")
+        continue
+      processes = data.get("processes") or []
+      index = jax.process_index()
+      data_state = _decode(processes[index]) if index < len(processes) else None
+      return state, data_state
+    raise CheckpointError(
+        f"no intact checkpoint in {self.directory}: step(s) "
+        f"{', '.join(map(str, damaged))} are damaged (moved aside as "
+        "<step>.damaged). To start afresh, use a new workdir or delete "
+        f"{self.directory}.")
 
   def wait(self) -> None:
-    """Blocks until the pending asynchronous save is on disk."""
-    self._manager.wait_until_finished()
+    """Blocks until the pending asynchronous save is on disk.
 
-  def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self._manager.wait_until_finished()
-    self._manager.close()
+    Raises:
+      CheckpointError: the write failed (full disk, read-only directory);
+        the previous complete step is left intact.
+    """
+    pending, self._pending = self._pending, None
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(pending, e) from e
+
+  def close(self, raise_errors: bool = True) -> None:
+    """Waits for pending saves and releases the manager.
+
+    Args:
+      raise_errors: False while another error is already on its way out
+        (a failed write is then only logged by orbax, not raised over it).
+    """
+    try:
+      self.wait()
+    except CheckpointError:
+      if raise_errors:
+        try:
+          self._manager.close()
+        except Exception:  # pylint: disable=broad-except
+          pass
+        raise
+    try:
+      self._manager.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if raise_errors:
+        raise self._write_error(None, e) from e

@@ -20,6 +20,7 @@ It
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
@@ -87,6 +88,16 @@ def check_skips(records: Sequence[Mapping[str, Any]],
     warnings.warn(
         f"step {record['step']}: {what}; update skipped ({run} in a row, "
         f"{record['total_skips']} in all).", NonFiniteWarning, stacklevel=3)
+
+
+def non_finite_leaves(tree: PyTree) -> list[str]:
+  """Paths of the floating leaves of a host pytree holding a NaN or an Inf."""
+  bad = []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.inexact) and not np.all(np.isfinite(leaf)):
+      bad.append(jax.tree_util.keystr(path))
+  return bad
 
 
 def _fetch(pending: list, placement: Placement,
@@ -170,6 +181,13 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
       else:
         warnings.warn("resuming without a data-iterator state: the iterator "
                       "starts from its beginning.", RuntimeWarning)
+  bad = non_finite_leaves(host_state)
+  if bad:
+    raise NonFiniteError(
+        f"the {'resumed' if int(host_state.step) else 'initial'} train state "
+        f"holds non-finite values in {', '.join(bad[:5])}"
+        f"{' ...' if len(bad) > 5 else ''}: every step would be skipped. "
+        "Fix the initialisation (or the values set by hand) before training.")
   start = int(host_state.step)
   device_state = placement.put_state(host_state)
   writer = MetricsWriter(workdir, resume_step=start, tensorboard=tensorboard,
@@ -198,6 +216,12 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
       if save:
         with _allow_fetch():
           host = placement.get(device_state)
+        bad = non_finite_leaves(host)
+        if bad:  # the guard keeps this from happening; never save it
+          raise NonFiniteError(
+              f"step {done}: the train state holds non-finite values in "
+              f"{', '.join(bad[:5])}; not checkpointed (the checkpoints on "
+              "disk hold finite values only).")
         checkpointer.save(done, host, _data_state(batches))
     with _allow_fetch():
       return placement.get(device_state)
@@ -205,4 +229,5 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
     bar.close()
     writer.close()
     if checkpointer is not None:
-      checkpointer.close()
+      # Do not hide an error already on its way out behind a second one.
+      checkpointer.close(raise_errors=sys.exc_info()[0] is None)

@@ -27,6 +27,9 @@ def _parse():
   parser.add_argument("--num-processes", type=int, default=1)
   parser.add_argument("--process-id", type=int, default=0)
   parser.add_argument("--port", type=int, default=0)
+  # A wider shared layer: a state of tens of MB, so that an asynchronous
+  # checkpoint write lasts long enough to be killed in the middle of it.
+  parser.add_argument("--hidden", type=int, default=0)
   return parser.parse_args()
 
 
@@ -39,6 +42,10 @@ def main():
   import jax
   import numpy as np
   import _train_fixtures as fx
+  if args.hidden:
+    class Wide(fx.TinyMLP):
+      hidden: int = args.hidden
+    fx.TinyMLP = Wide
 
   class ProcessSlice(fx.SeededBatches):
     """This process's rows of each global batch, optionally slowed down."""
