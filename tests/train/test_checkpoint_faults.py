@@ -225,3 +225,35 @@ def test_a_nan_reaching_the_state_is_never_saved(tmp_path, monkeypatch):
   steps = [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
   assert not steps
   del monkeypatch
+
+
+class _OneDeviceNaN(fx.SeededBatches):
+  """Batch 1 (0-based) has NaN targets of 'depth' in device 0's rows only."""
+
+  def __next__(self):
+    index = self.index
+    batch = super().__next__()
+    if index == 1:
+      batch["y"][: fx.BATCH // 4, 1] = np.nan
+    return batch
+
+
+def test_nan_in_one_devices_batch_is_skipped_named_and_never_checkpointed(
+    tmp_path):
+  state, _, _ = fx.init_state("uw")
+  step = train.pmap_step(fx.make_step("uw", axis_name="batch"), "batch")
+  with pytest.warns(train.NonFiniteWarning, match=r"step 2: .*'depth'"):
+    train.train(step, state, _OneDeviceNaN(), num_steps=4, workdir=tmp_path,
+                placement=train.pmap_placement(), log_every=1,
+                checkpoint_every=1, task_names=fx.TASK_NAMES, progress=False)
+  checkpointer = train.Checkpointer(tmp_path / "checkpoints")
+  template = train.to_host(state)
+  saved = {s: checkpointer.restore(template, s)[0]
+           for s in checkpointer.all_steps()}
+  checkpointer.close()
+  assert sorted(saved) == [2, 3, 4]
+  for s in saved.values():
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(s))
+  assert int(saved[2].total_skips) == 1
+  records = train.read_metrics(tmp_path)
+  assert records[1]["skipped"] and records[1]["non_finite_tasks"] == ["depth"]
