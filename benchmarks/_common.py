@@ -21,9 +21,17 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-# Every registered method, with the hyperparameters the benchmarks use.
+# Every registered loss-based method, with the hyperparameters the
+# benchmarks use, and one variant: ``stch`` is STCH in LibMTL's form (warm-up
+# of 4 epochs of 10 steps, then the nadir-normalised smooth max, mu = 1; its
+# step computes both phases and selects one, so its cost does not depend on
+# the phase), ``stch_stateless`` the stateless form (TorchJD's ``STCH``,
+# mu = 1).
 METHODS = ("ew", "uw", "uw_o", "uw_so", "dwa", "rlw", "gls", "imtl_l",
-           "scalarization")
+           "scalarization", "famo", "stch", "stch_stateless")
+
+# Benchmark names that are a registered method with other hyperparameters.
+VARIANTS = {"stch_stateless": "stch"}
 
 
 def method_hparams(name: str, num_tasks: int) -> dict[str, Any]:
@@ -32,12 +40,15 @@ def method_hparams(name: str, num_tasks: int) -> dict[str, Any]:
       "uw_so": {"temperature": 2.0},
       "dwa": {"temperature": 2.0, "steps_per_epoch": 10},
       "scalarization": {"weights": tuple([1.0 / num_tasks] * num_tasks)},
+      "stch": {"mu": 1.0, "warmup_epochs": 4, "steps_per_epoch": 10},
+      "stch_stateless": {"mu": 1.0},
   }.get(name, {})
 
 
 def make_weighting(name: str, num_tasks: int):
   import mtl_jax  # pylint: disable=g-import-not-at-top
-  return mtl_jax.get(name, **method_hparams(name, num_tasks))
+  return mtl_jax.get(VARIANTS.get(name, name),
+                     **method_hparams(name, num_tasks))
 
 
 # Hyperparameters the benchmarks give the gradient-space methods that need
@@ -52,9 +63,29 @@ def gradient_methods() -> tuple[str, ...]:
   return tuple(n for n in mtl_jax.aggregation.names() if n != "constant")
 
 
-def make_gradient_method(name: str):
+def make_gradient_method(name: str, num_tasks: int | None = None):
+  """``mtl_jax.get(name)`` with :data:`GRADIENT_HPARAMS`; ``constant`` (not
+  in :func:`gradient_methods`, but accepted by name) gets weights of ones,
+  which needs ``num_tasks``."""
   import mtl_jax  # pylint: disable=g-import-not-at-top
+  if name == "constant":
+    if num_tasks is None:
+      raise ValueError("constant needs num_tasks (its weights are K ones)")
+    return mtl_jax.get(name, weights=(1.0,) * num_tasks)
   return mtl_jax.get(name, **GRADIENT_HPARAMS.get(name, {}))
+
+
+def batch_splits(method) -> int:
+  """How many parts the train step splits a batch into for ``method`` (a
+  gradient-space ``Aggregator`` with ``batch_splits``, e.g. SDMGrad and MoDo:
+  3; everything else 1)."""
+  return int(getattr(method, "batch_splits", 1) or 1)
+
+
+def truncate_batch(batch: Mapping[str, np.ndarray], size: int
+                   ) -> dict[str, np.ndarray]:
+  """The first ``size`` examples of every array of ``batch``."""
+  return {k: np.asarray(v)[:size] for k, v in batch.items()}
 
 
 def constant_weights(num_tasks: int, value: float = 1.0):
@@ -136,8 +167,10 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
 
   ``weighting`` is a method of either family; ``step_kwargs`` go to
   ``make_train_step`` (a gradient-space method's ``task_params``,
-  ``jacobian_mode``, ``chunk_size``). Returns ``(step, state,
-  batch_on_device)``; the step is compiled.
+  ``jacobian_mode``, ``chunk_size``); ``task_params`` also goes to
+  ``create_train_state``, which sizes the ``(K, P)`` buffers of the methods
+  that read the Jacobian (MoCo, DB-MTL, ExcessMTL) from it. Returns
+  ``(step, state, batch_on_device)``; the step is compiled.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
@@ -145,8 +178,9 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
   from mtl_jax import train  # pylint: disable=g-import-not-at-top
   optimizer = train.make_optimizer(optax.adam(learning_rate),
                                    weighting_learning_rate=learning_rate)
-  state = train.create_train_state(jax.random.PRNGKey(seed), model, batch,
-                                   weighting, optimizer, num_tasks=num_tasks)
+  state = train.create_train_state(
+      jax.random.PRNGKey(seed), model, batch, weighting, optimizer,
+      num_tasks=num_tasks, task_params=step_kwargs.get("task_params"))
   step = jax.jit(train.make_train_step(train.module_apply_fn(model),
                                        task_losses, weighting, optimizer,
                                        **step_kwargs),

@@ -101,9 +101,11 @@ def child(args) -> dict:
               "chunk_size": None if setting == "none" else int(setting)}
   optimizer = train.make_optimizer(optax.adam(1e-3),
                                    weighting_learning_rate=1e-3)
+  # task_params sizes the (K, P) buffers of MoCo, DB-MTL and ExcessMTL.
   state = train.create_train_state(jax.random.PRNGKey(0), model, batch,
                                    method, optimizer,
-                                   num_tasks=args.num_tasks)
+                                   num_tasks=args.num_tasks,
+                                   task_params=kwargs.get("task_params"))
   batch = jax.device_put(dict(batch))
   step = jax.jit(train.make_train_step(train.module_apply_fn(model),
                                        task_losses, method, optimizer,

@@ -9,6 +9,19 @@ and number of tasks, trained by
   its ``Trainer`` does, and the inner step of ``Trainer.train``
   (``zero_grad``, forward, losses, ``model.backward(losses, **weight_args)``,
   ``optimizer.step()``; the trainer's metric meter is left out);
+* for FAMO and STCH, which LibMTL 1.1.5 lacks: TorchJD's scalarizers
+  (``torchjd.scalarization.FAMO(K, lr=0.025, weight_decay=1e-3)``, its
+  ``update`` after each step on the losses of the same batch, recomputed
+  without gradient; ``STCH(mu=1)``, the stateless form, against mtl_jax's
+  ``stch_stateless``), and, with ``--libmtl-src DIR``, LibMTL's own FAMO
+  and STCH from a source checkout of its GitHub main (``DIR`` is the
+  ``LibMTL/`` package folder of the clone; its modules are loaded apart
+  from the installed 1.1.5, with their own ``HPS`` and ``AbsWeighting``),
+  stepped as its trainer does: ``zero_grad(set_to_none=False)``, FAMO's
+  ``update_w`` on the losses of the same batch after the step, STCH past
+  its 4 warm-up epochs (``model.epoch = 5``, nadir vector set first)
+  against mtl_jax's ``stch`` (LibMTL's form, mu = 1). FAMO's row times
+  its extra forward pass on both sides;
 * UW-SO as the authors' PyTorch code runs it: a LibMTL-style weighting that
   first computes every task's gradient of the shared parameters with
   ``torch.autograd.grad`` (K extra backward passes, never used), then the
@@ -43,12 +56,21 @@ that ``__init__``; torchvision is not needed.
 Usage::
 
   python benchmarks/vs_pytorch.py [--repeats 30] [--steps 5] [--json out.json]
-      [--cases mlp3 mlp10 conv]
+      [--cases mlp3 mlp10 conv] [--methods ew famo ...]
+      [--libmtl-src path/to/LibMTL/LibMTL]
+
+``--json`` writes ``{case: {row: {"speedup": ..., "speedup_iqr": [q1, q3],
+"peer": ..., ...}}}``, a row being the method's name (its first peer) or
+``name vs LibMTL main`` (a second peer from ``--libmtl-src``). A method with
+no peer here is left out, with a note under the tables.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import pathlib
@@ -64,6 +86,18 @@ LIBMTL_METHODS = {"ew": "EW", "uw": "UW", "dwa": "DWA", "gls": "GLS",
                   "rlw": "RLW"}
 LIBMTL_KWARGS = {"dwa": {"T": 2.0}, "rlw": {"dist": "Normal"},
                  "uw_so": {"T": 2.0}}
+# Loss-based methods that LibMTL has only in its GitHub main (not in 1.1.5):
+# our name: (class, kwargs of its backward, model.epoch). STCH at epoch 5,
+# past its 4 warm-up epochs (its nadir vector is set up before timing).
+LIBMTL_SOURCE_METHODS = {
+    "famo": ("FAMO", {"FAMO_w_lr": 0.025, "FAMO_w_gamma": 1e-3}, 2),
+    "stch": ("STCH", {"STCH_mu": 1.0, "STCH_warmup_epoch": 4}, 5),
+}
+# Loss-based methods TorchJD has as a scalarizer: our name: (class, kwargs).
+TORCHJD_SCALARIZERS = {
+    "famo": ("FAMO", {"lr": 0.025, "weight_decay": 1e-3}),
+    "stch_stateless": ("STCH", {"mu": 1.0}),
+}
 CASES = {
     # name: (model, num_tasks, batch size)
     "mlp3_b8": ("mlp", 3, 8),
@@ -130,6 +164,71 @@ def load_libmtl(methods: dict[str, str] | None = None):
   classes = {name: getattr(load(f"LibMTL.weighting.{cls}"), cls)
              for name, cls in methods.items()}
   return hps, abs_weighting, classes
+
+
+class _NumpyShim:
+  """numpy, plus ``alltrue`` (removed in NumPy 2.0; LibMTL's SDMGrad still
+  calls it in its simplex projection): the module ``np`` of a LibMTL file
+  loaded by :func:`load_libmtl_source`, so numpy itself is left alone."""
+
+  def __getattr__(self, name):
+    if name == "alltrue":
+      return np.all
+    return getattr(np, name)
+
+
+def load_libmtl_source(root: str | os.PathLike, methods: dict[str, str]):
+  """LibMTL's HPS, AbsWeighting and weighting classes from a source tree.
+
+  ``root`` is the ``LibMTL`` package directory of a LibMTL checkout (e.g.
+  ``LibMTL/LibMTL`` of a clone of the GitHub repository, whose ``main`` has
+  MoCo, DB_MTL, ExcessMTL, SDMGrad, MoDo, FAMO and STCH; the PyPI release
+  1.1.5 has none of them). Its modules are loaded under the package name
+  ``LibMTL_src`` (their ``from LibMTL.`` imports rewritten to it), so that
+  they do not mix with the installed release: a class from the tree gets
+  the tree's ``AbsWeighting``, ``AbsArchitecture`` and ``HPS``. Returns
+  ``(HPS, AbsWeighting, {method: class})``.
+  """
+  root = pathlib.Path(root)
+  if not (root / "weighting" / "abstract_weighting.py").is_file():
+    raise FileNotFoundError(
+        f"{root} is not LibMTL's package directory (no "
+        "weighting/abstract_weighting.py); give the LibMTL/ folder inside "
+        "a clone of https://github.com/median-research-group/LibMTL")
+  for package in ("LibMTL_src", "LibMTL_src.architecture",
+                  "LibMTL_src.weighting"):
+    if package not in sys.modules:
+      stub = types.ModuleType(package)
+      stub.__path__ = [str(root.joinpath(*package.split(".")[1:]))]
+      sys.modules[package] = stub
+
+  def load(dotted: str):
+    if dotted in sys.modules and hasattr(sys.modules[dotted], "__file__"):
+      return sys.modules[dotted]
+    path = root.joinpath(*dotted.split(".")[1:]).with_suffix(".py")
+    source = path.read_text().replace("from LibMTL.", "from LibMTL_src.")
+    module = types.ModuleType(dotted)
+    module.__file__ = str(path)
+    sys.modules[dotted] = module
+    exec(compile(source, str(path), "exec"), module.__dict__)  # pylint: disable=exec-used
+    if "np" in module.__dict__:
+      module.np = _NumpyShim()
+    return module
+
+  load("LibMTL_src.architecture.abstract_arch")
+  hps = load("LibMTL_src.architecture.HPS").HPS
+  abs_weighting = load("LibMTL_src.weighting.abstract_weighting").AbsWeighting
+  classes = {name: getattr(load(f"LibMTL_src.weighting.{cls}"), cls)
+             for name, cls in methods.items()}
+  return hps, abs_weighting, classes
+
+
+def libmtl_source_commit(root: str | os.PathLike) -> str:
+  """The git commit of the checkout holding ``root`` ('unknown' if none)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12",
+                        "HEAD"], capture_output=True, text=True, check=False)
+  return out.stdout.strip() or "unknown"
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -244,24 +343,47 @@ def authors_uw_so(abs_weighting):
 
 
 class TorchRunner:
-  """n LibMTL training steps (Trainer.train's inner loop, no meter)."""
+  """n LibMTL training steps (Trainer.train's inner loop, no meter).
 
-  def __init__(self, model, optimizer, inputs, targets, loss_fns, kwargs):
+  ``parts``: a list of ``(inputs, targets)``, one per forward pass of a step
+  (LibMTL's trainer draws 3 batches a step for SDMGrad and MoDo and hands
+  ``model.backward`` their ``(3, K)`` losses); ``None``: the one batch.
+  ``famo``: after the optimiser step, the losses of the same batch without
+  gradient and ``model.update_w(losses)``, as LibMTL's trainer does for
+  FAMO. ``set_to_none``: the ``optimizer.zero_grad`` argument (LibMTL 1.1.5's
+  trainer: the torch default; its GitHub main: False).
+  """
+
+  def __init__(self, model, optimizer, inputs, targets, loss_fns, kwargs,
+               parts=None, famo=False, set_to_none=True):
     self.model, self.optimizer = model, optimizer
     self.inputs, self.targets, self.loss_fns = inputs, targets, loss_fns
     self.kwargs = kwargs
     self.task_names = list(loss_fns)
+    self.parts = parts
+    self.famo, self.set_to_none = famo, set_to_none
+
+  def losses(self, inputs, targets):
+    import torch  # pylint: disable=g-import-not-at-top
+    preds = self.model(inputs)
+    losses = torch.zeros(len(self.task_names))
+    for k, task in enumerate(self.task_names):
+      losses[k] = self.loss_fns[task](preds[task], targets[task])
+    return losses
 
   def __call__(self, n: int) -> None:
     import torch  # pylint: disable=g-import-not-at-top
     for _ in range(n):
-      preds = self.model(self.inputs)
-      losses = torch.zeros(len(self.task_names))
-      for k, task in enumerate(self.task_names):
-        losses[k] = self.loss_fns[task](preds[task], self.targets[task])
-      self.optimizer.zero_grad()
+      if self.parts is None:
+        losses = self.losses(self.inputs, self.targets)
+      else:
+        losses = torch.stack([self.losses(x, y) for x, y in self.parts])
+      self.optimizer.zero_grad(set_to_none=self.set_to_none)
       self.model.backward(losses, **self.kwargs)
       self.optimizer.step()
+      if self.famo:
+        with torch.no_grad():
+          self.model.update_w(self.losses(self.inputs, self.targets).detach())
 
 
 def torch_problem(model_name, num_tasks, np_batch):
@@ -297,10 +419,25 @@ def torch_problem(model_name, num_tasks, np_batch):
   return conv_encoder, conv_decoders, inputs, targets, loss_fns
 
 
+def split_batch(np_batch, parts: int):
+  """``parts`` interleaved parts of a batch (example i in part i mod parts),
+  as mtl_jax's train step splits it for SDMGrad and MoDo."""
+  return [{k: np.asarray(v)[i::parts] for k, v in np_batch.items()}
+          for i in range(parts)]
+
+
 def make_torch_runner(hps, weighting_cls, method, model_name, num_tasks,
-                      np_batch, seed=0, kwargs=None):
+                      np_batch, seed=0, kwargs=None, rep_grad=False, parts=1,
+                      epoch=2, set_to_none=True):
   """A LibMTL model (HPS + ``weighting_cls``) and its step; ``kwargs`` go to
-  ``model.backward`` (default: :data:`LIBMTL_KWARGS` of ``method``)."""
+  ``model.backward`` (default: :data:`LIBMTL_KWARGS` of ``method``).
+
+  ``rep_grad``: LibMTL's representation-gradient mode (GradDrop needs it);
+  ``parts``: forward passes a step, each on one interleaved part of
+  ``np_batch`` (3 for SDMGrad and MoDo); ``epoch``: ``model.epoch`` (2: past
+  DWA's and GradNorm's warm-up). FAMO (a class with ``update_w``) also gets
+  its update after each step.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(seed)
   encoder, decoders, inputs, targets, loss_fns = torch_problem(
@@ -310,18 +447,77 @@ def make_torch_runner(hps, weighting_cls, method, model_name, num_tasks,
 
     def __init__(self):
       super().__init__(task_name=list(loss_fns), encoder_class=encoder,
-                       decoders=decoders(), rep_grad=False,
+                       decoders=decoders(), rep_grad=rep_grad,
                        multi_input=False, device=torch.device("cpu"))
       self.init_param()
 
   model = MTLmodel()
   model.train()
-  model.epoch = 2  # DWA: past its two warm-up epochs, the ratio rule runs
+  model.epoch = epoch  # DWA: past its two warm-up epochs, the ratio rule runs
   model.train_loss_buffer = np.ones((num_tasks, 3))
   optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+  split = None
+  if parts > 1:
+    split = [torch_problem(model_name, num_tasks, part)[2:4]
+             for part in split_batch(np_batch, parts)]
   return TorchRunner(model, optimizer, inputs, targets, loss_fns,
                      LIBMTL_KWARGS.get(method, {}) if kwargs is None
-                     else kwargs)
+                     else kwargs, parts=split,
+                     famo=hasattr(weighting_cls, "update_w"),
+                     set_to_none=set_to_none)
+
+
+class ScalarizerRunner:
+  """n TorchJD steps with a scalarizer: forward, ``scalarizer(losses)``,
+  ``backward``, Adam; FAMO also recomputes the losses of the same batch
+  after the step (no gradient) and calls ``scalarizer.update``, as its
+  docstring does."""
+
+  def __init__(self, encoder, decoders, inputs, targets, loss_fns,
+               scalarizer):
+    import torch  # pylint: disable=g-import-not-at-top
+    self.encoder, self.decoders = encoder, decoders
+    self.inputs, self.targets, self.loss_fns = inputs, targets, loss_fns
+    self.scalarizer = scalarizer
+    self.task_names = list(loss_fns)
+    params = list(encoder.parameters()) + list(decoders.parameters())
+    self.optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    self.update = getattr(scalarizer, "update", None)
+
+  def losses(self):
+    import torch  # pylint: disable=g-import-not-at-top
+    rep = self.encoder(self.inputs)
+    return torch.stack([self.loss_fns[t](self.decoders[t](rep),
+                                         self.targets[t])
+                        for t in self.task_names])
+
+  def __call__(self, n: int) -> None:
+    import torch  # pylint: disable=g-import-not-at-top
+    for _ in range(n):
+      loss = self.scalarizer(self.losses())
+      self.optimizer.zero_grad()
+      loss.backward()
+      self.optimizer.step()
+      if self.update is not None:
+        with torch.no_grad():
+          self.update(self.losses())
+
+
+def make_scalarizer_runner(method, model_name, num_tasks, np_batch, seed=0):
+  import torch  # pylint: disable=g-import-not-at-top
+  import torchjd.scalarization  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  encoder, decoders, inputs, targets, loss_fns = torch_problem(
+      model_name, num_tasks, np_batch)
+  name, kwargs = TORCHJD_SCALARIZERS[method]
+  if name == "FAMO":
+    kwargs = dict(kwargs, shape=num_tasks)
+  scalarizer = getattr(torchjd.scalarization, name)(**kwargs)
+  encoder, decoders = encoder(), decoders()
+  encoder.train()
+  decoders.train()
+  return ScalarizerRunner(encoder, decoders, inputs, targets, loss_fns,
+                          scalarizer)
 
 
 # ---------------------------------------------------------------- driver
@@ -331,7 +527,11 @@ def parse_args(argv=None):
   parser.add_argument("--cases", nargs="*", default=list(CASES),
                       choices=list(CASES))
   parser.add_argument("--methods", nargs="*",
-                      default=list(LIBMTL_METHODS) + ["uw_so"])
+                      default=list(LIBMTL_METHODS) + [
+                          "uw_so", "famo", "stch", "stch_stateless"])
+  parser.add_argument("--libmtl-src", type=pathlib.Path, default=None,
+                      help="the LibMTL/ package folder of a LibMTL source "
+                      "checkout (GitHub main): FAMO and STCH from there")
   parser.add_argument("--repeats", type=int, default=30)
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--threads", type=int, default=1,
@@ -341,36 +541,91 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def run_case(case, args, hps, abs_weighting, classes):
+def peers_of(method, args, hps, abs_weighting, classes, src, model_name,
+             num_tasks, np_batch):
+  """``[(row, peer label, builder)]`` of ``method``: LibMTL 1.1.5, the
+  authors' UW-SO, TorchJD's scalarizer, LibMTL's source tree (``src``:
+  ``(HPS, {method: class}, commit)`` or None)."""
+  out = []
+  if method in classes:
+    out.append((method, f"LibMTL 1.1.5 {LIBMTL_METHODS[method]}",
+                lambda: make_torch_runner(hps, classes[method], method,
+                                          model_name, num_tasks, np_batch)))
+  if method == "uw_so":
+    out.append((method, "authors' UW-SO",
+                lambda: make_torch_runner(hps, authors_uw_so(abs_weighting),
+                                          method, model_name, num_tasks,
+                                          np_batch)))
+  if method in TORCHJD_SCALARIZERS and importlib.util.find_spec("torchjd"):
+    version = importlib.metadata.version("torchjd")
+    out.append((method, f"TorchJD {version} "
+                f"{TORCHJD_SCALARIZERS[method][0]}",
+                lambda: make_scalarizer_runner(method, model_name, num_tasks,
+                                               np_batch)))
+  if src is not None and method in src[1]:
+    cls_name, kwargs, epoch = LIBMTL_SOURCE_METHODS[method]
+
+    def build():
+      runner = make_torch_runner(src[0], src[1][method], method, model_name,
+                                 num_tasks, np_batch, kwargs=kwargs,
+                                 epoch=epoch, set_to_none=False)
+      if method == "stch":  # the nadir epoch (4), then past it
+        runner.model.epoch = kwargs["STCH_warmup_epoch"]
+        runner(1)
+        runner.model.epoch = epoch
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints the nadir
+          runner(1)
+      return runner
+
+    row = method if not out else f"{method} vs LibMTL main"
+    out.append((row, f"LibMTL main ({src[2]}) {cls_name}", build))
+  return out
+
+
+def run_case(case, args, hps, abs_weighting, classes, src, notes):
   model_name, num_tasks, batch_size = CASES[case]
   if model_name == "mlp":
     model, np_batch, task_losses = _common.mlp_problem(num_tasks, batch_size)
   else:
     model, np_batch, task_losses = _common.digit_problem(batch_size)
-  runners = {}
+  runners, rows_of = {}, []
   for method in args.methods:
     runners[("mtl_jax", method)] = _common.JaxRunner(*_common.jit_step(
         model, np_batch, task_losses,
         _common.make_weighting(method, num_tasks), num_tasks,
         learning_rate=LEARNING_RATE))
-    cls = (authors_uw_so(abs_weighting) if method == "uw_so"
-           else classes[method])
-    runners[("torch", method)] = make_torch_runner(
-        hps, cls, method, model_name, num_tasks, np_batch)
+    peers = peers_of(method, args, hps, abs_weighting, classes, src,
+                     model_name, num_tasks, np_batch)
+    if not peers:
+      notes.append(
+          f"{case} {method}: no PyTorch peer here (not in LibMTL 1.1.5"
+          + ("" if method in TORCHJD_SCALARIZERS else " nor in TorchJD")
+          + ("; LibMTL's GitHub main has it: pass --libmtl-src"
+             if method in LIBMTL_SOURCE_METHODS and src is None else "")
+          + "); row left out")
+    for row, label, build in peers:
+      try:  # one step now: a peer that fails is left out, with the reason
+        runner = build()
+        runner(1)
+        runners[("torch", row)] = runner
+        rows_of.append((row, method, label))
+      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+        notes.append(f"{case} {row}: {label} fails ({type(e).__name__}: "
+                     f"{str(e)[:160]}); row left out")
   times = _common.interleaved(runners, repeats=args.repeats, steps=args.steps)
   rows, result = [], {}
-  for method in args.methods:
-    jax_t, torch_t = times[("mtl_jax", method)], times[("torch", method)]
+  for row, method, label in rows_of:
+    jax_t, torch_t = times[("mtl_jax", method)], times[("torch", row)]
     speedups = [t / j for t, j in zip(torch_t, jax_t)]
     lo, hi = _common.quartiles(speedups)
     speedup = _common.median(speedups)
-    peer = "authors' UW-SO" if method == "uw_so" else f"LibMTL {method.upper()}"
-    rows.append((method, peer, f"{1 / _common.median(jax_t):.1f}",
+    rows.append((method, label, f"{1 / _common.median(jax_t):.1f}",
                  f"{1 / _common.median(torch_t):.1f}", f"{speedup:.2f}x",
                  f"{lo:.2f} .. {hi:.2f}"))
-    result[method] = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t),
-                      "torch_steps_per_s": 1 / _common.median(torch_t),
-                      "speedup": speedup}
+    result[row] = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t),
+                   "torch_steps_per_s": 1 / _common.median(torch_t),
+                   "speedup": speedup, "speedup_iqr": [lo, hi],
+                   "peer": label}
   what = ("MLPTrunk 250 -> 4 x 100, heads of 100" if model_name == "mlp"
           else "DigitSceneNet (8, 16, 32), 32x32x3")
   print(f"\n## {case}: {what}, {num_tasks} tasks, batch {batch_size}, Adam")
@@ -396,16 +651,31 @@ def main(argv=None) -> int:
         " intra_op_parallelism_threads=1").strip()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
-  hps, abs_weighting, classes = load_libmtl()
-  print("# mtl_jax vs LibMTL 1.1.5 (PyTorch) on CPU: training steps per second")
+  hps, abs_weighting, classes = load_libmtl(
+      {m: c for m, c in LIBMTL_METHODS.items() if m in args.methods})
+  src = None
+  if args.libmtl_src is not None:
+    wanted = {m: LIBMTL_SOURCE_METHODS[m][0] for m in args.methods
+              if m in LIBMTL_SOURCE_METHODS}
+    src_hps, _, src_classes = load_libmtl_source(args.libmtl_src, wanted)
+    src = (src_hps, src_classes, libmtl_source_commit(args.libmtl_src))
+  print("# mtl_jax vs LibMTL 1.1.5 (PyTorch) on CPU: training steps per "
+        "second" + ("; FAMO and STCH also vs TorchJD's scalarizers"
+                    if {"famo", "stch_stateless"} & set(args.methods) else "")
+        + (f"; LibMTL main ({src[2]}) from {args.libmtl_src}"
+           if src is not None else ""))
   print(f"# {_common.machine_line()}")
   xla_threads = "1 (eigen pool off)" if args.threads == 1 else "default pool"
   print(f"# torch {torch.__version__}, torch.set_num_threads({args.threads}); "
         f"XLA threads: {xla_threads}; "
         f"{args.repeats} interleaved repeats x {args.steps} steps; speed-up = "
         "median over repeats of t(PyTorch) / t(mtl_jax)")
-  results = {case: run_case(case, args, hps, abs_weighting, classes)
+  notes = []
+  results = {case: run_case(case, args, hps, abs_weighting, classes, src,
+                            notes)
              for case in args.cases}
+  for note in notes:
+    print(f"# {note}")
   if args.json is not None:
     args.json.write_text(json.dumps(results, indent=2) + "\n")
   return 0

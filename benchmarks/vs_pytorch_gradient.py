@@ -31,11 +31,38 @@ cagrad (``c = 0.4``: LibMTL ``calpha=0.4, rescale=1``; TorchJD
 ``CAGrad(c=0.4)``), imtl_g (LibMTL ``IMTL``, which also learns IMTL-L's
 loss scales; TorchJD ``IMTLG()``), nash_mtl (TorchJD ``NashMTL(n_tasks=K)``:
 cvxpy and ECOS), aligned_mtl, upgrad, dualproj, fairgrad (``alpha=1.0``),
-gradvac (``beta = 0.5``), config (TorchJD ``ConFIG()``). LibMTL 1.1.5, the
-release on PyPI, has MGDA, PCGrad, CAGrad, IMTL and GradVac only. Every
-mtl_jax method comes from ``mtl_jax.aggregation.names()`` at run time; a row
+gradvac (``beta = 0.5``), config (TorchJD ``ConFIG()``); part 2 of the
+family: imtl (LibMTL ``IMTL``: IMTL-G with IMTL-L's loss scales, as ours;
+no TorchJD peer), gradnorm (LibMTL ``GradNorm``, ``alpha=1.5``, at epoch 2,
+past its warm-up; no TorchJD peer), graddrop (LibMTL ``GradDrop``,
+``leak=0.0``, which LibMTL runs **only with** ``rep_grad=True``: its sign
+rule on the per-example gradients of the shared representation, one
+backward per task through the encoder; TorchJD ``GradDrop()``, like mtl_jax
+on the Jacobian of the shared parameters), mean / sum / random / constant
+(TorchJD ``Mean()``, ``Sum()``, ``Random()``, ``Constant(ones)``; not in
+LibMTL, whose RLW is the loss-space form of random, in ``vs_pytorch.py``),
+excess_mtl (TorchJD ``ExcessMTL(robust_step_size=1.0)``), sdmgrad and modo
+(TorchJD ``SDMGradWeighting(lambda_=0.3, lr=10, momentum=0.5, n_iter=20)``
+and ``MoDoWeighting(gamma=1e-3, rho=0.1)``: weightings of a cross Gramian,
+run as the three-batch loop of their docstrings: ``jac`` of the K losses on
+parts 1 and 2, the weights from ``J_1 J_2^T``, ``backward`` of part 3's
+losses with them), moco and db_mtl (no TorchJD peer). LibMTL 1.1.5, the
+release on PyPI, has MGDA, PCGrad, CAGrad, IMTL, GradVac, GradNorm and
+GradDrop only; its GitHub ``main`` also has MoCo, DB_MTL, ExcessMTL,
+SDMGrad and MoDo: with ``--libmtl-src DIR`` (the ``LibMTL/`` package folder
+of a clone) they are loaded from there, apart from the installed release
+and with that tree's ``HPS`` and ``AbsWeighting``, and stepped as its
+trainer does (``zero_grad(set_to_none=False)``; SDMGrad and MoDo get the
+``(3, K)`` losses of three forward passes; ``robust_step_size=1.0`` for
+ExcessMTL, as ours and TorchJD's). SDMGrad and MoDo split the batch in 3:
+a batch not divisible by 3 is cut to its largest multiple of 3 for mtl_jax
+and both peers (rows ``sdmgrad (batch 63)``), the peers getting the same
+three interleaved parts (example i in part i mod 3) as three batches. Every
+mtl_jax method comes from ``mtl_jax.aggregation.names()`` at run time (but
+``constant``: ``--methods constant`` adds it); a row
 ``jacobian (w = 1)`` times the mtl_jax Jacobian path with constant weights
 (EW's update) against TorchJD's ``Sum()``: the engines without a solver.
+Where a peer lacks a method its column is empty, with a note.
 
 Models (``--cases``): GradNorm's MLP trunk with 3 and 10 tasks, batch 64
 (``mlp3``, ``mlp10``), and the digit scene conv net (DigitSceneNet, 4 tasks,
@@ -58,10 +85,11 @@ Usage::
 
   python benchmarks/vs_pytorch_gradient.py [--cases mlp3 mlp10 conv]
       [--methods mgda pcgrad ...] [--chunk-sizes 1] [--repeats 20]
-      [--steps 3] [--json out.json]
+      [--steps 3] [--libmtl-src path/to/LibMTL/LibMTL] [--json out.json]
 
-``--json`` writes ``{case: {row: {...}}}``, a row being a method's name or
-``name [chunk c]``.
+``--json`` writes ``{case: {row: {...}}}``, a row being a method's name,
+``name (batch b)`` (SDMGrad, MoDo on a cut batch; with ``batch_size``) or
+either with `` [chunk c]``.
 """
 from __future__ import annotations
 
@@ -91,10 +119,42 @@ LIBMTL_GRADIENT = {
     "cagrad": ("CAGrad", {"calpha": 0.4, "rescale": 1}),
     "imtl_g": ("IMTL", {}),
     "gradvac": ("GradVac", {"beta": 0.5}),
+    "imtl": ("IMTL", {}),
+    "gradnorm": ("GradNorm", {"alpha": 1.5}),
+    "graddrop": ("GradDrop", {"leak": 0.0}),
 }
+# LibMTL runs GradDrop only with rep_grad=True (its backward raises a
+# ValueError otherwise): the sign rule on the gradients of the shared
+# representation, per example, not of the shared parameters.
+LIBMTL_REP_GRAD = ("graddrop",)
+# our name: (class, kwargs of its backward), only in LibMTL's GitHub main:
+# loaded from a source checkout with --libmtl-src, with that tree's HPS.
+LIBMTL_SOURCE_GRADIENT = {
+    "moco": ("MoCo", {"MoCo_beta": 0.5, "MoCo_beta_sigma": 0.5,
+                      "MoCo_gamma": 0.1, "MoCo_gamma_sigma": 0.5,
+                      "MoCo_rho": 0.0}),
+    "db_mtl": ("DB_MTL", {"DB_beta": 0.9, "DB_beta_sigma": 0.0}),
+    "excess_mtl": ("ExcessMTL", {"robust_step_size": 1.0}),
+    "sdmgrad": ("SDMGrad", {"SDMGrad_lamda": 0.3, "SDMGrad_niter": 20}),
+    "modo": ("MoDo", {"MoDo_gamma": 1e-3, "MoDo_rho": 0.1}),
+}
+# Methods on 3 independent samples: mtl_jax splits the batch into 3
+# interleaved parts; the peers get the same 3 parts as 3 forward passes.
+SPLIT_METHODS = ("sdmgrad", "modo")
 # our name: (TorchJD aggregator, kwargs, optional modules it needs)
 TORCHJD_GRADIENT = {
     JACOBIAN: ("Sum", {}, ()),
+    "graddrop": ("GradDrop", {}, ()),
+    "mean": ("Mean", {}, ()),
+    "sum": ("Sum", {}, ()),
+    "random": ("Random", {}, ()),
+    "constant": ("Constant", {"weights": "ones"}, ()),
+    "excess_mtl": ("ExcessMTL", {"robust_step_size": 1.0}, ()),
+    # Weightings of a cross Gramian J_1 J_2^T: the three-batch loop of their
+    # docstrings (TorchJDSplitRunner), not mtl_backward.
+    "sdmgrad": ("SDMGradWeighting", {"lambda_": 0.3, "lr": 10.0,
+                                     "momentum": 0.5, "n_iter": 20}, ()),
+    "modo": ("MoDoWeighting", {"gamma": 1e-3, "rho": 0.1}, ()),
     "mgda": ("MGDA", {}, ()),
     "pcgrad": ("PCGrad", {}, ()),
     "cagrad": ("CAGrad", {"c": 0.4}, ("cvxpy",)),
@@ -197,6 +257,46 @@ class TorchJDRunner:
       self.optimizer.step()
 
 
+class TorchJDSplitRunner:
+  """n TorchJD steps of a weighting of a cross Gramian (SDMGrad, MoDo), as
+  the three-batch examples of their docstrings: on parts 1 and 2, forward
+  and ``torchjd.autojac.jac`` of the K losses in the shared parameters;
+  ``A = J_1 J_2^T``; ``w = weighting(A)``; on part 3, forward and
+  ``losses.backward(w)``; Adam. (The heads thus get part 3's w-weighted
+  gradient; mtl_jax gives each head its own task's gradient on the batch.)
+  """
+
+  def __init__(self, encoder, decoders, parts, loss_fns, weighting):
+    import torch  # pylint: disable=g-import-not-at-top
+    self.encoder, self.decoders = encoder, decoders
+    self.parts, self.loss_fns = parts, loss_fns
+    self.weighting = weighting
+    self.task_names = list(loss_fns)
+    self.shared = list(encoder.parameters())
+    params = self.shared + list(decoders.parameters())
+    self.optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+
+  def losses(self, inputs, targets):
+    import torch  # pylint: disable=g-import-not-at-top
+    rep = self.encoder(inputs)
+    return torch.stack([self.loss_fns[t](self.decoders[t](rep), targets[t])
+                        for t in self.task_names])
+
+  def __call__(self, n: int) -> None:
+    import torch  # pylint: disable=g-import-not-at-top
+    from torchjd.autojac import jac  # pylint: disable=g-import-not-at-top
+    for _ in range(n):
+      jacobians = []
+      for inputs, targets in self.parts[:2]:
+        jacs = jac(self.losses(inputs, targets), self.shared)
+        jacobians.append(torch.cat([j.flatten(1) for j in jacs], dim=1))
+      weights = self.weighting(jacobians[0] @ jacobians[1].T)
+      losses = self.losses(*self.parts[2])
+      self.optimizer.zero_grad()
+      losses.backward(weights)
+      self.optimizer.step()
+
+
 def make_torchjd_runner(method, model_name, num_tasks, np_batch, seed=0):
   import torch  # pylint: disable=g-import-not-at-top
   import torchjd.aggregation  # pylint: disable=g-import-not-at-top
@@ -204,11 +304,17 @@ def make_torchjd_runner(method, model_name, num_tasks, np_batch, seed=0):
   encoder, decoders, inputs, targets, loss_fns = vs_pytorch.torch_problem(
       model_name, num_tasks, np_batch)
   name, kwargs, _ = TORCHJD_GRADIENT[method]
-  kwargs = {k: (num_tasks if v is None else v) for k, v in kwargs.items()}
+  kwargs = {k: (num_tasks if v is None else
+                torch.ones(num_tasks) if v == "ones" else v)
+            for k, v in kwargs.items()}
   aggregator = getattr(torchjd.aggregation, name)(**kwargs)
   encoder, decoders = encoder(), decoders()
   encoder.train()
   decoders.train()
+  if method in SPLIT_METHODS:
+    parts = [vs_pytorch.torch_problem(model_name, num_tasks, part)[2:4]
+             for part in vs_pytorch.split_batch(np_batch, 3)]
+    return TorchJDSplitRunner(encoder, decoders, parts, loss_fns, aggregator)
   return TorchJDRunner(encoder, decoders, inputs, targets, loss_fns,
                        aggregator)
 
@@ -226,6 +332,10 @@ def parse_args(argv=None):
   parser.add_argument("--chunk-sizes", nargs="*", type=int, default=[],
                       help="also time mtl_jax with these chunk sizes of the "
                       "Jacobian, as rows 'name [chunk c]'")
+  parser.add_argument("--libmtl-src", type=pathlib.Path, default=None,
+                      help="the LibMTL/ package folder of a LibMTL source "
+                      "checkout (GitHub main): MoCo, DB_MTL, ExcessMTL, "
+                      "SDMGrad and MoDo from there")
   parser.add_argument("--repeats", type=int, default=20)
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--json", type=pathlib.Path, default=None)
@@ -236,7 +346,7 @@ def jax_runner(method, model, np_batch, task_losses, num_tasks,
                chunk_size=None):
   from mtl_jax import models  # pylint: disable=g-import-not-at-top
   agg = (_common.constant_weights(num_tasks) if method == JACOBIAN
-         else _common.make_gradient_method(method))
+         else _common.make_gradient_method(method, num_tasks))
   return _common.JaxRunner(*_common.jit_step(
       model, np_batch, task_losses, agg, num_tasks,
       learning_rate=LEARNING_RATE, task_params=models.task_params(model),
@@ -248,15 +358,46 @@ def engine(chunk_size):
   return "mtl_jax" if chunk_size is None else f"mtl_jax [chunk {chunk_size}]"
 
 
-def run_case(case, methods, args, hps, classes, notes):
+def method_batch(method, num_tasks, np_batch):
+  """``(batch, size or None)``: the batch ``method`` is timed on. SDMGrad
+  and MoDo need a batch divisible by 3: a batch that is not is cut to its
+  first ``b`` examples, ``b`` the largest multiple of 3, for mtl_jax and the
+  peers alike."""
+  if method == JACOBIAN:
+    return np_batch, None
+  try:
+    splits = _common.batch_splits(
+        _common.make_gradient_method(method, num_tasks))
+  except Exception:  # noqa: BLE001  pylint: disable=broad-except
+    return np_batch, None  # fails again when built, and is noted there
+  size = len(next(iter(np_batch.values())))
+  if splits > 1 and size % splits:
+    size -= size % splits
+    return _common.truncate_batch(np_batch, size), size
+  return np_batch, None
+
+
+def row_name(method, chunk, size):
+  base = method if size is None else f"{method} (batch {size})"
+  return base if chunk is None else f"{base} [chunk {chunk}]"
+
+
+def run_case(case, methods, args, hps, classes, src, notes):
   model_name, num_tasks, batch_size = CASES[case]
   if model_name == "mlp":
-    model, np_batch, task_losses = _common.mlp_problem(num_tasks, batch_size)
+    model, full_batch, task_losses = _common.mlp_problem(num_tasks,
+                                                         batch_size)
   else:
-    model, np_batch, task_losses = _common.digit_problem(batch_size)
-  runners, done = {}, []
+    model, full_batch, task_losses = _common.digit_problem(batch_size)
+  runners, done, sizes = {}, [], {}
   chunks = [None] + list(args.chunk_sizes)
   for method in methods:
+    np_batch, sizes[method] = method_batch(method, num_tasks, full_batch)
+    if sizes[method] is not None:
+      notes.append(f"{case} {method}: splits the batch into 3 parts and "
+                   f"{batch_size} is not divisible by 3: mtl_jax and the "
+                   f"peers all run on the first {sizes[method]} examples "
+                   f"(the peers as 3 forward passes of {sizes[method] // 3})")
     for chunk in chunks:
       try:
         runners[(engine(chunk), method)] = jax_runner(
@@ -269,15 +410,25 @@ def run_case(case, methods, args, hps, classes, notes):
     if not any(m == method for m, _ in done):
       continue
     peers = {}
+    parts = 3 if method in SPLIT_METHODS else 1
     if method in classes:
       cls, kwargs = classes[method], LIBMTL_GRADIENT[method][1]
-      peers["libmtl"] = lambda cls=cls, kwargs=kwargs, method=method: \
+      rep_grad = method in LIBMTL_REP_GRAD
+      peers["libmtl"] = lambda cls=cls, kwargs=kwargs, method=method, \
+          rep_grad=rep_grad, np_batch=np_batch, parts=parts: \
           vs_pytorch.make_torch_runner(hps, cls, method, model_name,
-                                       num_tasks, np_batch, kwargs=kwargs)
+                                       num_tasks, np_batch, kwargs=kwargs,
+                                       rep_grad=rep_grad, parts=parts)
+    elif src is not None and method in src[1]:
+      cls, kwargs = src[1][method], LIBMTL_SOURCE_GRADIENT[method][1]
+      peers["libmtl"] = lambda cls=cls, kwargs=kwargs, method=method, \
+          np_batch=np_batch, parts=parts: vs_pytorch.make_torch_runner(
+              src[0], cls, method, model_name, num_tasks, np_batch,
+              kwargs=kwargs, parts=parts, set_to_none=False)
     lacks = missing_optional(method)
     if method in TORCHJD_GRADIENT and not lacks:
-      peers["torchjd"] = lambda method=method: make_torchjd_runner(
-          method, model_name, num_tasks, np_batch)
+      peers["torchjd"] = lambda method=method, np_batch=np_batch: \
+          make_torchjd_runner(method, model_name, num_tasks, np_batch)
     for peer, build in peers.items():
       try:  # one step now: a peer that fails is left out, with the reason
         runner = build()
@@ -294,10 +445,12 @@ def run_case(case, methods, args, hps, classes, notes):
 
   rows, result = [], {}
   for method, chunk in done:
-    name = method if chunk is None else f"{method} [chunk {chunk}]"
+    name = row_name(method, chunk, sizes[method])
     jax_t = times[(engine(chunk), method)]
     out = {"mtl_jax_steps_per_s": 1 / _common.median(jax_t),
            "chunk_size": chunk}
+    if sizes[method] is not None:
+      out["batch_size"] = sizes[method]
     row = [name, f"{1 / _common.median(jax_t):.1f}"]
     for peer in ("libmtl", "torchjd"):
       if (peer, method) not in times:
@@ -356,9 +509,19 @@ def main(argv=None) -> int:
                   if m in LIBMTL_GRADIENT}
   hps, _, classes = vs_pytorch.load_libmtl(libmtl_names)
   hps = torch2_hps(hps)
+  src = None
+  if args.libmtl_src is not None:
+    wanted = {m: LIBMTL_SOURCE_GRADIENT[m][0] for m in methods
+              if m in LIBMTL_SOURCE_GRADIENT and m not in LIBMTL_GRADIENT}
+    src_hps, _, src_classes = vs_pytorch.load_libmtl_source(args.libmtl_src,
+                                                            wanted)
+    src = (src_hps, src_classes,
+           vs_pytorch.libmtl_source_commit(args.libmtl_src))
   version = importlib.metadata.version("torchjd")
   print("# Gradient-space methods: mtl_jax vs LibMTL 1.1.5 and TorchJD "
-        f"{version} (PyTorch) on CPU, training steps per second")
+        f"{version} (PyTorch) on CPU, training steps per second"
+        + (f"; LibMTL main ({src[2]}, from {args.libmtl_src}) for "
+           f"{', '.join(src[1])}" if src is not None and src[1] else ""))
   print(f"# {_common.machine_line()}")
   print(f"# torch {torch.__version__}, torch.set_num_threads(1); XLA threads: "
         f"1 (eigen pool off); {args.repeats} interleaved repeats x "
@@ -367,11 +530,32 @@ def main(argv=None) -> int:
         + ("; rows 'name [chunk c]': mtl_jax with chunk_size=c against the "
            "same peer steps" if args.chunk_sizes else ""))
   notes = []
-  results = {case: run_case(case, methods, args, hps, classes, notes)
+  results = {case: run_case(case, methods, args, hps, classes, src, notes)
              for case in args.cases}
-  absent = [m for m in methods if m != JACOBIAN and m not in LIBMTL_GRADIENT]
+  in_src = set(src[1]) if src is not None else set()
+  absent = [m for m in methods if m != JACOBIAN and m not in LIBMTL_GRADIENT
+            and m not in in_src]
   if absent:
-    print(f"\n# not in LibMTL 1.1.5: {', '.join(absent)}")
+    main_has = [m for m in absent if m in LIBMTL_SOURCE_GRADIENT]
+    print(f"\n# LibMTL column empty (not in LibMTL 1.1.5): "
+          f"{', '.join(absent)}"
+          + (f"; LibMTL's GitHub main has {', '.join(main_has)} (pass "
+             "--libmtl-src)" if main_has else ""))
+  if "random" in absent:
+    print("# random: LibMTL has RLW, a loss weighting whose update has the "
+          "same distribution (softmax of normal draws on the losses, one "
+          "backward pass); vs_pytorch.py's rlw row compares it with "
+          "mtl_jax's loss-based rlw")
+  if "graddrop" in methods:
+    print("# graddrop: LibMTL runs GradDrop only with rep_grad=True (the "
+          "sign rule on the per-example gradients of the shared "
+          "representation, then one backward per task through the "
+          "encoder); mtl_jax and TorchJD apply it to the K x P Jacobian of "
+          "the shared parameters")
+  no_jd = [m for m in methods if m not in TORCHJD_GRADIENT]
+  if no_jd:
+    print(f"# TorchJD column empty (no such aggregator or weighting in "
+          f"TorchJD {version}): {', '.join(no_jd)}")
   for note in notes:
     print(f"# {note}")
   if args.json is not None:

@@ -65,13 +65,15 @@ def test_weighting_overhead_smoke(tmp_path):
   path = tmp_path / "ratios.json"
   out = _run([str(BENCH / "weighting_overhead.py"), "--model", "mlp",
               "--num-tasks", "3", "--batch-size", "8", "--repeats", "2",
-              "--steps", "1", "--methods", "uw_so", "gls", "--json",
+              "--steps", "1", "--methods", "uw_so", "gls", "famo", "--json",
               str(path)])
   assert out.returncode == 0, out.stderr[-2000:]
   ratios = json.loads(path.read_text())
-  assert set(ratios) == {"ew", "uw_so", "gls"}
+  # FAMO brings the reference row of its extra forward pass.
+  assert set(ratios) == {"ew", "uw_so", "gls", "famo", "forward (reference)"}
   assert ratios["ew"] == 1.0 and all(r > 0 for r in ratios.values())
   assert "| uw_so |" in out.stdout and "ew (control)" in out.stdout
+  assert "| forward (reference) |" in out.stdout
 
 
 @pytest.mark.slow
@@ -144,6 +146,30 @@ def test_gradient_overhead_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_gradient_overhead_jacobian_and_split_methods_smoke(tmp_path):
+  # MoCo keeps (K, P) buffers sized from task_params at create_train_state;
+  # SDMGrad splits the batch in 3, so batch 8 is cut to 6, with EW and the
+  # w = 1 step on those 6 as its references.
+  path = tmp_path / "gradient.json"
+  out = _run([str(BENCH / "gradient_overhead.py"), "--model", "mlp",
+              "--num-tasks", "3", "--batch-size", "8", "--repeats", "2",
+              "--steps", "1", "--methods", "moco", "sdmgrad", "--modes",
+              "params", "--json", str(path)],
+             xla_flags=_FAST_COMPILE)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())
+  assert set(result) == {"ew", "ew (control)", "ew (batch 6)",
+                         "jacobian (w = 1)", "jacobian (w = 1) (batch 6)",
+                         "moco", "sdmgrad (batch 6)"}
+  assert result["moco"]["params"]["vs_jacobian"] > 0
+  split = result["sdmgrad (batch 6)"]["params"]
+  assert split["batch_size"] == 6 and split["vs_jacobian"] > 0
+  assert split["ratio_vs_ew_same_batch"] > 0
+  assert "| sdmgrad (batch 6) |" in out.stdout
+  assert "first 6 examples" in out.stdout
+
+
+@pytest.mark.slow
 def test_jacobian_memory_smoke(tmp_path):
   path = tmp_path / "memory.json"
   # 4 tasks instead of CelebA's 40 and two chunks of 2: the chunked path and
@@ -176,3 +202,67 @@ def test_vs_pytorch_gradient_smoke(tmp_path):
   for row in result.values():
     assert row["speedup_vs_libmtl"] > 0 and row["speedup_vs_torchjd"] > 0
   assert result["mgda [chunk 1]"]["chunk_size"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_GRADIENT_BENCH,
+                    reason="needs the bench extra (torch, LibMTL, torchjd)")
+def test_vs_pytorch_gradient_part2_smoke(tmp_path):
+  # LibMTL's GradDrop (rep_grad=True) and GradNorm, TorchJD's GradDrop and
+  # its three-batch SDMGrad loop; SDMGrad on the first 63 of 64 examples.
+  path = tmp_path / "vs_gradient.json"
+  out = _run([str(BENCH / "vs_pytorch_gradient.py"), "--cases", "mlp3",
+              "--methods", "graddrop", "gradnorm", "sdmgrad",
+              "--no-jacobian-row", "--repeats", "1", "--steps", "1",
+              "--json", str(path)],
+             xla_flags=_FAST_COMPILE)
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())["mlp3"]
+  assert set(result) == {"graddrop", "gradnorm", "sdmgrad (batch 63)"}
+  assert result["graddrop"]["speedup_vs_libmtl"] > 0
+  assert result["graddrop"]["speedup_vs_torchjd"] > 0
+  assert result["gradnorm"]["speedup_vs_libmtl"] > 0
+  assert "speedup_vs_torchjd" not in result["gradnorm"]  # not in TorchJD
+  split = result["sdmgrad (batch 63)"]
+  assert split["batch_size"] == 63 and split["speedup_vs_torchjd"] > 0
+  assert "speedup_vs_libmtl" not in split  # LibMTL main only (--libmtl-src)
+  assert "rep_grad=True" in out.stdout and "--libmtl-src" in out.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_GRADIENT_BENCH,
+                    reason="needs the bench extra (torch, LibMTL, torchjd)")
+def test_vs_pytorch_famo_and_stch_smoke(tmp_path):
+  path = tmp_path / "vs.json"
+  out = _run([str(BENCH / "vs_pytorch.py"), "--cases", "mlp3", "--methods",
+              "famo", "stch", "stch_stateless", "--repeats", "1", "--steps",
+              "1", "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())["mlp3"]
+  # stch (LibMTL's form) has a peer only in LibMTL's GitHub main.
+  assert set(result) == {"famo", "stch_stateless"}
+  assert result["famo"]["peer"].startswith("TorchJD")
+  assert all(r["speedup"] > 0 for r in result.values())
+  assert "--libmtl-src" in out.stdout
+
+
+@pytest.mark.skipif(not HAVE_BENCH_EXTRA, reason="needs torch and LibMTL")
+def test_load_libmtl_source_keeps_the_tree_apart_from_the_release():
+  # The installed release is itself a LibMTL package folder: loaded as a
+  # source tree, its classes come from LibMTL_src and see the numpy shim.
+  sys.path.insert(0, str(BENCH))
+  try:
+    import vs_pytorch  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.remove(str(BENCH))
+  root = pathlib.Path(next(iter(
+      importlib.util.find_spec("LibMTL").submodule_search_locations)))
+  hps, abs_weighting, classes = vs_pytorch.load_libmtl_source(
+      root, {"ew": "EW"})
+  assert hps.__module__ == "LibMTL_src.architecture.HPS"
+  assert issubclass(classes["ew"], abs_weighting)
+  assert abs_weighting.__module__ == "LibMTL_src.weighting.abstract_weighting"
+  module = sys.modules["LibMTL_src.weighting.EW"]
+  assert module.np.alltrue is module.np.all  # NumPy 2 dropped alltrue
+  with pytest.raises(FileNotFoundError, match="package directory"):
+    vs_pytorch.load_libmtl_source(root.parent, {"ew": "EW"})

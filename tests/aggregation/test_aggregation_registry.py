@@ -54,7 +54,8 @@ def _input(method, seed, k, dtype=np.float32):
   """What ``method.apply`` reads: G, or the (k, k + 3) J of that G."""
   if method.inputs == "jacobian":
     return jnp.asarray(_inputs.jacobian(seed, k, k + 3, k), dtype)
-  return _gramian(seed, k, dtype)
+  # SDMGrad, MoDo: the Gramian of the K tasks on each part of the batch.
+  return _gramian(seed, method.batch_splits * k, dtype)
 
 
 def test_names_and_the_unified_entry_point():
@@ -84,7 +85,8 @@ def test_weights_shape_dtype_and_stable_state(name, k):
   jitted = jax.jit(counted)
   for g in seq:
     out = jitted(params, state, g)
-    _asserts.assert_finite_shape(out.weights, (k,))
+    # One weight per row: K, or K per part of the batch (SDMGrad, MoDo).
+    _asserts.assert_finite_shape(out.weights, (method.batch_splits * k,))
     assert out.weights.dtype == jnp.float32
     if method.inputs == "jacobian":
       _asserts.assert_finite_shape(out.direction, (k + 3,))
@@ -131,7 +133,9 @@ def test_weights_carry_no_gradient(name):
 def test_gramian_of_the_wrong_size_or_shape(name):
   method = _method(name)
   params, state = _init(method, 3)
-  with pytest.raises(ValueError, match="initialised for 3 tasks"):
+  expected = ("3 x 3 tasks = 9 rows" if method.batch_splits == 3 else
+              "initialised for 3 tasks")
+  with pytest.raises(ValueError, match=expected):
     method.apply(params, state, _input(method, 0, 2), losses=_losses(3))
   if method.inputs == "jacobian":
     with pytest.raises(ValueError, match=r"\(num_tasks, num_params\) matrix"):
