@@ -35,7 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
+# One stateless state for both families, re-exported here.
+from mtl_jax.weighting._base import StatelessState  # noqa: F401
 from mtl_jax.weighting._base import check_num_tasks
+from mtl_jax.weighting._base import stateless  # noqa: F401
 
 Params = Any  # a pytree of learnable parameters ({} for every method here)
 State = Any   # a NamedTuple of non-learnable state
@@ -101,20 +105,6 @@ class Aggregator(NamedTuple):
   apply: ApplyFn
   inputs: str = "gramian"
   batch_splits: int = 1
-
-
-class StatelessState(NamedTuple):
-  """State of a method that carries nothing from step to step.
-
-  It records :math:`K` in the shape of ``tasks`` so that ``apply`` can reject
-  a Gramian of the wrong size at trace time.
-  """
-  tasks: jax.Array  # (K,) int8 zeros
-
-
-def stateless(num_tasks: int, key: Optional[jax.Array]) -> StatelessState:
-  del key
-  return StatelessState(jnp.zeros((num_tasks,), jnp.int8))
 
 
 def _concrete(x: Any) -> Optional[np.ndarray]:
@@ -185,21 +175,22 @@ def check_split_gramian(gramian: jax.Array, splits: int, num_tasks: int,
 def check_nonnegative(value: Any, name: str, method: str,
                       hint: str = "") -> None:
   """Raises a ValueError for a known hyperparameter that is not >= 0."""
-  concrete = _concrete(value)
-  if concrete is None:
-    return  # traced: cannot be checked before the computation runs
-  if concrete.shape != () or not np.isfinite(concrete) or concrete < 0:
-    raise ValueError(
-        f"{method}: {name} must be a finite number >= 0, got {value!r}."
-        + (f" {hint}" if hint else ""))
+  _checks.number(value, name, method, low=0, hint=hint)
 
 
 def check_positive_int(value: Any, name: str, method: str) -> int:
-  if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-      or value < 1):
+  if (isinstance(value, (bool, np.bool_))
+      or not isinstance(value, numbers.Integral) or value < 1):
     raise ValueError(f"{method}: {name} must be a positive integer, got "
                      f"{value!r}.")
   return int(value)
+
+
+def check_seed(seed: Any, method: str) -> Any:
+  """``seed`` as an int (the seed of ``jax.random.PRNGKey``), or a
+  ValueError."""
+  return _checks.integer(seed, "seed", method,
+                         hint="It seeds jax.random.PRNGKey(seed).")
 
 
 def check_pref_vector(pref_vector: Any, num_tasks: Optional[int],
@@ -207,6 +198,8 @@ def check_pref_vector(pref_vector: Any, num_tasks: Optional[int],
   """Raises a ValueError for a preference vector that is not (K,) and >= 0."""
   if pref_vector is None:
     return
+  _checks.numeric(pref_vector, "pref_vector", method,
+                  "None or a vector of finite numbers >= 0, one per task")
   shape = np.shape(pref_vector) if isinstance(pref_vector, (list, tuple)) \
       else jnp.shape(pref_vector)
   if len(shape) != 1:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from optax import projections
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 
 _RESCALES = (0, 1, 2)
@@ -185,10 +186,7 @@ def _check_hparams(c, norm_eps, rescale, max_iters, polish_iters,
         f"{method}: rescale must be 0 (TorchJD), 1 (divide by 1 + c^2, "
         f"LibMTL) or 2 (divide by 1 + c), got {rescale!r}.")
   _base.check_positive_int(max_iters, "max_iters", method)
-  if (isinstance(polish_iters, bool) or not isinstance(polish_iters, int)
-      or polish_iters < 0):
-    raise ValueError(f"{method}: polish_iters must be an integer >= 0, got "
-                     f"{polish_iters!r}.")
+  _checks.integer(polish_iters, "polish_iters", method, low=0)
 
 
 def _reduce(gramian, c, norm_eps):

@@ -16,10 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 
 
 def _check_weights(weights: Any, num_tasks: Any, method: str) -> None:
+  _checks.numeric(weights, "weights", method,
+                  "a vector of finite numbers, one per task")
   shape = np.shape(weights)
   if len(shape) != 1 or shape[0] < 1:
     raise ValueError(

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 from mtl_jax.weighting._base import check_num_tasks
 
@@ -31,16 +32,11 @@ _EPS = 1e-7  # TorchJD and LibMTL: sqrt(S + 1e-7), e / (e0 + 1e-7)
 
 
 def _check_hparams(robust_step_size, n_warmup_steps, method: str) -> int:
-  # pylint: disable-next=protected-access
-  concrete = _base._concrete(robust_step_size)
-  if concrete is not None and (concrete.shape != ()
-                               or not np.isfinite(concrete)
-                               or not concrete > 0):
-    raise ValueError(
-        f"{method}: robust_step_size must be a finite number > 0, got "
-        f"{robust_step_size!r}. It is the step size of the exponentiated "
-        "weight update (TorchJD: 1.0; LibMTL and the official code: 1e-2).")
-  if (isinstance(n_warmup_steps, bool)
+  _checks.number(
+      robust_step_size, "robust_step_size", method, low=0, low_open=True,
+      hint="It is the step size of the exponentiated weight update (TorchJD: "
+      "1.0; LibMTL and the official code: 1e-2).")
+  if (isinstance(n_warmup_steps, (bool, np.bool_))
       or not isinstance(n_warmup_steps, numbers.Integral)
       or n_warmup_steps < 0):
     raise ValueError(

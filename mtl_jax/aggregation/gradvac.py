@@ -22,23 +22,17 @@ from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 from mtl_jax.aggregation.pcgrad import _visiting_orders
 
 
 def _check_beta(beta, method: str) -> None:
-  concrete = _base._concrete(beta)  # pylint: disable=protected-access
-  if concrete is None:
-    return  # traced: cannot be checked before the computation runs
-  if concrete.shape != () or not np.isfinite(concrete) or not (
-      0.0 <= concrete <= 1.0):
-    raise ValueError(
-        f"{method}: beta must be a number in [0, 1], got {beta!r}. It is the "
-        "weight of the newest similarity in the moving average (TorchJD and "
-        "LibMTL: 0.5).")
+  _checks.number(beta, "beta", method, low=0, high=1,
+                 hint="It is the weight of the newest similarity in the "
+                 "moving average (TorchJD and LibMTL: 0.5).")
 
 
 def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -201,6 +195,7 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8,
   """
   _check_beta(beta, "gradvac")
   _base.check_nonnegative(eps, "eps", "gradvac")
+  seed = _base.check_seed(seed, "gradvac")
 
   def init_state(num_tasks: int, key: Optional[jax.Array]) -> GradVacState:
     key = jax.random.PRNGKey(seed) if key is None else key

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 
 SPLITS = 3
@@ -92,8 +93,9 @@ def modo(gamma: float = 1e-3, rho: float = 0.1) -> _base.Aggregator:
   Returns:
     An ``Aggregator`` with ``batch_splits=3`` and a :class:`MoDoState`.
   """
-  if not gamma > 0:
-    raise ValueError(f"modo: gamma must be > 0, got {gamma!r}.")
+  _checks.number(gamma, "gamma", "modo", low=0, low_open=True,
+                 hint="It is the step on the weights lambda (LibMTL's "
+                 "MoDo_gamma: 0.001).")
   _base.check_nonnegative(rho, "rho", "modo")
 
   def init(num_tasks, *, key=None):

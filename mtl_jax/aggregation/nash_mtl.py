@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _barrier
 from mtl_jax.aggregation import _base
 
@@ -48,11 +49,8 @@ def _check_max_norm(max_norm, method: str) -> None:
     return
   hint = ("It bounds ||d|| = ||J^T w|| (TorchJD and the official repository: "
           "1.0); pass None for no clipping.")
-  _base.check_nonnegative(max_norm, "max_norm", method, hint)
-  concrete = _base._concrete(max_norm)  # pylint: disable=protected-access
-  if concrete is not None and concrete == 0:
-    raise ValueError(f"{method}: max_norm must be > 0, got {max_norm!r}. "
-                     + hint)
+  _checks.number(max_norm, "max_norm", method, low=0, low_open=True,
+                 hint=hint)
 
 
 def nash_mtl_weights(gramian: jax.Array, *, max_norm: Optional[float] = 1.0,

@@ -123,6 +123,7 @@ def pcgrad(seed: int = 0) -> _base.Aggregator:
   Returns:
     An ``Aggregator`` with no parameters and a :class:`PCGradState`.
   """
+  seed = _base.check_seed(seed, "pcgrad")
 
   def init_state(num_tasks: int, key: Optional[jax.Array]) -> PCGradState:
     key = jax.random.PRNGKey(seed) if key is None else key

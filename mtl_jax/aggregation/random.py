@@ -80,6 +80,7 @@ def random(seed: int = 0) -> _base.Aggregator:
   Returns:
     An ``Aggregator`` with no parameters and a :class:`RandomState`.
   """
+  seed = _base.check_seed(seed, "random")
 
   def init_state(num_tasks: int, key: Optional[jax.Array]) -> RandomState:
     key = jax.random.PRNGKey(seed) if key is None else key

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 
 SPLITS = 3  # xi, xi', zeta
@@ -130,10 +131,10 @@ def sdmgrad(lamda: float = 0.3, lr: float = 10.0, momentum: float = 0.5,
     An ``Aggregator`` with ``batch_splits=3`` and an :class:`SDMGradState`.
   """
   _base.check_nonnegative(lamda, "lamda", "sdmgrad")
-  if not lr > 0:
-    raise ValueError(f"sdmgrad: lr must be > 0, got {lr!r}.")
-  if not 0 <= momentum < 1:
-    raise ValueError(f"sdmgrad: momentum must be in [0, 1), got {momentum!r}.")
+  _checks.number(lr, "lr", "sdmgrad", low=0, low_open=True,
+                 hint="It is the inner step (TorchJD: 10; LibMTL: 5).")
+  _checks.number(momentum, "momentum", "sdmgrad", low=0, high=1,
+                 high_open=True, hint="It is the inner momentum (0.5).")
   n_iter = _base.check_positive_int(n_iter, "n_iter", "sdmgrad")
 
   def init(num_tasks, *, key=None):

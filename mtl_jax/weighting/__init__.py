@@ -3,7 +3,7 @@
 Each method is a pure function of the per-task losses and a factory returning
 a :class:`Weighting` (``init``, ``apply``), found by name with :func:`get`.
 """
-from mtl_jax.weighting._base import EmptyState
+from mtl_jax.weighting._base import StatelessState
 from mtl_jax.weighting._base import Weighting
 from mtl_jax.weighting._base import WeightedLoss
 from mtl_jax.weighting._base import check_positive_losses
@@ -38,10 +38,10 @@ from mtl_jax.weighting.uw_so import uw_so_weights
 
 __all__ = (
     "DWAState",
-    "EmptyState",
     "FAMOState",
     "RLWState",
     "STCHState",
+    "StatelessState",
     "WeightedLoss",
     "Weighting",
     "check_positive_losses",

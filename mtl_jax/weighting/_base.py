@@ -11,8 +11,11 @@ Every method of :mod:`mtl_jax.weighting` comes in two forms:
     of learnable parameters (``{}`` when there are none; UW's ``log_vars``),
     meant to live in the Flax param tree under its own key, for example
     ``params["weighting"]``, so the optimiser trains it with the model;
-    ``state`` is the non-learnable state (DWA's epoch averages, RLW's key);
-  - ``apply(params, state, losses) -> WeightedLoss(total, weights, state)``.
+    ``state`` is the non-learnable state (DWA's epoch averages, RLW's key),
+    a NamedTuple that always records :math:`K` in its shapes
+    (:class:`StatelessState` for a method that carries nothing);
+  - ``apply(params, state, losses) -> WeightedLoss(total, weights, state)``,
+    which rejects, at trace time, losses whose count is not that :math:`K`.
 
 ``WeightedLoss.weights`` is always the effective multiplier of each task loss,
 ``d total / d losses``, with no gradient attached. For the linear methods it is
@@ -30,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
+
 Params = Any   # a pytree of learnable weighting parameters
 State = Any    # a pytree of non-learnable weighting state
 
@@ -41,8 +46,14 @@ class WeightedLoss(NamedTuple):
   state: State        # the new non-learnable state
 
 
-class EmptyState(NamedTuple):
-  """State of a method that keeps none."""
+class StatelessState(NamedTuple):
+  """State of a method that carries nothing from step to step.
+
+  It records :math:`K` in the shape of ``tasks`` so that ``apply`` can reject
+  losses (or a Gramian) of the wrong size at trace time. Both families use it
+  (:mod:`mtl_jax.aggregation` re-exports it).
+  """
+  tasks: jax.Array  # (K,) int8 zeros
 
 
 class InitFn(Protocol):
@@ -105,24 +116,40 @@ def check_losses_shape(losses: jax.Array, num_tasks: Optional[int],
   if num_tasks is not None and shape[0] != num_tasks:
     raise ValueError(
         f"{method}: got {shape[0]} losses but the method was initialised for "
-        f"{num_tasks} tasks. Pass one loss per task, in the order of init.")
+        f"{num_tasks} tasks. Pass one loss per task, in the order of init, or "
+        f"init the method with num_tasks={shape[0]}.")
+
+
+def recorded_num_tasks(state: Any, method: str) -> int:
+  """The :math:`K` that ``init`` recorded in ``state`` (``state.tasks``)."""
+  try:
+    return jnp.shape(state.tasks)[-1]
+  except (AttributeError, IndexError):
+    raise ValueError(
+        f"{method}: apply got a state of type {type(state).__name__} with no "
+        "record of the number of tasks; pass the state that this method's "
+        "init(num_tasks) returned (or the one the last apply returned)."
+    ) from None
 
 
 def check_temperature(temperature: Any, method: str) -> None:
-  """Raises a ValueError for a temperature that is known and not > 0."""
-  try:
-    value = float(temperature)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return  # traced: cannot be checked before the computation runs
-  if not value > 0:
-    raise ValueError(
-        f"{method}: temperature must be > 0, got {temperature!r}. Small T "
-        "concentrates the weight on one task; large T tends to equal weights.")
+  """Raises a ValueError for a temperature that is known and not > 0.
+
+  ``inf`` is allowed: the limit of equal weights. A traced temperature
+  (swept with ``jax.vmap``) cannot be checked and passes.
+  """
+  _checks.number(
+      temperature, "temperature", method, low=0, low_open=True,
+      allow_inf=True,
+      hint="Small T concentrates the weight on one task; large T tends to "
+      "equal weights (the paper's best: 2 to 3 on NYUv2, 20 to 48 on "
+      "Cityscapes).")
 
 
 def check_eps(eps: Any, method: str) -> None:
-  if not float(eps) >= 0:
-    raise ValueError(f"{method}: eps must be >= 0, got {eps!r}.")
+  _checks.number(eps, "eps", method, low=0,
+                 hint="It guards 1 / (L + eps) against division by zero; "
+                 "the authors use 1e-8.")
 
 
 def _raise_on_bad_losses(losses: np.ndarray, method: str) -> None:
@@ -160,25 +187,33 @@ def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
                     method: str,
                     num_tasks: Optional[int] = None,
                     check: Optional[Callable[[jax.Array], None]] = None,
+                    num_tasks_of: Optional[Callable[[State], int]] = None,
                     ) -> Weighting:
   """Builds a :class:`Weighting` with no learnable parameters.
 
   ``weights_fn(params, state, losses) -> (weights, new_state)`` computes the
-  weights; the total is ``sum_k sg(w_k) L_k``.
+  weights; the total is ``sum_k sg(w_k) L_k``. ``apply`` checks the losses
+  against the :math:`K` recorded in the state (``num_tasks_of(state)``;
+  by default ``state.tasks``), at trace time.
   """
-
   fixed_num_tasks = num_tasks
+
+  def recorded(state: State) -> int:
+    if num_tasks_of is None:
+      return recorded_num_tasks(state, method)
+    return num_tasks_of(state)
 
   def init(num_tasks: int, *, key: Optional[jax.Array] = None):
     num_tasks = check_num_tasks(num_tasks)
     if fixed_num_tasks is not None and num_tasks != fixed_num_tasks:
       raise ValueError(
           f"{method}: init got num_tasks={num_tasks} but the method was built "
-          f"for {fixed_num_tasks} tasks.")
+          f"for {fixed_num_tasks} tasks (one per weight). Init it with "
+          f"num_tasks={fixed_num_tasks}, or build it with {num_tasks} weights.")
     return {}, init_state(num_tasks, key)
 
   def apply(params, state, losses):
-    check_losses_shape(losses, fixed_num_tasks, method)
+    check_losses_shape(losses, recorded(state), method)
     if check is not None:
       check(losses)
     weights, new_state = weights_fn(params, state, losses)
@@ -188,6 +223,6 @@ def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
   return Weighting(init, apply)
 
 
-def empty_state(num_tasks: int, key: Optional[jax.Array]) -> EmptyState:
-  del num_tasks, key
-  return EmptyState()
+def stateless(num_tasks: int, key: Optional[jax.Array]) -> StatelessState:
+  del key
+  return StatelessState(jnp.zeros((num_tasks,), jnp.int8))

@@ -109,4 +109,6 @@ def dwa(temperature: float = 2.0, *,
     loss_sum = loss_sum + jax.lax.stop_gradient(losses).astype(loss_sum.dtype)
     return weights, DWAState(state.step + 1, loss_sum, prev, prev_prev)
 
-  return _base.fixed_weighting(weights_fn, init_state, "dwa")
+  return _base.fixed_weighting(
+      weights_fn, init_state, "dwa",
+      num_tasks_of=lambda state: state.loss_sum.shape[-1])

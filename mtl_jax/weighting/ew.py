@@ -21,8 +21,9 @@ def ew() -> _base.Weighting:
 
     \mathcal{L} = \sum_{k=1}^{K} w_k L_k, \qquad w_k = 1
 
-  where :math:`L_k` is the loss of task :math:`k`. No parameters, no state.
+  where :math:`L_k` is the loss of task :math:`k`. No parameters; the state
+  (:class:`~mtl_jax.weighting.StatelessState`) only records :math:`K`.
   """
   return _base.fixed_weighting(
       lambda params, state, losses: (jnp.ones_like(losses), state),
-      _base.empty_state, "ew")
+      _base.stateless, "ew")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 _EPS = 1e-8  # added to every shifted loss before the log, as the paper's code
@@ -151,23 +152,23 @@ def famo(lr: float = 0.025, weight_decay: float = 1e-3, *,
     Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023,
     https://arxiv.org/abs/2306.03792.
   """
-  if not float(lr) > 0:
-    raise ValueError(f"famo: lr must be > 0, got {lr!r}; the paper's code "
-                     "and TorchJD use 0.025.")
-  if not float(weight_decay) >= 0:
-    raise ValueError(f"famo: weight_decay must be >= 0, got {weight_decay!r};"
-                     " TorchJD and LibMTL use 1e-3.")
+  _checks.number(lr, "lr", "famo", low=0, low_open=True,
+                 hint="It is Adam's step size for the logits; the paper's "
+                 "code and TorchJD use 0.025.")
+  _checks.number(weight_decay, "weight_decay", "famo", low=0,
+                 hint="TorchJD and LibMTL use 1e-3.")
   if min_losses is not None:
+    _checks.vector(min_losses, "min_losses", "famo",
+                   hint="It is the lower bound b_k of each task loss "
+                   "(None: 0).")
     min_losses = tuple(float(b) for b in min_losses)
   tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
 
   def init(num_tasks: int, *, key: Optional[jax.Array] = None):
     del key
     num_tasks = _base.check_num_tasks(num_tasks)
-    if min_losses is not None and len(min_losses) != num_tasks:
-      raise ValueError(
-          f"famo: min_losses has {len(min_losses)} entries, one per task "
-          f"needed ({num_tasks}): {min_losses!r}.")
+    if min_losses is not None:
+      _checks.vector(min_losses, "min_losses", "famo", num_tasks=num_tasks)
     # The default float dtype, as DWA's state: float32, or float64 with x64.
     logits = jnp.zeros((num_tasks,))
     return {}, FAMOState(logits, tx.init(logits))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -52,16 +53,20 @@ def gls(*, check_losses: bool = False) -> _base.Weighting:
 
   Args:
     check_losses: raise when a loss is zero, negative or non-finite.
+
+  Returns:
+    A ``Weighting`` with no learnable parameters and a
+    :class:`~mtl_jax.weighting.StatelessState`.
   """
+  check_losses = _checks.flag(check_losses, "check_losses", "gls")
 
   def init(num_tasks, *, key=None):
-    del key
-    _base.check_num_tasks(num_tasks)
-    return {}, _base.EmptyState()
+    return {}, _base.stateless(_base.check_num_tasks(num_tasks), key)
 
   def apply(params, state, losses):
     del params
-    _base.check_losses_shape(losses, None, "gls")
+    _base.check_losses_shape(losses, _base.recorded_num_tasks(state, "gls"),
+                             "gls")
     if check_losses:
       _base.check_positive_losses(losses, "gls")
     total = gls_loss(losses)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -58,15 +59,18 @@ def imtl_l(init_log_scale: float = 0.0) -> _base.Weighting:
   Args:
     init_log_scale: initial value of every :math:`s_k` (0: all weights 1).
   """
+  _checks.number(init_log_scale, "init_log_scale", "imtl_l",
+                 hint="It is the initial log-scale s_k (0: all weights 1).")
   init_log_scale = float(init_log_scale)
 
   def init(num_tasks, *, key=None):
-    del key
     num_tasks = _base.check_num_tasks(num_tasks)
     return ({"log_scales": jnp.full((num_tasks,), init_log_scale, jnp.float32)},
-            _base.EmptyState())
+            _base.stateless(num_tasks, key))
 
   def apply(params, state, losses):
+    _base.check_losses_shape(
+        losses, _base.recorded_num_tasks(state, "imtl_l"), "imtl_l")
     total, weights = imtl_l_loss(losses, params["log_scales"])
     return _base.WeightedLoss(total, weights, state)
 

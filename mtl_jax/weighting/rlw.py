@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -47,7 +48,8 @@ def rlw_weights(key: jax.Array, num_tasks: int,
 
 
 class RLWState(NamedTuple):
-  key: jax.Array  # (2,) uint32 PRNG key, split at every step
+  key: jax.Array    # (2,) uint32 PRNG key, split at every step
+  tasks: jax.Array  # (K,) int8 zeros: records K for apply's check
 
 
 def rlw(seed: int = 0) -> _base.Weighting:
@@ -57,17 +59,19 @@ def rlw(seed: int = 0) -> _base.Weighting:
   does with the whole state) and every device draws the same weights.
 
   Args:
-    seed: seeds the key when ``init`` is given none.
+    seed: an integer; seeds the key when ``init`` is given none.
   """
+  seed = _checks.integer(seed, "seed", "rlw",
+                         hint="It seeds jax.random.PRNGKey(seed).")
 
   def init_state(num_tasks: int, key: Optional[jax.Array]) -> RLWState:
-    del num_tasks
-    return RLWState(jax.random.PRNGKey(seed) if key is None else key)
+    key = jax.random.PRNGKey(seed) if key is None else key
+    return RLWState(key, jnp.zeros((num_tasks,), jnp.int8))
 
   def weights_fn(params, state, losses):
     del params
     key, sub = jax.random.split(state.key)
     return (rlw_weights(sub, losses.shape[-1], jnp.result_type(losses)),
-            RLWState(key))
+            state._replace(key=key))
 
   return _base.fixed_weighting(weights_fn, init_state, "rlw")

@@ -16,6 +16,7 @@ from typing import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -43,8 +44,8 @@ def scalarization_grid(num_tasks: int, step: float = 0.1) -> np.ndarray:
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
   num_tasks = _base.check_num_tasks(num_tasks)
-  if not step > 0:
-    raise ValueError(f"step must be > 0, got {step!r}.")
+  _checks.number(step, "step", "scalarization_grid", low=0, low_open=True,
+                 hint="It is the grid spacing; 1 / step must be an integer.")
   n = round(1.0 / step)
   if abs(n * step - 1.0) > 1e-9:
     raise ValueError(
@@ -70,17 +71,21 @@ def scalarization(weights: Sequence[float]) -> _base.Weighting:
     \mathcal{L} = \sum_{k=1}^{K} w_k L_k
 
   Args:
-    weights: the :math:`K` fixed, finite weights (for example a row of
-      :func:`scalarization_grid`). Their length fixes the number of tasks.
+    weights: the :math:`K` fixed weights, finite and >= 0, not all zero (for
+      example a row of :func:`scalarization_grid`). They need not sum to 1.
+      Their length fixes the number of tasks.
   """
-  weights = np.asarray(weights, dtype=np.float64)
-  if weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights)):
-    raise ValueError(
-        f"scalarization: weights must be a non-empty vector of finite numbers, "
-        f"got {weights.tolist()!r}.")
+  weights = _checks.vector(
+      weights, "weights", "scalarization", nonnegative=True,
+      hint="w_k is the fixed share of task k in the total sum_k w_k L_k: a "
+      "negative weight would ascend that task's loss, all zeros would train "
+      "nothing. They need not sum to 1.")
+  if weights is None:
+    raise ValueError("scalarization: weights must be concrete numbers, not "
+                     "traced; vmap over the losses, not over the weights.")
   num_tasks = weights.size
 
   return _base.fixed_weighting(
       lambda params, state, losses: (
           jnp.asarray(weights, jnp.result_type(losses)), state),
-      _base.empty_state, "scalarization", num_tasks=num_tasks)
+      _base.stateless, "scalarization", num_tasks=num_tasks)

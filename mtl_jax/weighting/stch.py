@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 _LOG_EPS = 1e-20  # LibMTL's guard inside log(L + eps) and log(L / n + eps)
@@ -27,15 +28,10 @@ _LOG_EPS = 1e-20  # LibMTL's guard inside log(L + eps) and log(L / n + eps)
 
 def _check_mu(mu: Any, method: str) -> None:
   """Raises a ValueError for a known ``mu`` that is not finite and > 0."""
-  try:
-    value = float(mu)
-  except (TypeError, jax.errors.ConcretizationTypeError):
-    return  # traced: cannot be checked before the computation runs
-  if not (value > 0 and value < float("inf")):
-    raise ValueError(
-        f"{method}: mu must be finite and > 0, got {mu!r}. Small mu tends to "
-        "the max (Tchebycheff), large mu to a weighted mean; the paper and "
-        "LibMTL use 1.")
+  _checks.number(
+      mu, "mu", method, low=0, low_open=True,
+      hint="Small mu tends to the max (Tchebycheff), large mu to a weighted "
+      "mean; the paper and LibMTL use 1.")
 
 
 def _check_vector(name: str, value: Optional[jax.Array], num_tasks: int,
@@ -174,8 +170,9 @@ def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
       ``warmup_epochs``.
 
   Returns:
-    A ``Weighting`` with no learnable parameters and an empty state
-    (stateless form) or an :class:`STCHState`.
+    A ``Weighting`` with no learnable parameters and a
+    :class:`~mtl_jax.weighting.StatelessState` (stateless form) or an
+    :class:`STCHState`.
 
   References:
     Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
@@ -183,8 +180,13 @@ def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
   """
   _check_mu(mu, "stch")
   if weights is not None:
+    _checks.vector(weights, "weights", "stch", nonnegative=True,
+                   hint="They are the preferences lambda_k of the tasks "
+                   "(None: 1/K).")
     weights = tuple(float(w) for w in weights)
   if reference is not None:
+    _checks.vector(reference, "reference", "stch",
+                   hint="It is the ideal point z_k of each loss (None: 0).")
     reference = tuple(float(r) for r in reference)
 
   if warmup_epochs is None:
@@ -195,15 +197,15 @@ def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
           "default, or drop steps_per_epoch for the stateless form.")
 
     def init(num_tasks: int, *, key: Optional[jax.Array] = None):
-      del key
       num_tasks = _base.check_num_tasks(num_tasks)
       _check_vector("weights", weights, num_tasks, "stch")
       _check_vector("reference", reference, num_tasks, "stch")
-      return {}, _base.EmptyState()
+      return {}, _base.stateless(num_tasks, key)
 
     def apply(params, state, losses):
       del params
-      _base.check_losses_shape(losses, None, "stch")
+      _base.check_losses_shape(
+          losses, _base.recorded_num_tasks(state, "stch"), "stch")
       num_tasks = jnp.shape(losses)[-1]
       _check_vector("weights", weights, num_tasks, "stch")
       _check_vector("reference", reference, num_tasks, "stch")

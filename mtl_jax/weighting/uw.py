@@ -17,9 +17,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 TASK_TYPES = ("regression", "classification")
+
+
+def _as_task_types(task_types: Sequence[str]) -> tuple[str, ...]:
+  """``task_types`` as a tuple of known types, or a ValueError saying why."""
+  if isinstance(task_types, str):
+    raise ValueError(
+        f"task_types must be a sequence with one entry per task, got the "
+        f"string {task_types!r}; write ({task_types!r},) * num_tasks.")
+  try:
+    task_types = tuple(task_types)
+  except TypeError:
+    raise ValueError(
+        f"task_types must be None or a sequence with one entry per task, each "
+        f"one of {TASK_TYPES}, got {task_types!r}.") from None
+  unknown = [t for t in task_types if t not in TASK_TYPES]
+  if unknown:
+    raise ValueError(
+        f"unknown task type(s) {unknown}; each entry of task_types must be one "
+        f"of {TASK_TYPES}.")
+  return task_types
 
 
 def task_type_factors(task_types: Optional[Sequence[str]],
@@ -31,16 +52,7 @@ def task_type_factors(task_types: Optional[Sequence[str]],
   """
   if task_types is None:
     return np.full((num_tasks,), 0.5)
-  if isinstance(task_types, str):
-    raise ValueError(
-        f"task_types must be a sequence with one entry per task, got the "
-        f"string {task_types!r}; write ({task_types!r},) * num_tasks.")
-  task_types = tuple(task_types)
-  unknown = [t for t in task_types if t not in TASK_TYPES]
-  if unknown:
-    raise ValueError(
-        f"unknown task type(s) {unknown}; each entry of task_types must be one "
-        f"of {TASK_TYPES}.")
+  task_types = _as_task_types(task_types)
   if len(task_types) != num_tasks:
     raise ValueError(
         f"task_types has {len(task_types)} entries but there are {num_tasks} "
@@ -118,21 +130,26 @@ def uw(task_types: Optional[Sequence[str]] = None,
       by default; LibMTL and MTAN use -0.5.
 
   Returns:
-    A ``Weighting`` whose ``init`` returns ``({"log_vars": ...}, EmptyState())``.
+    A ``Weighting`` whose ``init`` returns ``({"log_vars": ...},
+    StatelessState)``.
   """
   if task_types is not None:
-    task_type_factors(task_types, len(tuple(task_types)))  # validate early
+    task_types = _as_task_types(task_types)  # validate early
+  _checks.number(init_log_var, "init_log_var", "uw",
+                 hint="It is the initial log-variance s_k (the paper: 0; "
+                 "LibMTL: -0.5).")
   init_log_var = float(init_log_var)
 
   def init(num_tasks, *, key=None):
-    del key
     num_tasks = _base.check_num_tasks(num_tasks)
     if task_types is not None:
       task_type_factors(task_types, num_tasks)
     return ({"log_vars": jnp.full((num_tasks,), init_log_var, jnp.float32)},
-            _base.EmptyState())
+            _base.stateless(num_tasks, key))
 
   def apply(params, state, losses):
+    _base.check_losses_shape(losses, _base.recorded_num_tasks(state, "uw"),
+                             "uw")
     total, weights = uncertainty_loss(losses, params["log_vars"], task_types)
     return _base.WeightedLoss(total, weights, state)
 

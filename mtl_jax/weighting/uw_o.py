@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -68,11 +69,13 @@ def uw_o(eps: float = 1e-8, *, check_losses: bool = False) -> _base.Weighting:
       step; meant for debugging.
 
   Returns:
-    A ``Weighting`` with no learnable parameters and an empty state.
+    A ``Weighting`` with no learnable parameters and a
+    :class:`~mtl_jax.weighting.StatelessState`.
   """
   _base.check_eps(eps, "uw_o")
+  check_losses = _checks.flag(check_losses, "check_losses", "uw_o")
   check = ((lambda l: _base.check_positive_losses(l, "uw_o"))
            if check_losses else None)
   return _base.fixed_weighting(
       lambda params, state, losses: (uw_o_weights(losses, eps), state),
-      _base.empty_state, "uw_o", check=check)
+      _base.stateless, "uw_o", check=check)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 
+from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
 
@@ -77,13 +78,15 @@ def uw_so(temperature: float, eps: float = 1e-8, *,
       round trip per step; for debugging).
 
   Returns:
-    A ``Weighting`` with no learnable parameters and an empty state.
+    A ``Weighting`` with no learnable parameters and a
+    :class:`~mtl_jax.weighting.StatelessState`.
   """
   _base.check_temperature(temperature, "uw_so")
   _base.check_eps(eps, "uw_so")
+  check_losses = _checks.flag(check_losses, "check_losses", "uw_so")
   check = ((lambda l: _base.check_positive_losses(l, "uw_so"))
            if check_losses else None)
   return _base.fixed_weighting(
       lambda params, state, losses: (
           uw_so_weights(losses, temperature, eps), state),
-      _base.empty_state, "uw_so", check=check)
+      _base.stateless, "uw_so", check=check)

@@ -154,9 +154,16 @@ def _fill(path):
   return filler
 
 
+def _remount(path, mode):
+  done = subprocess.run(["mount", "-o", f"remount,{mode}", str(path)],
+                        capture_output=True, check=False)
+  assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("fault", ["full", "read_only"])
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_a_full_disk_fails_clearly_and_keeps_the_last_checkpoint(
-    tmp_path, async_save, uninterrupted):
+    tmp_path, async_save, fault, uninterrupted):
   with _small_filesystem(tmp_path / "small", "2m") as small:
     if small is None:
       if os.geteuid() == 0:
@@ -167,19 +174,23 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_checkpoint(
     work.mkdir()
     os.symlink(small, work / "checkpoints")   # only the checkpoints are small
     _train(work, 4, async_checkpoints=async_save)           # steps 2, 4
-    if os.geteuid() == 0:
+    filler = None
+    if os.geteuid() != 0:
+      os.chmod(small, 0o555)
+    elif fault == "full":
       filler = _fill(small)
     else:
-      os.chmod(small, 0o555)
-      filler = None
+      _remount(small, "ro")
     with pytest.raises(ckpt_lib.CheckpointError,
                        match=r"could not write checkpoint step .* last "
                              r"complete checkpoint, step 4, is left as it was"):
       _train(work, 10, async_checkpoints=async_save)
-    if filler:
+    if os.geteuid() != 0:
+      os.chmod(small, 0o755)
+    elif filler:
       os.remove(filler)
     else:
-      os.chmod(small, 0o755)
+      _remount(small, "rw")
     resumed = _train(work, 10, async_checkpoints=async_save)
     assert fx.max_abs_diff(resumed.params, uninterrupted.params) < 1e-6
 

@@ -255,14 +255,14 @@ def test_state_is_typed_and_on_the_logits_optimiser():
 
 @pytest.mark.parametrize("lr", [0.0, -0.1, float("nan")])
 def test_lr_must_be_positive(lr):
-  with pytest.raises(ValueError, match="lr must be > 0") as info:
+  with pytest.raises(ValueError, match="lr must be a finite number > 0") as info:
     weighting.famo(lr=lr)
   assert repr(lr) in str(info.value)
 
 
 @pytest.mark.parametrize("weight_decay", [-1e-3, float("nan")])
 def test_weight_decay_must_be_non_negative(weight_decay):
-  with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+  with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
     weighting.get("famo", weight_decay=weight_decay)
 
 

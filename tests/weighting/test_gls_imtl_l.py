@@ -53,7 +53,8 @@ def test_gls_weights_are_the_gradient(losses):
 @pytest.mark.parametrize("case", sorted(_inputs.DEGENERATE))
 def test_gls_degenerate_losses_stay_finite(case):
   losses = jnp.asarray(_inputs.DEGENERATE[case], jnp.float32)
-  out = weighting.gls().apply({}, weighting.EmptyState(), losses)
+  method = weighting.gls()
+  out = method.apply(*method.init(losses.size), losses)
   _asserts.assert_finite_shape(out.total, ())
   _asserts.assert_finite_shape(out.weights, losses.shape)
   l64 = np.asarray(losses, np.float64)
@@ -113,4 +114,5 @@ def test_imtl_l_factory_init(init_log_scale):
   assert set(params) == {"log_scales"}
   np.testing.assert_array_equal(params["log_scales"],
                                 np.full(3, init_log_scale, np.float32))
-  assert state == weighting.EmptyState()
+  assert isinstance(state, weighting.StatelessState)
+  assert state.tasks.shape == (3,)  # records K for apply's check

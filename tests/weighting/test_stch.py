@@ -110,12 +110,11 @@ def test_stateless_weights_are_the_gradient(losses, mu):
   np.testing.assert_allclose(out.total, _loss(losses, mu, lam, ref),
                              rtol=1e-6)
   # Default weights 1/K: the gradient is a softmax / K, summing to 1/K.
-  _asserts.assert_grad_equals_weights(STATELESS.apply, {},
-                                      weighting.EmptyState(), losses)
+  params, state = STATELESS.init(losses.size)
+  _asserts.assert_grad_equals_weights(STATELESS.apply, params, state, losses)
   np.testing.assert_allclose(
-      np.sum(STATELESS.apply({}, weighting.EmptyState(),
-                             jnp.asarray(losses)).weights), 1.0 / losses.size,
-      rtol=1e-5)
+      np.sum(STATELESS.apply(params, state, jnp.asarray(losses)).weights),
+      1.0 / losses.size, rtol=1e-5)
 
 
 def test_batched_losses_are_row_wise():
@@ -264,7 +263,9 @@ def test_state_is_typed():
   assert isinstance(state, weighting.STCHState)
   assert state.step.shape == () and state.step.dtype == jnp.int32
   assert state.loss_sum.shape == (4,)
-  assert isinstance(STATELESS.init(4)[1], weighting.EmptyState)
+  stateless = STATELESS.init(4)[1]
+  assert isinstance(stateless, weighting.StatelessState)
+  assert stateless.tasks.shape == (4,)  # records K for apply's check
 
 
 # --- errors -------------------------------------------------------------------
@@ -277,7 +278,7 @@ def test_state_is_typed():
                              steps_per_epoch=2),
 ], ids=["stch_loss", "stch", "get"])
 def test_mu_must_be_positive(build, mu):
-  with pytest.raises(ValueError, match="mu must be finite and > 0") as info:
+  with pytest.raises(ValueError, match="mu must be a finite number > 0") as info:
     build(mu)
   assert repr(mu) in str(info.value)
 

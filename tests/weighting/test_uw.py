@@ -130,7 +130,8 @@ def test_factory_init(init_log_var):
   assert set(params) == {"log_vars"}
   np.testing.assert_array_equal(params["log_vars"], np.full(4, init_log_var))
   assert params["log_vars"].dtype == jnp.float32
-  assert state == weighting.EmptyState()
+  assert isinstance(state, weighting.StatelessState)
+  assert state.tasks.shape == (4,)  # records K for apply's check
 
 
 def test_permutation_equivariant_with_log_vars():

@@ -30,7 +30,7 @@ BAD_TEMPERATURE = [0.0, -1.0, -1e-9, float("nan")]
 ], ids=["uw_so_weights", "uw_so", "get_uw_so", "dwa_weights", "dwa",
         "get_dwa"])
 def test_temperature_must_be_positive(build, temperature):
-  with pytest.raises(ValueError, match="temperature must be > 0") as info:
+  with pytest.raises(ValueError, match="temperature must be a number > 0") as info:
     build(temperature)
   assert repr(temperature) in str(info.value)  # the message shows the value
 
@@ -47,7 +47,7 @@ def test_dwa_needs_steps_per_epoch(steps_per_epoch):
     lambda: weighting.uw_o(eps=-1.0),
 ], ids=["uw_o_weights", "uw_so_weights", "uw_o"])
 def test_eps_must_be_non_negative(call):
-  with pytest.raises(ValueError, match="eps must be >= 0"):
+  with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
     call()
 
 
@@ -80,7 +80,7 @@ def test_dwa_rejects_other_number_of_losses():
 def test_learned_methods_reject_other_number_of_losses(name):
   method = weighting.get(name)
   params, state = method.init(2)
-  with pytest.raises(ValueError, match="log_"):
+  with pytest.raises(ValueError, match="got 3 losses .* 2 tasks"):
     method.apply(params, state, L3)
 
 
