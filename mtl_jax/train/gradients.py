@@ -49,6 +49,14 @@ GradientFn = Callable[[LossesFn, PyTree, PyTree, Optional[str]], Gradients]
 """``gradient_fn(losses_fn, params, method_state, axis_name) -> Gradients``."""
 
 
+def _mean_floating(*leaves: jax.Array) -> jax.Array:
+  """The mean of floating leaves (the parts' BatchNorm statistics); the
+  first of the others."""
+  if jnp.issubdtype(leaves[0].dtype, jnp.inexact):
+    return (sum(leaves) / len(leaves)).astype(leaves[0].dtype)
+  return leaves[0]
+
+
 def pmean(tree: PyTree, axis_name: Optional[str]) -> PyTree:
   """``lax.pmean`` over ``axis_name``; the identity when it is ``None``."""
   return tree if axis_name is None else lax.pmean(tree, axis_name)
@@ -162,7 +170,26 @@ def jacobian_gradients(method: Aggregator, *,
     split, merge = jac_lib._split(params["model"], mask)
     has_heads = bool(split.task)
 
-    if mode == "params":
+    if splits > 1:
+      # One forward and one vjp per part: each part's K rows cost a K-row
+      # Jacobian of a third of the batch, and BatchNorm's statistics are
+      # the part's own (independent samples).
+      parts = []
+      for j in range(splits):
+        def f(shared, task, j=j):
+          return losses_fn(merge(shared, task), part=j)
+        parts.append(jax.vjp(f, split.shared, split.task, has_aux=True))
+      local = jnp.concatenate([p[0] for p in parts])
+      model_state = jax.tree.map(_mean_floating, *[p[2] for p in parts])
+      part_vjps = [p[1] for p in parts]
+
+      def vjp_fn(cotangent):
+        k = cotangent.shape[0] // splits
+        outs = [fn(cotangent[j * k:(j + 1) * k])
+                for j, fn in enumerate(part_vjps)]
+        return tuple(jax.tree.map(lambda *xs: sum(xs), *[o[i] for o in outs])
+                     for i in range(2))
+    elif mode == "params":
       def f(shared, task):
         return losses_fn(merge(shared, task))
       local, vjp_fn, model_state = jax.vjp(f, split.shared, split.task,
@@ -181,9 +208,16 @@ def jacobian_gradients(method: Aggregator, *,
       weights = lax.stop_gradient(out.weights).astype(local.dtype)
       return weights, (out, method_grads)
 
+    if splits > 1:
+      num_tasks = num_rows // splits
+      blocks = [jac_lib.batched_vjp(lambda c, fn=fn: fn(c)[0], num_tasks,
+                                    local.dtype, chunk_size)
+                for fn in part_vjps]
+      rows = [jnp.concatenate(leaf_blocks) for leaf_blocks in zip(*blocks)]
     if mode == "params":
-      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_rows,
-                                 local.dtype, chunk_size)
+      if splits == 1:
+        rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_rows,
+                                   local.dtype, chunk_size)
       if reads_jacobian:
         # The whole Jacobian on every device: the method's per-coordinate
         # rule and its (K, P) buffers see the same J everywhere.

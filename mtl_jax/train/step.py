@@ -128,13 +128,8 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
              train: bool, rngs: Mapping[str, jax.Array],
              compute_dtype: Optional[jnp.dtype],
              perturbations: Optional[PyTree] = None,
-             splits: int = 1,
              ) -> tuple[jax.Array, PyTree, PyTree]:
-  """Model then task losses; returns (float32 losses, outputs, model state).
-
-  ``splits > 1``: the losses of ``splits`` interleaved parts of the batch
-  (example i in part i mod splits), part-major, ``(splits * K,)``.
-  """
+  """Model then task losses; returns (float32 losses, outputs, model state)."""
   variables = {"params": cast_floating(model_params, compute_dtype),
                **cast_floating(model_state, compute_dtype)}
   if perturbations is not None:
@@ -142,20 +137,7 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   outputs, new_model_state = model_apply(
       variables, cast_floating(batch, compute_dtype), train=train, rngs=rngs)
   outputs = cast_floating(outputs, jnp.float32)
-  if splits == 1:
-    losses = jnp.asarray(task_loss_fn(outputs, batch), jnp.float32)
-  else:
-    size = jax.tree.leaves(batch)[0].shape[0]
-    if size % splits:
-      raise ValueError(
-          f"this method splits each device's batch into {splits} parts "
-          f"(independent gradient samples), but the batch per device has "
-          f"{size} examples. Use a per-device batch size divisible by "
-          f"{splits}.")
-    part = lambda tree, j: jax.tree.map(lambda x: x[j::splits], tree)  # noqa: E731
-    losses = jnp.concatenate([
-        jnp.asarray(task_loss_fn(part(outputs, j), part(batch, j)),
-                    jnp.float32) for j in range(splits)])
+  losses = jnp.asarray(task_loss_fn(outputs, batch), jnp.float32)
   if losses.ndim != 1:
     raise ValueError(
         f"task_loss_fn must return a (num_tasks,) vector of batch-mean "
@@ -163,6 +145,22 @@ def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   new_model_state = jax.tree.map(lambda new, old: new.astype(old.dtype),
                                  new_model_state, model_state)
   return losses, outputs, new_model_state
+
+
+def batch_part(batch: Batch, part: int, splits: int) -> Batch:
+  """Examples ``part, part + splits, ...`` of a (per-device) batch.
+
+  Interleaved parts make N devices split a global batch exactly as one
+  device does, when each device's batch is divisible by ``splits``.
+  """
+  size = jax.tree.leaves(batch)[0].shape[0]
+  if size % splits:
+    raise ValueError(
+        f"this method splits each device's batch into {splits} parts "
+        f"(independent gradient samples), but the batch per device has "
+        f"{size} examples. Use a per-device batch size divisible by "
+        f"{splits}.")
+  return jax.tree.map(lambda x: x[part::splits], batch)
 
 
 def _gradient_path(method: Method, model_apply: ModelApply,
@@ -282,11 +280,15 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
     rng, step_rng = jax.random.split(state.rng)
     rngs = _step_rngs(step_rng, rng_names, axis_name)
 
-    def losses_fn(model_params, perturbations=None):
+    def losses_fn(model_params, perturbations=None, part=None):
+      data, keys = batch, rngs
+      if part is not None:  # one part of a split batch (SDMGrad, MoDo)
+        data = batch_part(batch, part, splits)
+        keys = {n: jax.random.fold_in(k, part) for n, k in rngs.items()}
       losses, _, model_state = _forward(
-          model_apply, task_loss_fn, model_params, state.model_state, batch,
-          train=True, rngs=rngs, compute_dtype=compute_dtype,
-          perturbations=perturbations, splits=splits)
+          model_apply, task_loss_fn, model_params, state.model_state, data,
+          train=True, rngs=keys, compute_dtype=compute_dtype,
+          perturbations=perturbations)
       return losses, model_state
 
     if path is not None:
