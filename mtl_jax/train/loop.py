@@ -90,8 +90,16 @@ def check_skips(records: Sequence[Mapping[str, Any]],
         f"{record['total_skips']} in all).", NonFiniteWarning, stacklevel=3)
 
 
-def non_finite_leaves(tree: PyTree) -> list[str]:
-  """Paths of the floating leaves of a host pytree holding a NaN or an Inf."""
+def non_finite_leaves(state: TrainState) -> list[str]:
+  """Paths of the floating leaves of a host train state's params, model
+  state and method state holding a NaN or an Inf.
+
+  The optimiser's state is not checked: Adam's second moment of a
+  gradient above ~1.8e19 overflows to Inf while the update stays finite
+  (zero for that coordinate), and the step's guard checks the gradients.
+  """
+  tree = {"params": state.params, "model_state": state.model_state,
+          "weighting_state": state.weighting_state}
   bad = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     leaf = np.asarray(leaf)

@@ -58,9 +58,9 @@ def test_config_hyperparameters_reach_the_weighting(config):
   np.testing.assert_allclose(got.apply({}, got.init(4)[1], losses).weights,
                              mw.uw_so_weights(losses, 3.0), rtol=1e-6)
   config.weighting.name = "uw"
-  params, _ = common.build_weighting(config, spec, 10).init(4)
+  params, state = common.build_weighting(config, spec, 10).init(4)
   weights = common.build_weighting(config, spec, 10).apply(
-      params, None, losses).weights
+      params, state, losses).weights
   np.testing.assert_allclose(weights, [1.0, 0.5, 0.5, 1.0])  # per-task forms
   with pytest.raises(ValueError, match="unknown method 'nope'"):
     config.weighting.name = "nope"
