@@ -75,13 +75,24 @@ class DigitSceneNet(nn.Module):
     pooled = _layers.mark_features(self, "pooled_features",
                                    jnp.mean(bottleneck, axis=(1, 2)))
 
-    def head(features: int, name: str, inp: jax.Array) -> jax.Array:
+    def head(features: int, name: str, inp: jax.Array,
+             bias_init=nn.initializers.zeros) -> jax.Array:
       return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
-                      name=name)(inp).astype(jnp.float32)
+                      bias_init=bias_init, name=name)(inp).astype(jnp.float32)
+
+    # The normal head starts at (0, 0, 1), facing the camera (the background
+    # plane's normal), not at 0: where every feature of a pixel is 0 after
+    # the ReLU, a zero bias gives the normalisation 0 / eps, whose gradient
+    # (~1/eps^2 through it and the cosine loss) overflowed Adam's second
+    # moment of this bias to Inf at the first step and froze it.
+    def facing_camera(key, shape, dtype=jnp.float32):
+      del key
+      return jnp.zeros(shape, dtype).at[-1].set(1.0)
 
     return {
         "segmentation": head(self.num_classes, "head_segmentation", x),
         "depth": head(1, "head_depth", x),
-        "normal": _layers.unit_normalize(head(3, "head_normal", x)),
+        "normal": _layers.unit_normalize(head(3, "head_normal", x,
+                                              facing_camera)),
         "count": head(self.num_count_classes, "head_count", pooled),
     }

@@ -275,3 +275,25 @@ def test_eval_mode_uses_running_statistics():
   before = jax.tree.leaves(variables["batch_stats"])
   after = jax.tree.leaves(updated["batch_stats"])
   assert any(not np.allclose(u, v) for u, v in zip(before, after))
+
+
+def test_digit_scene_normals_have_a_bounded_gradient_at_init():
+  """Pixels whose features are all 0 after the ReLU (a black image gives
+  many) must not send ~1/eps^2 through the normalisation and the cosine
+  loss: that overflowed Adam's second moment of the normal head's bias."""
+  from mtl_jax import losses  # pylint: disable=g-import-not-at-top
+  model = models.DigitSceneNet()
+  image = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), image, train=False)
+  target = jnp.zeros((2, 32, 32, 3)).at[..., 2].set(1.0)
+
+  def loss(params):
+    out = model.apply({**variables, "params": params}, image, train=False)
+    return losses.normal_cosine_loss(out["normal"], target)
+
+  grads = jax.grad(loss)(variables["params"])
+  largest = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads))
+  assert np.isfinite(largest) and largest < 1e3
+  out = model.apply(variables, image, train=False)
+  np.testing.assert_allclose(jnp.linalg.norm(out["normal"], axis=-1), 1.0,
+                             rtol=1e-5)
