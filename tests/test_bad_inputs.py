@@ -501,10 +501,71 @@ def _cell(text: str) -> str:
   return text.replace("|", "\\|")
 
 
+# Faults of a training run: (case, what the user sees, the test).
+FAULTS = [
+    ("The newest checkpoint step is damaged (first bytes overwritten, or "
+     "array bytes flipped)",
+     "a RuntimeWarning naming the step and its path; the step is moved to "
+     "`<step>.damaged` and the run resumes from the newest intact step",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_damaged_latest_step_falls_back_to_the_previous_one"),
+    ("Every checkpoint step is damaged",
+     "`CheckpointError`: no intact checkpoint in the directory; use a new "
+     "workdir or delete it",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_no_intact_step_is_an_error_naming_the_workdir"),
+    ("Resuming a workdir written by another model",
+     "`CheckpointMismatchError` naming the first differing leaf, saved vs "
+     "expected shape and dtype, and the fix",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_a_checkpoint_of_another_model_names_the_first_differing_leaf"),
+    ("The disk fills up, or the filesystem turns read-only, while saving",
+     "`CheckpointError` naming the step and the intact one; after space is "
+     "freed the same command resumes",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_a_full_disk_fails_clearly_and_keeps_the_last_checkpoint"),
+    ("SIGKILL during an asynchronous checkpoint write",
+     "the half-written step is ignored; the rerun resumes and ends where an "
+     "uninterrupted run ends",
+     "tests/train/test_subprocess.py::"
+     "test_sigkill_during_an_asynchronous_checkpoint_write"),
+    ("Both processes of a two-process run killed mid-run",
+     "restarting both resumes from their common checkpoint, same result as "
+     "an uninterrupted run",
+     "tests/train/test_subprocess.py::"
+     "test_two_processes_killed_and_restarted_equal_an_uninterrupted_run"),
+    ("A NaN or Inf in the weighting parameters or state given to `train`",
+     "`NonFiniteError` naming the leaf; nothing is trained or checkpointed",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_nan_in_the_weighting_params_is_named_and_never_checkpointed"),
+    ("A NaN in one device's batch",
+     "the step is skipped on every device, a warning names the task, the "
+     "checkpoints hold finite values only",
+     "tests/train/test_checkpoint_faults.py::"
+     "test_nan_in_one_devices_batch_is_skipped_named_and_never_checkpointed"),
+]
+
+FAULTS_HEADER = """
+## Faults during training
+
+| Case | What you see | Test |
+|---|---|---|
+"""
+
+
 def render_doc() -> str:
   lines = [f"| `{case.id}` | `{_cell(case.input)}` | {case.stage} | "
            f"{_cell(_first_line(case))} |" for case in CASES]
-  return HEADER + "\n".join(lines) + "\n"
+  faults = [f"| {case} | {seen} | `{test}` |" for case, seen, test in FAULTS]
+  return (HEADER + "\n".join(lines) + "\n" + FAULTS_HEADER
+          + "\n".join(faults) + "\n")
+
+
+def test_every_fault_row_names_an_existing_test():
+  root = pathlib.Path(__file__).resolve().parent.parent
+  for _, _, test in FAULTS:
+    path, name = test.split("::")
+    assert f"def {name}(" in (root / path).read_text(), test
 
 
 def _doc_ids(text: str) -> list[str]:
