@@ -21,7 +21,7 @@ from ml_collections import config_dict
 # Chosen by `python -m experiments.temperature_sweep` on the validation split
 # (docs/experiments.md, "Choosing T"): 1/L spans about 0.01 (depth, L1 in cm)
 # to a few units (segmentation, normals, count).
-DIGIT_SCENES_TEMPERATURE = 5.0
+DIGIT_SCENES_TEMPERATURE = 10.0
 
 
 def get_config(arg: str = "") -> config_dict.ConfigDict:
