@@ -110,11 +110,20 @@ LEARNING_RATE = 1e-3
 
 # ------------------------------------------------------------ requirements
 
-def missing_requirements() -> list[str]:
-  """What the benchmark lacks, as readable lines (empty when all is there)."""
+def missing_requirements(weighting_classes=None,
+                         torchjd: bool = False) -> list[str]:
+  """What the benchmark lacks, as readable lines (empty when all is there).
+
+  ``weighting_classes``: the LibMTL weighting modules it loads (default:
+  this script's); ``torchjd``: whether it needs TorchJD too.
+  """
+  if weighting_classes is None:
+    weighting_classes = LIBMTL_METHODS.values()
   missing = []
   if importlib.util.find_spec("torch") is None:
     missing.append("torch (a CPU build is enough: pip install torch)")
+  if torchjd and importlib.util.find_spec("torchjd") is None:
+    missing.append("torchjd (pip install torchjd)")
   libmtl = importlib.util.find_spec("LibMTL")
   if libmtl is None:
     missing.append("LibMTL (pip install --no-deps LibMTL==1.1.5; its "
@@ -123,7 +132,7 @@ def missing_requirements() -> list[str]:
     root = pathlib.Path(next(iter(libmtl.submodule_search_locations)))
     needed = ["architecture/abstract_arch.py", "architecture/HPS.py",
               "weighting/abstract_weighting.py"]
-    needed += [f"weighting/{cls}.py" for cls in LIBMTL_METHODS.values()]
+    needed += [f"weighting/{cls}.py" for cls in weighting_classes]
     missing += [f"LibMTL file {root / f}" for f in needed
                 if not (root / f).is_file()]
   return missing

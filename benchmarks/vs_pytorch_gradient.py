@@ -173,23 +173,8 @@ TORCHJD_GRADIENT = {
 
 def missing_requirements() -> list[str]:
   """What the benchmark lacks, as readable lines (empty when all is there)."""
-  missing = []
-  if importlib.util.find_spec("torch") is None:
-    missing.append("torch (a CPU build is enough: pip install torch)")
-  if importlib.util.find_spec("torchjd") is None:
-    missing.append("torchjd (pip install torchjd)")
-  libmtl = importlib.util.find_spec("LibMTL")
-  if libmtl is None:
-    missing.append("LibMTL (pip install --no-deps LibMTL==1.1.5; its "
-                   "weighting modules need only torch and numpy)")
-  else:
-    root = pathlib.Path(next(iter(libmtl.submodule_search_locations)))
-    needed = ["architecture/abstract_arch.py", "architecture/HPS.py",
-              "weighting/abstract_weighting.py"]
-    needed += [f"weighting/{cls}.py" for cls, _ in LIBMTL_GRADIENT.values()]
-    missing += [f"LibMTL file {root / f}" for f in needed
-                if not (root / f).is_file()]
-  return missing
+  return vs_pytorch.missing_requirements(
+      [cls for cls, _ in LIBMTL_GRADIENT.values()], torchjd=True)
 
 
 def missing_optional(method: str) -> list[str]:
