@@ -15,24 +15,34 @@ Every driver (``train``, ``compare``, ``scalarization``,
   the validation split (``eval.jsonl``: the validation curves); at the end it
   evaluates on the test split and writes ``result.json``.
 
-No early stopping: the reported model is the one after the last step.
+Model selection on validation (the papers' protocol): every validation
+record gets a *selection score*, Delta_m (%, average over metrics) against a
+``reference`` (the single-task baselines' validation metrics once they are
+known, otherwise the constant predictor's, :mod:`experiments.trivial`). The
+run keeps the parameters of its best score and reports the **test** metrics
+of those parameters; with ``train.patience > 0`` it stops after that many
+evaluations without improvement. ``train.select="last"`` reports the last
+step instead. The test split is evaluated once, at the end.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
+import math
 import os
 import time
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from flax import serialization
 
 from experiments import common
+from mtl_jax import metrics as mtl_metrics
 from mtl_jax import train
 from mtl_jax.train.loop import check_skips
 from mtl_jax.train.writers import step_record
@@ -53,6 +63,8 @@ class Row(NamedTuple):
   results: list[dict[str, Any]]  # one per seed; failed runs have "failed"
   run_dirs: list[str]
   weights: Optional[tuple[float, ...]] = None
+  learning_rate: Optional[float] = None  # the rate the seeds ran at
+  search: Optional[dict[str, float]] = None  # lr -> validation score
 
 
 class Program(NamedTuple):
@@ -184,13 +196,15 @@ def evaluate(program: Program, state: train.TrainState,
 
 
 def fingerprint(config: Config, seed: int,
-                weights: Optional[Sequence[float]]) -> str:
+                weights: Optional[Sequence[float]],
+                reference: Optional[Mapping[str, float]] = None) -> str:
   """A hash of everything that determines a run's result."""
   text = json.dumps([config.data.to_dict(), config.model.to_dict(),
                      config.weighting.to_dict(), config.optim.to_dict(),
                      {k: v for k, v in config.train.to_dict().items()
                       if k not in ("progress", "reuse")},
-                     seed, list(weights) if weights is not None else None],
+                     seed, list(weights) if weights is not None else None,
+                     dict(reference) if reference else None],
                     sort_keys=True, default=str)
   return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -248,17 +262,99 @@ def _latest_checkpoint(workdir: str) -> int:
   return max(steps, default=0)
 
 
+def selection_score(values: Mapping[str, Any],
+                    reference: Mapping[str, float],
+                    spec: common.DatasetSpec) -> float:
+  """Delta_m (%, average over metrics) of ``values`` against ``reference``.
+
+  Lower is better; ``inf`` when a metric is missing or not finite.
+  """
+  ref = {k: float(v) for k, v in reference.items()
+         if math.isfinite(float(v)) and float(v) != 0.0}
+  if not ref or any(not math.isfinite(float(values.get(k, math.nan)))
+                    for k in ref):
+    return math.inf
+  return float(mtl_metrics.delta_m(values, ref, spec.higher_is_better,
+                                   mode="metric"))
+
+
+def default_reference(spec: common.DatasetSpec, first: Mapping[str, Any],
+                      weights: Optional[Sequence[float]]) -> dict[str, float]:
+  """A run's own first validation record, restricted to its trained tasks
+  (non-zero weights): the reference when none is given."""
+  tasks = [t for i, t in enumerate(spec.tasks)
+           if weights is None or weights[i] != 0]
+  return {k: float(first[k]) for k in spec.higher_is_better
+          if common.metric_task(k) in tasks and k in first}
+
+
+class _Selector:
+  """Keeps the best validation record and a host copy of its parameters."""
+
+  def __init__(self, spec, reference, weights, patience: int, select: str):
+    if select not in ("best", "last"):
+      raise ValueError(f"train.select must be 'best' or 'last', got "
+                       f"{select!r}.")
+    self.spec, self.reference, self.weights = spec, reference, weights
+    self.patience, self.select = int(patience), select
+    self.best: Optional[dict[str, Any]] = None
+    self.best_view: Any = None
+    self.stale = 0
+
+  def add(self, record: dict[str, Any], state: train.TrainState) -> bool:
+    """Scores ``record`` (in place); returns whether the run should stop."""
+    if self.reference is None:
+      self.reference = default_reference(self.spec, record, self.weights)
+    record["score"] = selection_score(record, self.reference, self.spec)
+    better = (self.best is None or self.select == "last"
+              or record["score"] < self.best["score"])
+    if better:
+      self.best, self.best_view = record, jax.device_get(eval_view(state))
+      self.stale = 0
+    else:
+      self.stale += 1
+    return self.patience > 0 and self.stale >= self.patience
+
+  def restore(self, records: Sequence[dict[str, Any]], workdir: str,
+              template: train.TrainState) -> None:
+    """Resumes the selection from ``records`` and ``best.msgpack``."""
+    for record in records:
+      if self.reference is None:
+        self.reference = default_reference(self.spec, record, self.weights)
+      if self.best is None or record["score"] < self.best["score"] or (
+          self.select == "last"):
+        self.best = record
+    path = os.path.join(workdir, BEST)
+    if self.best is not None and os.path.exists(path):
+      with open(path, "rb") as f:
+        self.best_view = serialization.from_bytes(
+            jax.device_get(eval_view(template)), f.read())
+
+  def save(self, workdir: str) -> None:
+    """Writes the best parameters (atomically) for a resumed run."""
+    tmp = os.path.join(workdir, BEST + ".tmp")
+    with open(tmp, "wb") as f:
+      f.write(serialization.to_bytes(self.best_view))
+    os.replace(tmp, os.path.join(workdir, BEST))
+
+
+BEST = "best.msgpack"
+
+
 def run(program: Program, workdir: str, *, seed: int,
-        weights: Optional[Sequence[float]] = None) -> dict[str, Any]:
+        weights: Optional[Sequence[float]] = None,
+        reference: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
   """Trains one run into ``workdir`` and returns its result (also ``result.json``).
 
-  With ``train.reuse`` a finished run of the same :func:`fingerprint` is
-  loaded instead of trained again. Raises :class:`mtl_jax.train.NonFiniteError`
-  when training diverges.
+  Selects the parameters of the best validation score against ``reference``
+  (``None``: the run's own first validation record; see the module
+  docstring) and reports their test metrics. With ``train.reuse`` a finished
+  run of the same :func:`fingerprint` is loaded instead of trained again.
+  Raises :class:`mtl_jax.train.NonFiniteError` when training diverges.
   """
   config = program.config
   os.makedirs(workdir, exist_ok=True)
-  key = fingerprint(config, seed, weights)
+  key = fingerprint(config, seed, weights, reference)
   cached = load_result(workdir)
   if config.train.reuse and cached and cached.get("fingerprint") == key:
     logging.info("reusing %s", workdir)
@@ -270,8 +366,13 @@ def run(program: Program, workdir: str, *, seed: int,
     _fresh(workdir)
   records = [r for r in read_eval_log(workdir) if r["step"] <= resumed]
   state = init_state(program, seed, weights)
+  selector = _Selector(program.spec, reference, weights,
+                       config.train.get("patience", 0),
+                       config.train.get("select", "best"))
+  selector.restore(records, workdir, state)
   batches = train_batches(program, seed)
   split = config.data.eval_split
+  stopped = False
   for end in _chunks(program.num_steps, config.train.eval_every):
     if end <= resumed:
       continue
@@ -282,25 +383,42 @@ def run(program: Program, workdir: str, *, seed: int,
         max_consecutive_skips=config.train.max_consecutive_skips,
         task_names=program.spec.tasks, progress=config.train.progress)
     values = evaluate(program, state, split)
-    records.append({"step": end, "split": split, **values})
+    record = {"step": end, "split": split, **values}
+    stopped = selector.add(record, state)
+    records.append(record)
+    if ckpt > 0 and selector.best is record:
+      selector.save(workdir)
     _write_eval_log(workdir, records)
     logging.info("%s step %d/%d: %s", os.path.basename(workdir), end,
                  program.num_steps, _short(values))
-  return _finish(program, workdir, state, records, key, seed, weights, t0)
+    if stopped:
+      logging.info("%s: no better validation score for %d evaluations; "
+                   "stopping at step %d", os.path.basename(workdir),
+                   selector.patience, end)
+      break
+  if selector.best_view is None:  # resumed past the end without best.msgpack
+    selector.best_view = jax.device_get(eval_view(state))
+  return _finish(program, workdir, selector, records, key, seed, weights, t0)
 
 
-def _finish(program: Program, workdir: str, state: train.TrainState,
+def _finish(program: Program, workdir: str, selector: _Selector,
             records: list[dict[str, Any]], key: str, seed: int,
             weights: Optional[Sequence[float]], t0: float) -> dict[str, Any]:
-  """Evaluates on the test split and writes ``result.json``."""
+  """Evaluates the selected parameters on the test split; ``result.json``."""
   config = program.config
-  test = evaluate(program, state, config.data.test_split)
+  test = evaluate(program, selector.best_view, config.data.test_split)
+  best = selector.best or (records[-1] if records else {})
   result = {
       "fingerprint": key, "seed": seed,
       "weights": list(weights) if weights is not None else None,
       "weighting": config.weighting.name, "steps": program.num_steps,
-      "validation": records[-1] if records else {}, "test": test,
-      "test_split": config.data.test_split, "wall_s": time.perf_counter() - t0,
+      "learning_rate": float(config.optim.learning_rate),
+      "selected_step": best.get("step"), "score": best.get("score"),
+      "trained_steps": records[-1]["step"] if records else 0,
+      "validation": best, "last_validation": records[-1] if records else {},
+      "reference": selector.reference,
+      "test": test, "test_split": config.data.test_split,
+      "wall_s": time.perf_counter() - t0,
       "final_weights": final_weights(workdir, program.spec.tasks),
   }
   with open(os.path.join(workdir, RESULT), "w") as f:
@@ -310,7 +428,7 @@ def _finish(program: Program, workdir: str, state: train.TrainState,
 
 def _fresh(workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
-  for name in (EVAL_LOG, "metrics.jsonl", RESULT):
+  for name in (EVAL_LOG, "metrics.jsonl", RESULT, BEST):
     if os.path.exists(os.path.join(workdir, name)):
       os.remove(os.path.join(workdir, name))
 
@@ -321,15 +439,18 @@ def lane(tree: Any, i: int) -> Any:
 
 
 def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
-              weights: Sequence[Sequence[float]]) -> list[dict[str, Any]]:
+              weights: Sequence[Sequence[float]],
+              reference: Optional[Mapping[str, float]] = None
+              ) -> list[dict[str, Any]]:
   """Trains several scalarization weight vectors in one vmapped program.
 
   ``jax.vmap`` of the pure train step over the states of the lanes (which
   differ only in their weights; every lane sees the same batches and the same
   initial model). Writes each lane's ``metrics.jsonl``, ``eval.jsonl`` and
-  ``result.json`` like :func:`run`. Worth it on accelerators with memory to
-  spare; on a CPU the batched convolutions are slower than running the lanes
-  one after the other. No checkpoints.
+  ``result.json`` like :func:`run`, with the same selection on validation
+  (per lane; ``train.patience`` is ignored: the lanes train together). Worth
+  it on accelerators with memory to spare; on a CPU the batched convolutions
+  are slower than running the lanes one after the other. No checkpoints.
   """
   config = program.config
   t0 = time.perf_counter()
@@ -340,6 +461,8 @@ def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
   step = jax.jit(jax.vmap(program.step_fn, in_axes=(0, None)),
                  donate_argnums=0)
   writers = [train.MetricsWriter(d) for d in workdirs]
+  selectors = [_Selector(program.spec, reference, w, 0,
+                         config.train.get("select", "best")) for w in weights]
   batches = train_batches(program, seed)
   records: list[list[dict[str, Any]]] = [[] for _ in workdirs]
   done, split = 0, config.data.eval_split
@@ -355,14 +478,17 @@ def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
         recs = [step_record(lane(h, i), program.spec.tasks) for h in host]
         writer.write(recs)
         check_skips(recs, config.train.max_consecutive_skips)
-        values = evaluate(program, lane(stacked, i), split)
-        records[i].append({"step": end, "split": split, **values})
+        state_i = lane(stacked, i)
+        record = {"step": end, "split": split,
+                  **evaluate(program, state_i, split)}
+        selectors[i].add(record, state_i)
+        records[i].append(record)
         _write_eval_log(d, records[i])
   finally:
     for writer in writers:
       writer.close()
-  results = [_finish(program, d, lane(stacked, i), records[i],
-                     fingerprint(config, seed, w), seed, w, t0)
+  results = [_finish(program, d, selectors[i], records[i],
+                     fingerprint(config, seed, w, reference), seed, w, t0)
              for i, (d, w) in enumerate(zip(workdirs, weights))]
   for result, d in zip(results, workdirs):  # each lane's share of the time
     result["wall_s"] = (time.perf_counter() - t0) / len(workdirs)
@@ -396,14 +522,21 @@ def override(config, **fields):
 
 def run_row(program: Program, workdir: str, label: str, kind: str,
             seeds: Sequence[int],
-            weights: Optional[Sequence[float]] = None) -> Row:
-  """Runs one method (or weight vector) for every seed; failures are kept."""
+            weights: Optional[Sequence[float]] = None,
+            reference: Optional[Mapping[str, float]] = None,
+            on_run: Optional[Any] = None) -> Row:
+  """Runs one method (or weight vector) for every seed; failures are kept.
+
+  Run ``seed`` goes to ``workdir/label/seed_<seed>``; ``on_run(result)`` is
+  called after each (progress).
+  """
   results, dirs = [], []
   for seed in seeds:
     run_dir = os.path.join(workdir, label, f"seed_{seed}")
     t0 = time.perf_counter()
     try:
-      result = run(program, run_dir, seed=seed, weights=weights)
+      result = run(program, run_dir, seed=seed, weights=weights,
+                   reference=reference)
     except train.NonFiniteError as e:
       logging.warning("%s seed %d diverged: %s", label, seed, e)
       result = {"failed": str(e), "seed": seed,
@@ -411,5 +544,8 @@ def run_row(program: Program, workdir: str, label: str, kind: str,
     results.append(result)
     dirs.append(run_dir)
     logging.info("%s seed %d: %.1f s", label, seed, result["wall_s"])
+    if on_run is not None:
+      on_run(result)
   return Row(label, kind, results, dirs,
-             tuple(weights) if weights is not None else None)
+             tuple(weights) if weights is not None else None,
+             float(program.config.optim.learning_rate))
