@@ -27,24 +27,31 @@ import time
 
 _START = time.time()  # before the heavy imports: the wall time includes them
 
-import json  # pylint: disable=g-import-not-at-top
+import functools  # pylint: disable=g-import-not-at-top
+import json
 import os
 import platform
 import shutil
+import textwrap
 from typing import Any, Optional
 
 import jax
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from experiments import common
+from experiments import evidence
+from experiments import protocol
 from experiments import report
 from experiments import run as run_lib
+from experiments import trivial
 
 FLAGS = flags.FLAGS
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-OUTPUTS = ("results.md", "results.csv", "weights.png", "uw_inertia.png",
+OUTPUTS = ("results.md", "results.csv", "learning_rates.json", "weights.png",
+           "uw_inertia.png",
            "validation.png")
 
 
@@ -53,24 +60,91 @@ def grid_points(config, num_tasks: int) -> list[tuple[float, ...]]:
   return common.grid_weights(num_tasks, config.compare.scalarization_step)
 
 
-def run_all(config, workdir: str) -> list[report.Row]:
-  """Every method, the grid and the single-task baselines, as table rows."""
+def plan(config) -> tuple[list[tuple[str, str, Any]], list[str]]:
+  """The fixed-weight rows ``(label, kind, weights)`` and the methods."""
   spec = common.dataset_spec(config.data)
-  seeds = list(range(config.train.seed, config.train.seed + config.compare.seeds))
-  rows = []
-  for method in common.parse_list(config.compare.methods):
-    program = run_lib.build_program(run_lib.override(config, weighting__name=method))
-    rows.append(run_lib.run_row(program, workdir, method, "method", seeds))
   k = len(spec.tasks)
-  fixed = [(f"scalarization_{i}", "grid", w)
-           for i, w in enumerate(grid_points(config, k))]
+  fixed = []
   if config.compare.baselines == "single_task":
     fixed += common.single_task_runs(spec.tasks)
-  if fixed:  # one compilation for every fixed weight vector
-    program = run_lib.build_program(
-        run_lib.override(config, weighting__name="scalarization"))
-    rows += [run_lib.run_row(program, workdir, label, kind, seeds, w)
-             for label, kind, w in fixed]
+  fixed += [(f"scalarization_{i}", "grid", w)
+            for i, w in enumerate(grid_points(config, k))]
+  return fixed, common.parse_list(config.compare.methods)
+
+
+def cost_text(config) -> str:
+  """The protocol's size, printed before it starts."""
+  fixed, methods = plan(config)
+  rows = len(fixed) + len(methods)
+  runs = protocol.num_runs(config, rows)
+  grid = protocol.lr_grid(config)
+  search = (f"learning rate searched over {len(grid)} values with "
+            f"{config.protocol.search_seeds} seed(s), then "
+            if grid else "learning rates from "
+            f"{config.protocol.learning_rates or 'optim.learning_rate'}, ")
+  est = config.compare.get("seconds_per_run", 0.0)
+  eta = f"; about {runs * est / 60:.0f} min on a 2-core CPU" if est else ""
+  return (f"{rows} rows ({len(methods)} methods, {len(fixed)} fixed weight "
+          f"vectors), {search}{len(protocol.seeds(config))} seeds: {runs} "
+          f"runs of {common.num_steps(config)} steps{eta}.")
+
+
+def fixed_weight_programs(config):
+  """``rate -> Program`` of state-held scalarization weights (grid points
+  and single-task baselines share it), one compilation per rate."""
+  return functools.lru_cache(maxsize=None)(
+      lambda rate: run_lib.build_program(run_lib.override(
+          config, weighting__name="scalarization",
+          optim__learning_rate=rate)))
+
+
+def single_task_rows(config, workdir: str, program_for, on_run=None
+                     ) -> list[report.Row]:
+  """The single-task baselines under the protocol, each selected against
+  the constant predictor's validation metrics of its own task."""
+  spec = common.dataset_spec(config.data)
+  trivial_val = trivial.for_program(
+      program_for(float(config.optim.learning_rate)), config.data.eval_split)
+  rows = []
+  for label, kind, w in common.single_task_runs(spec.tasks):
+    task = label[len("stl_"):]
+    ref = {k: v for k, v in trivial_val.items()
+           if common.metric_task(k) == task and k in spec.higher_is_better}
+    rows.append(protocol.run_row(config, workdir, label, kind, program_for,
+                                 weights=w, reference=ref,
+                                 on_run=on_run(label) if on_run else None))
+  return rows
+
+
+def run_all(config, workdir: str,
+            progress: Optional[protocol.Progress] = None) -> list[report.Row]:
+  """Every row under the protocol: single-task baselines first (their
+  validation metrics are the reference of every other row), then the
+  scalarization grid and the methods."""
+  spec = common.dataset_spec(config.data)
+  fixed, methods = plan(config)
+
+  def on_run(label):
+    return (lambda r: progress({**r, "label": f"{label} "})) if progress else None
+
+  fixed_program = fixed_weight_programs(config)
+  rows = (single_task_rows(config, workdir, fixed_program, on_run)
+          if config.compare.baselines == "single_task" else [])
+  reference = (report.baselines_from_rows(rows, spec, "validation")
+               if rows else None)
+  for label, kind, w in fixed:
+    if kind == "single_task":
+      continue
+    rows.append(protocol.run_row(config, workdir, label, kind, fixed_program,
+                                 weights=w, reference=reference,
+                                 on_run=on_run(label)))
+  for method in methods:
+    program_for = functools.lru_cache(maxsize=None)(
+        lambda rate, m=method: run_lib.build_program(run_lib.override(
+            config, weighting__name=m, optim__learning_rate=rate)))
+    rows.append(protocol.run_row(config, workdir, method, "method",
+                                 program_for, reference=reference,
+                                 on_run=on_run(method)))
   return rows
 
 
@@ -101,7 +175,8 @@ def single_task_summary(rows, spec) -> Optional[dict[str, Any]]:
   out = report.summarize(stl[0], spec, {})
   out.update(method="single-task baselines", kind="single_task",
              final_weights="one-hot",
-             wall_s=sum(report.summarize(r, spec, {})["wall_s"] for r in stl))
+             wall_s=sum(report.summarize(r, spec, {})["wall_s"] for r in stl),
+             learning_rate=None, selected_step=float("nan"))
   for name in spec.higher_is_better:
     row = report.summarize(by_task[common.metric_task(name)], spec, {})
     out[f"{name}_mean"], out[f"{name}_std"] = row[f"{name}_mean"], row[f"{name}_std"]
@@ -126,6 +201,18 @@ def write_outputs(config, workdir: str, rows: list[report.Row],
     main.append(stl)
   extra = [report.summarize(r, spec, base_test) for r in rows
            if r.kind != "method"]
+  trivial_test = None
+  if config.compare.baselines == "single_task":
+    try:
+      trivial_test = trivial.for_program(run_lib.build_program(
+          run_lib.override(config, weighting__name="scalarization")),
+          config.data.test_split)
+    except ValueError as e:  # a dataset without a constant predictor
+      logging.warning("no trivial baseline: %s", e)
+  checks = evidence.checks(rows, spec, base_test, trivial_test)
+  pairs = evidence.paired_rows(config, rows, spec, base_test, best)
+  verdicts = evidence.verdicts_against(methods, best, spec, base_test)
+  protocol.write_rates(os.path.join(workdir, "learning_rates.json"), rows)
   report.write_csv(os.path.join(workdir, "results.csv"), main + extra)
   report.plot_weights(os.path.join(workdir, "weights.png"), methods, spec.tasks)
   report.plot_uw_family(os.path.join(workdir, "uw_inertia.png"), methods,
@@ -133,11 +220,14 @@ def write_outputs(config, workdir: str, rows: list[report.Row],
   report.plot_validation(os.path.join(workdir, "validation.png"),
                          methods + ([best] if best else []), spec, base_val)
   with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(results_markdown(config, main, extra, wall_s))
-  return {"main": main, "extra": extra}
+    f.write(results_markdown(config, main, extra, wall_s, checks, pairs,
+                             trivial_test))
+  return {"main": main, "extra": extra, "checks": checks, "pairs": pairs,
+          "verdicts": verdicts}
 
 
-def results_markdown(config, main, extra, wall_s: float) -> str:
+def results_markdown(config, main, extra, wall_s: float, checks=(),
+                     pairs=(), trivial_test=None) -> str:
   """The generated results.md (header, main table, grid and baseline rows)."""
   spec = common.dataset_spec(config.data)
   seeds = config.compare.seeds
@@ -148,9 +238,9 @@ def results_markdown(config, main, extra, wall_s: float) -> str:
       f"- Wall time of the whole command: **{wall_s / 60:.1f} min** "
       f"({wall_s:.0f} s, JIT compilation and data generation included) on "
       f"{_machine()}.",
-      f"- {seeds} seed(s) per method, {common.num_steps(config)} steps of "
-      f"batch {config.data.batch_size}; mean ± std over seeds; test split "
-      f"`{config.data.test_split}` at the last step (no early stopping).",
+      f"- {seeds} seed(s) per method, at most {common.num_steps(config)} "
+      f"steps of batch {config.data.batch_size}; mean ± std over seeds. "
+      f"{_protocol_text(config)}",
       f"- Δm against {_baseline_text(config)}; lower is better, negative beats "
       "single-task learning. \"metrics\": average over all metrics "
       "(Nash-MTL, FAMO); \"tasks\": average within each task, then over tasks "
@@ -162,11 +252,44 @@ def results_markdown(config, main, extra, wall_s: float) -> str:
       "included." + _reused_text(main + extra) + "\n",
       report.markdown_table(main, spec),
   ]
+  if checks:
+    lines += ["\n### The benchmark's checks\n", evidence.checks_markdown(checks)]
+  if pairs:
+    lines += ["\n### Paired comparisons (test Δm, metrics; same seed = same "
+              "initialisation and batch order)\n",
+              evidence.paired_markdown(pairs)]
+  if trivial_test:
+    lines += ["\nConstant predictor fitted on the train split (the trivial "
+              "baseline), test metrics: " + ", ".join(
+                  f"`{k}` {v:.4g}" for k, v in trivial_test.items()) + "\n"]
   if extra:
     lines += ["\nScalarization grid points and single-task runs (each row "
               "one fixed weight vector; a single-task run is only good at its "
               "own task):\n", report.markdown_table(extra, spec)]
   return "\n".join(lines)
+
+
+def _protocol_text(config) -> str:
+  grid = protocol.lr_grid(config)
+  if grid:
+    lr = (f"Learning rate chosen per row on validation from "
+          f"{{{', '.join(f'{r:g}' for r in grid)}}} "
+          f"({config.protocol.search_seeds} seed per rate)")
+  elif config.protocol.learning_rates:
+    lr = (f"Learning rates from the committed search "
+          f"`{config.protocol.learning_rates}` (column lr)")
+  else:
+    lr = f"Learning rate {config.optim.learning_rate:g} for every row"
+  if config.train.get("select", "best") == "best":
+    sel = (f"the model of the best validation Δm (checked every "
+           f"{config.train.eval_every} steps"
+           + (f", patience {config.train.patience}" if config.train.get(
+               "patience", 0) else "") + ") is the one tested (column step)")
+  else:
+    sel = "the model after the last step is tested"
+  return (f"{lr}; {sel}. Single-task runs are selected against the constant "
+          "predictor on their own task, every other run against the "
+          "single-task baselines' validation metrics.")
 
 
 def _reused_text(summaries) -> str:
@@ -190,6 +313,35 @@ def _machine() -> str:
   return (f"{devices[0].platform.upper()} x{len(devices)} "
           f"({os.cpu_count()} CPU cores, {platform.machine()}), "
           f"jax {jax.__version__}")
+
+
+def summary(out, wall_s: float, workdir: str) -> str:
+  """The compact end-of-run summary (fits 100 columns)."""
+  lines = [f"{'method':<32} {'Δm % (metrics)':>15} {'lr':>7} "
+           f"{'vs best scalarization':<24} {'wall s':>7}"]
+  for s in out["main"]:
+    lr = s.get("learning_rate")
+    dm = report.fixed_text(s["delta_m_metric_mean"], s["delta_m_metric_std"])
+    verdict = out.get("verdicts", {}).get(s["method"], "")
+    lines.append(f"{s['method'][:32]:<32} {dm:>15} "
+                 f"{(f'{lr:g}' if lr else '-'):>7} {verdict[:24]:<24} "
+                 f"{s['wall_s']:>7.0f}")
+  if out["pairs"]:
+    lines.append("")
+    for p in out["pairs"]:
+      lines.append(f"{p['a']} vs {p['b']}: {p['mean']:+.2f} ± {p['std']:.2f} "
+                   f"over {p['n']} seeds, t = {p['t']:+.2f}: {p['text']}")
+  if out["checks"]:
+    lines.append("")
+    for i, c in enumerate(out["checks"], 1):
+      lines.append(f"check {i} {'PASS' if c['passed'] else 'FAIL'}: {c['name']}")
+      for x in c["lines"]:
+        lines += textwrap.wrap(x, width=100, initial_indent="    ",
+                               subsequent_indent="      ")
+  lines.append(f"\nwall time {wall_s / 60:.1f} min; tables, plots and the "
+               "per-step log:")
+  lines.append(os.path.join(workdir, "results.md"))
+  return "\n".join(lines)
 
 
 def copy_outputs(workdir: str, results_dir: str) -> None:
@@ -234,9 +386,13 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
-  rows = run_all(config, workdir)
+  print(f"Protocol: {cost_text(config)}", flush=True)
+  fixed, methods = plan(config)
+  progress = protocol.Progress(protocol.num_reports(config,
+                                                 len(fixed) + len(methods)))
+  rows = run_all(config, workdir, progress)
   wall_s = time.time() - _START
-  write_outputs(config, workdir, rows, wall_s)
+  out = write_outputs(config, workdir, rows, wall_s)
   with open(os.path.join(workdir, "wall_time.json"), "w") as f:
     json.dump({"wall_s": wall_s}, f)
   if FLAGS.results_dir:
@@ -244,7 +400,7 @@ def main(argv):
   text = open(os.path.join(workdir, "results.md")).read()
   if FLAGS.docs:
     embed(FLAGS.docs, text.replace("## Results", "### Results", 1))
-  print(text)
+  print(summary(out, wall_s, workdir))
 
 
 if __name__ == "__main__":

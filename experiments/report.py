@@ -90,6 +90,10 @@ def summarize(row: Row, spec: common.DatasetSpec,
     out["final_weights"] = " ".join(f"{w:.3g}" for w in np.mean(finals, 0))
   else:
     out["final_weights"] = ""
+  out["learning_rate"] = row.learning_rate
+  steps = [r.get("selected_step") for r in results
+           if r.get("selected_step") is not None]
+  out["selected_step"] = float(np.mean(steps)) if steps else math.nan
   out["wall_s"] = float(sum(r.get("wall_s", 0.0) for r in row.results))
   out["reused"] = sum(bool(r.get("reused")) for r in row.results)
   return out
@@ -130,6 +134,11 @@ def _pm(mean: float, std: float, digits: int = 3) -> str:
   return f"{mean:.{digits}g} ± {std:.{1 if digits <= 3 else 2}g}"
 
 
+def fixed_text(mean: float, std: float, decimals: int = 2) -> str:
+  """``+1.23 ± 0.45`` (signed)."""
+  return _fixed(mean, std, decimals)
+
+
 def _fixed(mean: float, std: float, decimals: int = 2) -> str:
   if not math.isfinite(mean):
     return "–"
@@ -153,7 +162,7 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]],
   arrow = {True: "↑", False: "↓"}
   head = (["method", "family", "Δm % (metrics) ↓", "Δm % (tasks) ↓"]
           + [f"{n} {arrow[spec.higher_is_better[n]]}" for n in metric_names]
-          + ["final weights", "wall s"])
+          + ["lr", "step", "final weights", "wall s"])
   lines = ["| " + " | ".join(head) + " |",
            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
   for s in summaries:
@@ -162,7 +171,10 @@ def markdown_table(summaries: Sequence[Mapping[str, Any]],
              _fixed(s["delta_m_metric_mean"], s["delta_m_metric_std"]),
              _fixed(s["delta_m_task_mean"], s["delta_m_task_std"])]
     cells += [_pm(s[f"{n}_mean"], s[f"{n}_std"]) for n in metric_names]
-    cells += [s.get("final_weights", ""), f"{s['wall_s']:.0f}"]
+    lr, step = s.get("learning_rate"), s.get("selected_step", math.nan)
+    cells += [f"{lr:g}" if lr else "-",
+              f"{step:.0f}" if math.isfinite(step) else "-",
+              s.get("final_weights", ""), f"{s['wall_s']:.0f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

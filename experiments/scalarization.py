@@ -5,7 +5,9 @@ r"""Scalarization: grid search over fixed task weights on the simplex.
 trains one run per weight vector of ``mtl_jax.weighting.scalarization_grid(K,
 step)`` (every weight >= step; step 0.1 gives 36 points for 3 tasks, 9 for
 2 tasks, 84 for the 4 digit-scene tasks) plus the single-task baselines,
-``scalarization.seeds`` seeds each, and writes ``scalarization.md`` /
+``scalarization.seeds`` seeds each, under the papers' protocol
+(:mod:`experiments.protocol`: learning rate and model chosen on validation
+Delta_m against the single-task baselines), and writes ``scalarization.md`` /
 ``.csv`` sorted by validation Delta_m, and the best point on validation.
 
 The weights are an input of the compiled step (the weighting state), so the
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from experiments import compare
+from experiments import protocol
 from experiments import report
 from experiments import run as run_lib
 
@@ -33,33 +38,67 @@ def grid(config, num_tasks: int) -> list[tuple[float, ...]]:
 
 
 def run_grid(config, workdir: str) -> list[report.Row]:
-  """One row per grid point and one per single-task baseline."""
+  """One row per grid point and one per single-task baseline, under the
+  protocol (:mod:`experiments.protocol`): the single-task baselines first,
+  then every point with its learning rate and model chosen on validation
+  Delta_m against them."""
+  config = run_lib.override(config, compare__seeds=config.scalarization.seeds)
   spec = common.dataset_spec(config.data)
-  k = len(spec.tasks)
-  seeds = list(range(config.train.seed,
-                     config.train.seed + config.scalarization.seeds))
-  program = run_lib.build_program(
-      run_lib.override(config, weighting__name="scalarization"))
+  program_for = compare.fixed_weight_programs(config)
+  stl = compare.single_task_rows(config, workdir, program_for)
+  reference = report.baselines_from_rows(stl, spec, "validation")
   fixed = [(f"w={'_'.join(f'{x:g}' for x in w)}", "grid", w)
-           for w in grid(config, k)]
-  fixed += common.single_task_runs(spec.tasks)
+           for w in grid(config, len(spec.tasks))]
   lanes = max(1, int(config.scalarization.lanes))
   if lanes == 1:
-    return [run_lib.run_row(program, workdir, label, kind, seeds, w)
-            for label, kind, w in fixed]
-  results = {label: [] for label, _, _ in fixed}
-  for seed in seeds:
-    for start in range(0, len(fixed), lanes):
-      chunk = fixed[start:start + lanes]
-      dirs = [os.path.join(workdir, label, f"seed_{seed}")
-              for label, _, _ in chunk]
-      outs = run_lib.run_lanes(program, dirs, seed=seed,
-                               weights=[w for _, _, w in chunk])
-      for (label, _, _), out in zip(chunk, outs):
-        results[label].append(out)
-  return [run_lib.Row(label, kind, results[label],
-                      [os.path.join(workdir, label, f"seed_{s}") for s in seeds],
-                      w) for label, kind, w in fixed]
+    return [protocol.run_row(config, workdir, label, kind, program_for,
+                             weights=w, reference=reference)
+            for label, kind, w in fixed] + stl
+  return _run_lanes(config, workdir, fixed, program_for, reference,
+                    lanes) + stl
+
+
+def _run_lanes(config, workdir, fixed, program_for, reference, lanes):
+  """The grid in vmapped lanes of ``lanes`` points, at every searched rate
+  (or the committed one), then each point's rate chosen on validation."""
+  rates = protocol.lr_grid(config) or [protocol.committed_rates(config).get(
+      "scalarization", float(config.optim.learning_rate))]
+  seeds = protocol.seeds(config)
+  search_seeds = seeds[:max(1, config.protocol.search_seeds)] if len(
+      rates) > 1 else seeds
+  results = {(label, rate): [] for label, _, _ in fixed for rate in rates}
+
+  def train_lanes(points, rate, seed_list):
+    for seed in seed_list:
+      for start in range(0, len(points), lanes):
+        chunk = points[start:start + lanes]
+        dirs = [os.path.join(workdir, label, f"lr_{rate:g}", f"seed_{seed}")
+                for label, _, _ in chunk]
+        outs = run_lib.run_lanes(program_for(rate), dirs, seed=seed,
+                                 weights=[w for _, _, w in chunk],
+                                 reference=reference)
+        for (label, _, _), out in zip(chunk, outs):
+          results[(label, rate)].append(out)
+
+  for rate in rates:
+    train_lanes(fixed, rate, search_seeds)
+  chosen = {}
+  for label, _, _ in fixed:
+    scores = {rate: np.mean([r["score"] for r in results[(label, rate)]])
+              for rate in rates}
+    chosen[label] = (min(scores, key=scores.get),
+                     {f"{r:g}": float(v) for r, v in scores.items()})
+  rest = seeds[len(search_seeds):]
+  for rate in rates:
+    train_lanes([p for p in fixed if chosen[p[0]][0] == rate], rate, rest)
+  rows = []
+  for label, kind, w in fixed:
+    rate, scores = chosen[label]
+    rows.append(run_lib.Row(
+        label, kind, results[(label, rate)],
+        [os.path.join(workdir, label, f"lr_{rate:g}", f"seed_{s}")
+         for s in seeds], w, rate, scores if len(rates) > 1 else None))
+  return rows
 
 
 def summaries(rows, spec) -> list[dict]:

@@ -3,7 +3,8 @@ r"""UW-SO over a grid of temperatures T, with the resulting Delta_m curve.
   python -m experiments.temperature_sweep     # digit scenes, T in sweep.temperatures
 
 Trains UW-SO for every T of ``sweep.temperatures`` (``sweep.seeds`` seeds
-each) and the single-task baselines, then writes into ``--workdir``
+each) and the single-task baselines under the papers' protocol
+(:mod:`experiments.protocol`: learning rate and model chosen on validation), then writes into ``--workdir``
 ``temperature_sweep.md``/``.csv`` (validation and test Delta_m, final
 weights per T) and ``temperature_sweep.png`` (Delta_m against T, and each
 task's share of the weight at the end of training against T, which shows the
@@ -12,6 +13,7 @@ column is for reporting only.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import matplotlib
@@ -24,24 +26,30 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import common
+from experiments import compare
+from experiments import protocol
 from experiments import report
 from experiments import run as run_lib
 
 FLAGS = flags.FLAGS
 def run_sweep(config, workdir: str) -> tuple[list[report.Row],
                                              list[report.Row]]:
-  """UW-SO rows (one per T) and the single-task rows."""
+  """UW-SO rows (one per T) and the single-task rows, under the protocol
+  (:mod:`experiments.protocol`): the single-task baselines first, then every
+  T with its learning rate and its model chosen on validation Delta_m."""
+  config = run_lib.override(config, compare__seeds=config.sweep.seeds)
+  stl = compare.single_task_rows(config, workdir,
+                                 compare.fixed_weight_programs(config))
   spec = common.dataset_spec(config.data)
-  seeds = list(range(config.train.seed, config.train.seed + config.sweep.seeds))
+  reference = report.baselines_from_rows(stl, spec, "validation")
   rows = []
   for t in common.parse_list(config.sweep.temperatures, float):
-    program = run_lib.build_program(run_lib.override(
-        config, weighting__name="uw_so", weighting__temperature=t))
-    rows.append(run_lib.run_row(program, workdir, f"T={t:g}", "method", seeds))
-  program = run_lib.build_program(
-      run_lib.override(config, weighting__name="scalarization"))
-  stl = [run_lib.run_row(program, workdir, label, kind, seeds, w)
-         for label, kind, w in common.single_task_runs(spec.tasks)]
+    program_for = functools.lru_cache(maxsize=None)(
+        lambda rate, t=t: run_lib.build_program(run_lib.override(
+            config, weighting__name="uw_so", weighting__temperature=t,
+            optim__learning_rate=rate)))
+    rows.append(protocol.run_row(config, workdir, f"T={t:g}", "method",
+                                 program_for, reference=reference))
   return rows, stl
 
 

@@ -116,6 +116,10 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.train.compute_dtype = "float32"   # "bfloat16" on accelerators
   config.train.progress = False      # tqdm bar per chunk
   config.train.reuse = True          # skip runs already finished with this config
+  # Model selection on validation (experiments.run): "best" tests the
+  # parameters of the best validation Delta_m, "last" those of the last step.
+  config.train.select = "best"
+  config.train.patience = 0          # > 0: stop after N evaluations without a better one
 
   # -------------------------------------------- compare / sweep drivers
   config.compare = config_dict.ConfigDict()
@@ -124,9 +128,20 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.compare.methods = ("ew,uw,uw_o,uw_so,dwa,rlw,gls,imtl_l,famo,"
                             "mgda,pcgrad,cagrad,imtl_g,nash_mtl,aligned_mtl,"
                             "upgrad")
-  config.compare.seeds = 2
+  config.compare.seeds = 3
+  # Paired comparisons of test Delta_m ("scalarization": the grid point
+  # chosen on validation).
+  config.compare.paired = "uw_so:scalarization,uw_so:uw,uw_so:ew"
+  config.compare.seconds_per_run = 0.0  # > 0: the cost estimate printed first
   config.compare.scalarization_step = 0.2   # grid spacing (4 points for 4 tasks); 0: none
   config.compare.baselines = "single_task"  # single_task, published, none
+  # The papers' protocol (experiments.protocol): learning rate per row chosen
+  # on validation, or read from a committed search (the reduced protocol).
+  config.protocol = config_dict.ConfigDict()
+  config.protocol.lr_search = False
+  config.protocol.lr_grid = "1e-2,5e-3,1e-3,5e-4,1e-4"
+  config.protocol.search_seeds = 1
+  config.protocol.learning_rates = ""  # JSON of an earlier search; "": optim's
   config.scalarization = config_dict.ConfigDict()  # experiments.scalarization
   config.scalarization.step = 0.1   # the paper's grid: 36 points for 3 tasks, 84 for 4
   config.scalarization.seeds = 1
