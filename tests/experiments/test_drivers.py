@@ -105,12 +105,29 @@ def test_delta_m_from_single_task_rows_by_hand():
 
 
 def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
+  """The whole protocol on the smoke config: a learning-rate search on
+  validation, 2 seeds, selection on validation, paired verdicts, checks;
+  then the reduced protocol from the committed rates reuses every run."""
+  config.compare.seeds = 2
+  config.protocol.lr_search, config.protocol.lr_grid = True, "1e-2,1e-3"
   workdir = str(tmp_path / "cmp")
   rows = compare.run_all(config, workdir)
   assert [r.label for r in rows] == [
-      "ew", "uw_so", "scalarization_0", "stl_segmentation", "stl_depth",
-      "stl_normal", "stl_count"]
-  compare.write_outputs(config, workdir, rows, wall_s=12.0)
+      "stl_segmentation", "stl_depth", "stl_normal", "stl_count",
+      "scalarization_0", "ew", "uw_so"]
+  for row in rows:  # the rate with the best validation score, seeds at it
+    assert set(row.search) == {"0.01", "0.001"}
+    assert row.learning_rate == float(min(row.search, key=row.search.get))
+    assert [r["seed"] for r in row.results] == [0, 1]
+    assert row.results[0].get("reused")  # the search's run at that rate
+    assert all(r["learning_rate"] == row.learning_rate for r in row.results)
+    assert all(os.path.isdir(os.path.join(workdir, row.label, f"lr_{lr}"))
+               for lr in ("0.01", "0.001"))
+  # Methods are selected against the single-task validation metrics.
+  base_val = report.baselines_from_rows(rows[:4], common.dataset_spec(
+      config.data), "validation")
+  assert rows[5].results[1]["reference"] == pytest.approx(base_val)
+  out = compare.write_outputs(config, workdir, rows, wall_s=12.0)
   for name in compare.OUTPUTS:
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, "results.csv")) as f:
@@ -122,16 +139,29 @@ def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
   for column in ("delta_m_metric_mean", "delta_m_metric_std",
                  "delta_m_task_mean", "segmentation/miou_mean",
                  "segmentation/miou_std", "count/accuracy_mean", "wall_s",
-                 "final_weights"):
+                 "final_weights", "learning_rate", "selected_step"):
     assert column in table[0], column
   assert math.isfinite(float(table[0]["delta_m_metric_mean"]))
   assert float(table[-1]["wall_s"]) > 0
+  assert [(p["a"], p["b"], p["n"]) for p in out["pairs"]] == [
+      ("uw_so", "scalarization", 2), ("uw_so", "ew", 2)]  # no uw row here
+  assert len(out["checks"]) == 4
   md = open(os.path.join(workdir, "results.md")).read()
   assert "Wall time of the whole command: **0.2 min**" in md
   assert "| ew |" in md and "Δm % (tasks)" in md
-  # A second invocation reuses the finished runs and says so.
-  rows = compare.run_all(config, workdir)
-  assert all(r.get("reused") for row in rows for r in row.results)
+  assert "Paired comparisons" in md and "The benchmark's checks" in md
+  text = compare.summary(out, 12.0, workdir)
+  assert len(text.splitlines()) < 60
+  assert max(len(line) for line in text.splitlines()[:-1]) <= 100
+  assert text.splitlines()[-1] == os.path.join(workdir, "results.md")
+  assert set(out["verdicts"]) == {"ew", "uw_so"}
+  # The reduced protocol: the rates written by the search, no search; every
+  # run is the same computation as before and is reused.
+  config.protocol.lr_search = False
+  config.protocol.learning_rates = os.path.join(workdir, "learning_rates.json")
+  again = compare.run_all(config, workdir)
+  assert [r.learning_rate for r in again] == [r.learning_rate for r in rows]
+  assert all(r.get("reused") for row in again for r in row.results)
 
 
 @pytest.mark.slow
