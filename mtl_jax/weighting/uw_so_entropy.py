@@ -121,7 +121,10 @@ def uw_so_entropy_weights(losses: jax.Array, target: float = DEFAULT_TARGET,
   close losses get close weights, equal losses equal ones, and the floor
   only acts when the relative temperature alone would concentrate the weight.
   ``target = 0`` is :func:`uw_so_rel_weights`; ``target = 1`` gives equal
-  weights.
+  weights. Near 1 the entropy is flat (its deficit from :math:`\log K` is
+  quadratic in :math:`\beta`): in float32 the weights for targets up to
+  0.9999 agree with float64 to :math:`4 \cdot 10^{-6}`, for a target within
+  :math:`10^{-6}` of 1 only to :math:`10^{-4}`.
 
   **Default.** :math:`\rho = 0.9`, :math:`\tau = 1`, chosen once (a short run
   on digit scenes and on the synthetic regression against UW-SO at its tuned
@@ -153,6 +156,9 @@ def uw_so_entropy_weights(losses: jax.Array, target: float = DEFAULT_TARGET,
   logits = _rel.relative_logits(losses, tau, eps)
   min_entropy = target * math.log(jnp.shape(losses)[-1])
   scale = entropy_floor_scale(logits, min_entropy)
+  # target = 1 is met by beta = 0 only; in float32 the entropy near log K is
+  # flat to rounding, and the bisection would stop near beta = 1e-3.
+  scale = jnp.where(target >= 1.0, 0.0, scale)
   return jax.nn.softmax(scale[..., None] * logits, axis=-1)
 
 
@@ -168,8 +174,8 @@ def uw_so_entropy(target: float = DEFAULT_TARGET,
     tau: relative temperature, see :func:`uw_so_rel_weights`; default 1.
     eps: see :func:`uw_so_entropy_weights`.
     ema: decay in ``[0, 1)`` of a moving average of the losses that the
-      weights are computed from (bias-corrected); 0 (default) uses the
-      current losses, as UW-SO does.
+      weights are computed from; 0 (default) uses the current losses, as
+      UW-SO does.
     check_losses: raise when a loss is zero, negative or non-finite (a host
       round trip per step; for debugging).
 

@@ -135,12 +135,12 @@ def uw_so_rel_weights(losses: jax.Array, tau: float = DEFAULT_TAU,
 class LossEMAState(NamedTuple):
   """State of the UW-SO variants with ``ema > 0``: the losses' moving average.
 
-  The weights are computed from the bias-corrected average
-  ``mean / (1 - ema ** count)`` (Adam's correction), so the first step uses
-  the first losses as they are.
+  It starts at zero and needs no bias correction: after :math:`t` steps it is
+  ``1 - ema ** t`` times a weighted mean of the losses, a factor
+  common to every task, and the weights of these variants do not change when
+  all losses are multiplied by the same constant.
   """
-  count: jax.Array  # () int32, loss vectors averaged so far
-  mean: jax.Array   # (K,) ema * mean + (1 - ema) * sg(L), from zeros
+  mean: jax.Array  # (K,) ema * mean + (1 - ema) * sg(L), from zeros
 
 
 def auto_weighting(weights_fn: Callable[[jax.Array], jax.Array], ema: float,
@@ -148,8 +148,8 @@ def auto_weighting(weights_fn: Callable[[jax.Array], jax.Array], ema: float,
   """A :class:`Weighting` of ``weights_fn`` applied to the (smoothed) losses.
 
   ``ema = 0``: the current losses and a :class:`StatelessState`; ``ema > 0``:
-  a :class:`LossEMAState` and the bias-corrected moving average. The total is
-  ``sum_k w_k L_k`` of the current losses either way.
+  a :class:`LossEMAState` and the moving average, this step's losses
+  included. The total is ``sum_k w_k L_k`` of the current losses either way.
   """
   check = ((lambda l: _base.check_positive_losses(l, method))
            if check_losses else None)
@@ -161,16 +161,13 @@ def auto_weighting(weights_fn: Callable[[jax.Array], jax.Array], ema: float,
   def init_state(num_tasks: int, key) -> LossEMAState:
     del key
     # The default float dtype, as DWA's: float64 under jax_enable_x64.
-    return LossEMAState(jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,)))
+    return LossEMAState(jnp.zeros((num_tasks,)))
 
   def step(params, state: LossEMAState, losses):
     del params
-    dtype = state.mean.dtype
-    losses = jax.lax.stop_gradient(losses).astype(dtype)
+    losses = jax.lax.stop_gradient(losses).astype(state.mean.dtype)
     mean = ema * state.mean + (1.0 - ema) * losses
-    count = state.count + 1
-    smoothed = mean / (1.0 - jnp.asarray(ema, dtype) ** count)
-    return weights_fn(smoothed), LossEMAState(count, mean)
+    return weights_fn(mean), LossEMAState(mean)
 
   return _base.fixed_weighting(
       step, init_state, method, check=check,
@@ -185,8 +182,8 @@ def uw_so_rel(tau: float = DEFAULT_TAU, eps: float = 1e-8, ema: float = 0.0,
     tau: relative temperature, see :func:`uw_so_rel_weights`; default 1.
     eps: see :func:`uw_so_rel_weights`.
     ema: decay in ``[0, 1)`` of a moving average of the losses that the
-      weights are computed from (bias-corrected); 0 (default) uses the
-      current losses, as UW-SO does.
+      weights are computed from; 0 (default) uses the current losses, as
+      UW-SO does.
     check_losses: raise when a loss is zero, negative or non-finite (a host
       round trip per step; for debugging).
 
