@@ -55,12 +55,13 @@ from mtl_jax.weighting import uw_so_weights
 ATOL = 1e-5
 LN2 = math.log(2.0)
 E = math.e
-# The largest weight a distribution with entropy 0.9 log K can give one task
+# The largest weight a distribution with entropy rho log K can give one task
 # (the K - 1 others equal): the a >= 1/K with -a ln a - (1 - a) ln(1 - a)
-# + (1 - a) ln(K - 1) = 0.9 ln K, solved by bisection in float64 numpy
+# + (1 - a) ln(K - 1) = rho ln K, solved by bisection in float64 numpy
 # (scipy.optimize.brentq, xtol 1e-15), not by the library.
-ENTROPY_BOUND_K2 = 0.6839807  # -a ln a - (1-a) ln(1-a) = 0.6238325
-ENTROPY_BOUND_K3 = 0.5623041  # ... + (1-a) ln 2 = 0.9887511
+ENTROPY_BOUND_K2 = 0.6839807  # rho = 0.9: -a ln a - (1-a) ln(1-a) = 0.6238325
+ENTROPY_BOUND_K3 = 0.5623041  # rho = 0.9: ... + (1-a) ln 2 = 0.9887511
+ENTROPY_BOUND_K3_HALF = 0.8405385  # rho = 0.5: ... + (1-a) ln 2 = 0.5493061
 
 ROWS = [
     # --- pure functions ---------------------------------------------------
@@ -96,17 +97,28 @@ ROWS = [
     # Entropy floor, rho = 0.9: the relative weights [0.7685, 0.2315] have
     # entropy 0.541 < 0.9 ln 2 = 0.6238, so T rises until the entropy is
     # 0.6238; with K = 2 that is the bound (a, 1 - a).
-    (uw_so_entropy_weights, {}, ([0.5, 2.0],),
+    (uw_so_entropy_weights, {"target": 0.9}, ([0.5, 2.0],),
      [ENTROPY_BOUND_K2, 1.0 - ENTROPY_BOUND_K2]),
     # L = [1, 2]: logits [4/3, 2/3], weights [1, e^-2/3] / (1 + e^-2/3) =
     # [0.6607564, 0.3392436], entropy 0.6405 >= 0.6238: the floor does not act.
-    (uw_so_entropy_weights, {}, ([1.0, 2.0],), [0.6607564, 0.3392436]),
+    (uw_so_entropy_weights, {"target": 0.9}, ([1.0, 2.0],),
+     [0.6607564, 0.3392436]),
     # L = [0.1, 1, 1]: u = [10, 1, 1], logits 3 p = [2.5, 0.25, 0.25], relative
     # weights [0.8259, 0.0870, 0.0870] of entropy 0.583 < 0.9 ln 3 = 0.9888;
     # raised to the floor with the two equal losses equal: (a, (1 - a) / 2).
-    (uw_so_entropy_weights, {}, ([0.1, 1.0, 1.0],),
+    (uw_so_entropy_weights, {"target": 0.9}, ([0.1, 1.0, 1.0],),
      [ENTROPY_BOUND_K3, (1.0 - ENTROPY_BOUND_K3) / 2,
       (1.0 - ENTROPY_BOUND_K3) / 2]),
+    # The default rho = 0.5 on the same losses: entropy 0.583 >= 0.5 ln 3 =
+    # 0.5493, the relative weights stay.
+    (uw_so_entropy_weights, {}, ([0.1, 1.0, 1.0],),
+     [0.8259013, 0.0870494, 0.0870494]),
+    # rho = 0.5, L = [0.01, 1, 1]: u = [100, 1, 1], logits 3 [100, 1, 1] / 102,
+    # relative weights [0.9019, 0.0490, 0.0490] of entropy 0.389 < 0.5493:
+    # raised to (a, (1 - a) / 2).
+    (uw_so_entropy_weights, {}, ([0.01, 1.0, 1.0],),
+     [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
+      (1.0 - ENTROPY_BOUND_K3_HALF) / 2]),
     # target = 0: no floor, the uw_so_rel row; target = 1: equal weights.
     (uw_so_entropy_weights, {"target": 0.0}, ([0.5, 2.0],),
      [0.7685248, 0.2314752]),
@@ -183,9 +195,15 @@ ROWS = [
     # losses 0.4446719 * 2 + 0.5553281 * 1 = 1.4446719.
     ("uw_so_rel", {"ema": 0.5}, ([1.0, 2.0], [2.0, 1.0]),
      (1.4446719, [0.4446719, 0.5553281])),
-    # The K = 2 bound: total a * 0.5 + (1 - a) * 2 = 2 - 1.5 a = 0.9740290.
-    ("uw_so_entropy", {}, ([0.5, 2.0],),
+    # rho = 0.9, the K = 2 bound: total a * 0.5 + (1 - a) * 2 = 2 - 1.5 a
+    # = 0.9740290.
+    ("uw_so_entropy", {"target": 0.9}, ([0.5, 2.0],),
      (0.9740290, [ENTROPY_BOUND_K2, 1.0 - ENTROPY_BOUND_K2])),
+    # The default rho = 0.5 on [0.01, 1, 1] (the row above): total
+    # a * 0.01 + (1 - a) * 1 = 1 - 0.99 a = 0.1678669.
+    ("uw_so_entropy", {}, ([0.01, 1.0, 1.0],),
+     (0.1678669, [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
+                  (1.0 - ENTROPY_BOUND_K3_HALF) / 2])),
     # ema = 0.5 on [1, 2] then [2, 1]: the uw_so_rel ema row, whose entropy
     # (0.687) is above the floor: the same weights and total.
     ("uw_so_entropy", {"ema": 0.5}, ([1.0, 2.0], [2.0, 1.0]),

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
-# Chosen once on digit scenes and the synthetic regression
-# (docs in uw_so_rel_weights); not tuned per benchmark.
+# Chosen once on digit scenes and the synthetic regression (the figures are
+# in uw_so_rel_weights' docstring); not tuned per benchmark.
 DEFAULT_TAU = 1.0
 
 
@@ -102,9 +102,17 @@ def uw_so_rel_weights(losses: jax.Array, tau: float = DEFAULT_TAU,
   :math:`K`. :math:`\tau \to \infty` gives equal weights :math:`1/K`;
   :math:`\tau \to 0` all weight to the smallest loss (UW-SO's collapse).
 
-  **Default.** :math:`\tau = 1`, chosen once (a short run on digit scenes and
-  on the synthetic regression against UW-SO at its tuned T; the figures are
-  in the commit that set it), not per benchmark.
+  **Default.** :math:`\tau = 1`, chosen once from short runs (2-core CPU,
+  validation :math:`\Delta_m` in %, lower is better), not per benchmark. On
+  digit scenes (K = 4, 300 steps, seeds 0 and 1) :math:`\tau = 1` gave
+  +3.1 and +6.0 against +5.9 and +7.9 for UW-SO at its tuned T = 10
+  (:math:`\tau = 2`, seed 0: +5.4); its largest weight reached 0.93, on the
+  task with the smallest loss, below the bound 0.948. On the synthetic
+  regression (K = 10, 2000 steps, one seed) it lowered the task MSEs by
+  17 % on average against UW-SO at T = 0.1, which put weight 1.0 on one
+  task (EW: 10 % higher than UW-SO); its largest weight reached 0.984. Two
+  seeds differ by about 2 points on digit scenes: the gains are of the order
+  of the seed noise.
 
   Losses must be positive, as for UW-SO: a zero loss gets logit
   :math:`K/\tau` (all the others 0), a negative one makes the logits

@@ -45,7 +45,7 @@ def _relative(l, tau=1.0):
   return u / (tau * np.mean(u, axis=-1, keepdims=True))
 
 
-def _entropy_floor(l, target=0.9):
+def _entropy_floor(l, target=0.5):
   """Softmax of beta * the relative logits, beta in [0, 1] the largest with
   entropy >= target * log K, found with scipy's brentq (one loss vector)."""
   z = _relative(l)
