@@ -33,7 +33,7 @@ def _rel_bound(k, tau):
   return 1.0 / (1.0 + (k - 1) * math.exp(-k / tau))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _entropy_bound(k, target):
   """Largest weight of a K-vector with entropy target * log K (others equal),
   by scipy's brentq in float64."""
