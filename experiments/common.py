@@ -309,6 +309,11 @@ def build_weighting(config: Config, spec: DatasetSpec,
     return mw.get("uw_o", eps=w.eps)
   if name == "uw_so":
     return mw.get("uw_so", temperature=w.temperature, eps=w.eps)
+  if name == "uw_so_rel":
+    return mw.get("uw_so_rel", tau=w.uw_so_tau, eps=w.eps, ema=w.uw_so_ema)
+  if name == "uw_so_entropy":
+    return mw.get("uw_so_entropy", target=w.uw_so_entropy_target,
+                  tau=w.uw_so_tau, eps=w.eps, ema=w.uw_so_ema)
   if name == "dwa":
     per_epoch = w.dwa_steps_per_epoch or steps_per_epoch
     return mw.get("dwa", temperature=w.dwa_temperature,

@@ -35,7 +35,7 @@ def hparams(name: str, num_tasks: int) -> dict[str, Any]:
 
 
 METHODS = ("dwa", "ew", "famo", "gls", "imtl_l", "rlw", "scalarization", "stch",
-           "uw", "uw_o", "uw_so")
+           "uw", "uw_o", "uw_so", "uw_so_entropy", "uw_so_rel")
 
 
 def positive_losses(seed: int, num_tasks: int, *, low: float = 1e-2,

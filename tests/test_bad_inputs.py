@@ -139,6 +139,10 @@ POS_INT = r"{}: {} must be a positive integer, got {}\."
 SEED = r"{}: seed must be an integer, got {}\. It seeds jax\.random\.PRNGKey"
 PREF = r"{}: pref_vector must be "
 LENGTH = r"{}: {} has 3 entries but there are 2 tasks"
+TAU = r"{}: tau must be a number > 0, got {}\. T = tau \* mean_k 1/\(L_k \+ eps\)"
+EMA = r"{}: ema must be a finite number in \[0, 1\), got {}\. It is the decay"
+TARGET = (r"{}: target must be a finite number in \[0, 1\], got {}\. It is the "
+          r"least entropy")
 
 
 def _jit_apply_ew():
@@ -151,6 +155,12 @@ def _famo_after_update():
   method = weighting.famo()
   params, state = method.init(K)
   method.after_update(params, state, jnp.ones(K), jnp.ones(K + 1))
+
+
+def _apply_count(name, **hparams):
+  method = mtl_jax.get(name, **hparams)
+  params, state = method.init(K)
+  method.apply(params, state, jnp.ones(K + 1))
 
 
 def _apply_other(name, **inputs):
@@ -260,6 +270,28 @@ CASES = [
     bad("uw_so", "eps", "abc", "str", NONNEG.format("uw_so", "eps", "'abc'")),
     bad("uw_so", "check_losses", None, "none",
         r"uw_so: check_losses must be True or False, got None\."),
+    bad("uw_so_rel", "tau", 0.0, "zero", TAU.format("uw_so_rel", "0.0")),
+    bad("uw_so_rel", "tau", None, "none", TAU.format("uw_so_rel", "None")),
+    bad("uw_so_rel", "eps", -1.0, "negative",
+        NONNEG.format("uw_so_rel", "eps", "-1.0")),
+    bad("uw_so_rel", "ema", 1.0, "one", EMA.format("uw_so_rel", "1.0")),
+    bad("uw_so_rel", "ema", "abc", "str", EMA.format("uw_so_rel", "'abc'")),
+    bad("uw_so_rel", "check_losses", "yes", "str",
+        r"uw_so_rel: check_losses must be True or False, got 'yes'\."),
+    bad("uw_so_entropy", "target", 1.5, "above_one",
+        TARGET.format("uw_so_entropy", "1.5")),
+    bad("uw_so_entropy", "target", -0.1, "negative",
+        TARGET.format("uw_so_entropy", "-0.1")),
+    bad("uw_so_entropy", "target", None, "none",
+        TARGET.format("uw_so_entropy", "None")),
+    bad("uw_so_entropy", "tau", -1.0, "negative",
+        TAU.format("uw_so_entropy", "-1.0")),
+    bad("uw_so_entropy", "eps", NAN, "nan",
+        NONNEG.format("uw_so_entropy", "eps", "nan")),
+    bad("uw_so_entropy", "ema", -0.1, "negative",
+        EMA.format("uw_so_entropy", "-0.1")),
+    bad("uw_so_entropy", "check_losses", 0, "int",
+        r"uw_so_entropy: check_losses must be True or False, got 0\."),
     # --- loss weighting: losses for another number of tasks -------------------
     count("dwa", "dwa: " + LOSSES),
     count("famo", "famo: " + LOSSES),
@@ -271,6 +303,11 @@ CASES = [
     count("uw", "uw: " + LOSSES),
     count("uw_o", "uw_o: " + LOSSES),
     count("uw_so", "uw_so: " + LOSSES),
+    count("uw_so_entropy", "uw_so_entropy: " + LOSSES),
+    count("uw_so_rel", "uw_so_rel: " + LOSSES),
+    row("uw_so_rel-ema-count",
+        "get('uw_so_rel', ema=0.9).init(2), apply to 3 losses", "apply",
+        lambda: _apply_count("uw_so_rel", ema=0.9), "uw_so_rel: " + LOSSES),
     row("ew-count-jit", "jax.jit(get('ew').apply) on 3 losses after init(2)",
         "apply", _jit_apply_ew, "ew: " + LOSSES),
     row("famo-after_update-count",
@@ -283,6 +320,10 @@ CASES = [
         "uw_so_weights(losses, temperature=None)", "build",
         lambda: weighting.uw_so_weights(jnp.ones(K), None),
         "uw_so_weights: " + TEMPERATURE.format("None")),
+    row("uw_so_entropy_weights-target-two",
+        "uw_so_entropy_weights(losses, target=2.0)", "build",
+        lambda: weighting.uw_so_entropy_weights(jnp.ones(K), 2.0),
+        TARGET.format("uw_so_entropy_weights", "2.0")),
     # --- gradient space: hyperparameters --------------------------------------
     bad("aligned_mtl", "pref_vector", (1.0, -1.0), "negative",
         PREF.format("aligned_mtl") + r"finite and >= 0, got \[1\.0, -1\.0\]"),

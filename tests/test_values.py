@@ -48,11 +48,20 @@ from mtl_jax.weighting import scalarization_grid
 from mtl_jax.weighting import stch_loss
 from mtl_jax.weighting import uncertainty_loss
 from mtl_jax.weighting import uw_o_weights
+from mtl_jax.weighting import uw_so_entropy_weights
+from mtl_jax.weighting import uw_so_rel_weights
 from mtl_jax.weighting import uw_so_weights
 
 ATOL = 1e-5
 LN2 = math.log(2.0)
 E = math.e
+# The largest weight a distribution with entropy rho log K can give one task
+# (the K - 1 others equal): the a >= 1/K with -a ln a - (1 - a) ln(1 - a)
+# + (1 - a) ln(K - 1) = rho ln K, solved by bisection in float64 numpy
+# (scipy.optimize.brentq, xtol 1e-15), not by the library.
+ENTROPY_BOUND_K2 = 0.6839807  # rho = 0.9: -a ln a - (1-a) ln(1-a) = 0.6238325
+ENTROPY_BOUND_K3 = 0.5623041  # rho = 0.9: ... + (1-a) ln 2 = 0.9887511
+ENTROPY_BOUND_K3_HALF = 0.8405385  # rho = 0.5: ... + (1-a) ln 2 = 0.5493061
 
 ROWS = [
     # --- pure functions ---------------------------------------------------
@@ -71,6 +80,50 @@ ROWS = [
     # The saturation example: 1/L = [20, 2], T = 1: [1/(1+e^-18), e^-18/(...)]
     # = [1 - 1.523e-8, 1.523e-8].
     (uw_so_weights, {"temperature": 1.0}, ([0.05, 0.5],), [1.0, 1.523e-8]),
+    # Relative temperature, tau = 1: u = 1/L = [2, 0.5], shares p = u / sum u
+    # = [0.8, 0.2], logits (K / tau) p = [1.6, 0.4]: [1, e^-1.2] / (1 + e^-1.2)
+    # = [1, 0.3011942] / 1.3011942.
+    (uw_so_rel_weights, {}, ([0.5, 2.0],), [0.7685248, 0.2314752]),
+    # The same losses times 100: the same weights (T = tau mean u scales too).
+    (uw_so_rel_weights, {}, ([50.0, 200.0],), [0.7685248, 0.2314752]),
+    # tau = 2, K = 3: u = [2, 1, 0.5], p = [4, 2, 1] / 7, logits 1.5 p =
+    # [6, 3, 1.5] / 7: [e^0.857143, e^0.428571, e^0.214286] = [2.356418,
+    # 1.535063, 1.238977] / 5.130458.
+    (uw_so_rel_weights, {"tau": 2.0}, ([0.5, 1.0, 2.0],),
+     [0.4592998, 0.2992058, 0.2414943]),
+    # tau = inf: logits 0, equal weights.
+    (uw_so_rel_weights, {"tau": math.inf}, ([0.5, 1.0, 2.0],),
+     [1 / 3, 1 / 3, 1 / 3]),
+    # Entropy floor, rho = 0.9: the relative weights [0.7685, 0.2315] have
+    # entropy 0.541 < 0.9 ln 2 = 0.6238, so T rises until the entropy is
+    # 0.6238; with K = 2 that is the bound (a, 1 - a).
+    (uw_so_entropy_weights, {"target": 0.9}, ([0.5, 2.0],),
+     [ENTROPY_BOUND_K2, 1.0 - ENTROPY_BOUND_K2]),
+    # L = [1, 2]: logits [4/3, 2/3], weights [1, e^-2/3] / (1 + e^-2/3) =
+    # [0.6607564, 0.3392436], entropy 0.6405 >= 0.6238: the floor does not act.
+    (uw_so_entropy_weights, {"target": 0.9}, ([1.0, 2.0],),
+     [0.6607564, 0.3392436]),
+    # L = [0.1, 1, 1]: u = [10, 1, 1], logits 3 p = [2.5, 0.25, 0.25], relative
+    # weights [0.8259, 0.0870, 0.0870] of entropy 0.583 < 0.9 ln 3 = 0.9888;
+    # raised to the floor with the two equal losses equal: (a, (1 - a) / 2).
+    (uw_so_entropy_weights, {"target": 0.9}, ([0.1, 1.0, 1.0],),
+     [ENTROPY_BOUND_K3, (1.0 - ENTROPY_BOUND_K3) / 2,
+      (1.0 - ENTROPY_BOUND_K3) / 2]),
+    # The default rho = 0.5 on the same losses: entropy 0.583 >= 0.5 ln 3 =
+    # 0.5493, the relative weights stay.
+    (uw_so_entropy_weights, {}, ([0.1, 1.0, 1.0],),
+     [0.8259013, 0.0870494, 0.0870494]),
+    # rho = 0.5, L = [0.01, 1, 1]: u = [100, 1, 1], logits 3 [100, 1, 1] / 102,
+    # relative weights [0.9019, 0.0490, 0.0490] of entropy 0.389 < 0.5493:
+    # raised to (a, (1 - a) / 2).
+    (uw_so_entropy_weights, {}, ([0.01, 1.0, 1.0],),
+     [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
+      (1.0 - ENTROPY_BOUND_K3_HALF) / 2]),
+    # target = 0: no floor, the uw_so_rel row; target = 1: equal weights.
+    (uw_so_entropy_weights, {"target": 0.0}, ([0.5, 2.0],),
+     [0.7685248, 0.2314752]),
+    (uw_so_entropy_weights, {"target": 1.0}, ([0.1, 1.0, 1.0],),
+     [1 / 3, 1 / 3, 1 / 3]),
     # s = 0, regression: 0.5 * 1 + 0.5 * 2 + 0 = 1.5; weights 0.5 e^0 = 0.5.
     (uncertainty_loss, {}, ([1.0, 2.0], [0.0, 0.0]), (1.5, [0.5, 0.5])),
     # s = [-1, 1], regression: 0.5 e^1 * 1 - 0.5 + 0.5 e^-1 * 2 + 0.5
@@ -133,6 +186,28 @@ ROWS = [
     # 0.6791787 * 0.5 + 0.3208213 * 2 = 0.3395894 + 0.6416426 = 0.9812320.
     ("uw_so", {"temperature": 2.0}, ([0.5, 2.0],),
      (0.9812320, [0.6791787, 0.3208213])),
+    # weights as the uw_so_rel_weights row: 0.7685248 * 0.5 + 0.2314752 * 2
+    # = 0.3842624 + 0.4629504 = 0.8472128.
+    ("uw_so_rel", {}, ([0.5, 2.0],), (0.8472128, [0.7685248, 0.2314752])),
+    # ema = 0.5: mean [0.5, 1], then 0.5 [0.5, 1] + 0.5 [2, 1] = [1.25, 1];
+    # u = [0.8, 1], logits 2 [4, 5] / 9: [1, e^(2/9)] / (1 + e^(2/9)) with
+    # e^(2/9) = 1.2488489: [0.4446719, 0.5553281]; total on the current
+    # losses 0.4446719 * 2 + 0.5553281 * 1 = 1.4446719.
+    ("uw_so_rel", {"ema": 0.5}, ([1.0, 2.0], [2.0, 1.0]),
+     (1.4446719, [0.4446719, 0.5553281])),
+    # rho = 0.9, the K = 2 bound: total a * 0.5 + (1 - a) * 2 = 2 - 1.5 a
+    # = 0.9740290.
+    ("uw_so_entropy", {"target": 0.9}, ([0.5, 2.0],),
+     (0.9740290, [ENTROPY_BOUND_K2, 1.0 - ENTROPY_BOUND_K2])),
+    # The default rho = 0.5 on [0.01, 1, 1] (the row above): total
+    # a * 0.01 + (1 - a) * 1 = 1 - 0.99 a = 0.1678669.
+    ("uw_so_entropy", {}, ([0.01, 1.0, 1.0],),
+     (0.1678669, [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
+                  (1.0 - ENTROPY_BOUND_K3_HALF) / 2])),
+    # ema = 0.5 on [1, 2] then [2, 1]: the uw_so_rel ema row, whose entropy
+    # (0.687) is above the floor: the same weights and total.
+    ("uw_so_entropy", {"ema": 0.5}, ([1.0, 2.0], [2.0, 1.0]),
+     (1.4446719, [0.4446719, 0.5553281])),
     # First step of epoch 0: weights 1, total 0.5 + 2 = 2.5.
     ("dwa", {"steps_per_epoch": 2}, ([0.5, 2.0],), (2.5, [1.0, 1.0])),
     # Epoch 1 (steps 2, 3) still weights 1: total of step 3 = 0.4 + 0.8.
@@ -408,7 +483,8 @@ def test_gradient_table_covers_every_method():
 
 def test_table_covers_every_function_and_method():
   covered = {r[0] if isinstance(r[0], str) else r[0].__name__ for r in ROWS}
-  functions = {"uw_o_weights", "uw_so_weights", "uncertainty_loss",
+  functions = {"uw_o_weights", "uw_so_weights", "uw_so_rel_weights",
+               "uw_so_entropy_weights", "uncertainty_loss",
                "dwa_weights", "rlw_weights", "gls_loss", "imtl_l_loss",
                "scalarization_grid", "famo_loss", "famo_weights", "stch_loss"}
   assert functions | set(weighting.names()) <= covered

@@ -68,6 +68,11 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.weighting.name = "ew"  # any name of mtl_jax.names(): ew, uw_so, ..., mgda, upgrad, ...
   config.weighting.temperature = DIGIT_SCENES_TEMPERATURE  # UW-SO's T
   config.weighting.eps = 1e-8                 # UW-O / UW-SO: 1 / (L + eps)
+  # UW-SO without a temperature grid (mtl_jax.weighting.uw_so_rel_weights):
+  # T = tau * mean_k 1/L_k, so the weights ignore a common loss scale.
+  config.weighting.uw_so_tau = 1.0            # uw_so_rel / uw_so_entropy: tau
+  config.weighting.uw_so_entropy_target = 0.5  # uw_so_entropy: H(w) >= target * log K
+  config.weighting.uw_so_ema = 0.0            # both: loss moving-average decay; 0: current losses
   config.weighting.init_log_var = 0.0         # UW: s_k at step 0 (paper: 0)
   config.weighting.uw_task_types = "auto"     # UW: "auto" per-task forms; "regression": all 0.5
   config.weighting.dwa_temperature = 2.0      # DWA's T (paper: 2)

@@ -35,10 +35,16 @@ from mtl_jax.weighting.uw_o import uw_o
 from mtl_jax.weighting.uw_o import uw_o_weights
 from mtl_jax.weighting.uw_so import uw_so
 from mtl_jax.weighting.uw_so import uw_so_weights
+from mtl_jax.weighting.uw_so_entropy import uw_so_entropy
+from mtl_jax.weighting.uw_so_entropy import uw_so_entropy_weights
+from mtl_jax.weighting.uw_so_rel import LossEMAState
+from mtl_jax.weighting.uw_so_rel import uw_so_rel
+from mtl_jax.weighting.uw_so_rel import uw_so_rel_weights
 
 __all__ = (
     "DWAState",
     "FAMOState",
+    "LossEMAState",
     "RLWState",
     "STCHState",
     "StatelessState",
@@ -68,5 +74,9 @@ __all__ = (
     "uw_o",
     "uw_o_weights",
     "uw_so",
+    "uw_so_entropy",
+    "uw_so_entropy_weights",
+    "uw_so_rel",
+    "uw_so_rel_weights",
     "uw_so_weights",
 )

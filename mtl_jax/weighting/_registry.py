@@ -16,6 +16,8 @@ from mtl_jax.weighting.stch import stch
 from mtl_jax.weighting.uw import uw
 from mtl_jax.weighting.uw_o import uw_o
 from mtl_jax.weighting.uw_so import uw_so
+from mtl_jax.weighting.uw_so_entropy import uw_so_entropy
+from mtl_jax.weighting.uw_so_rel import uw_so_rel
 
 _FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
     "dwa": dwa,
@@ -29,6 +31,8 @@ _FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
     "uw": uw,
     "uw_o": uw_o,
     "uw_so": uw_so,
+    "uw_so_entropy": uw_so_entropy,
+    "uw_so_rel": uw_so_rel,
 }
 
 
@@ -43,7 +47,7 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
   Args:
     name: one of :func:`names`: ``"dwa"``, ``"ew"``, ``"famo"``, ``"gls"``,
       ``"imtl_l"``, ``"rlw"``, ``"scalarization"``, ``"stch"``, ``"uw"``,
-      ``"uw_o"``, ``"uw_so"``.
+      ``"uw_o"``, ``"uw_so"``, ``"uw_so_entropy"``, ``"uw_so_rel"``.
     **hparams: keyword arguments of that method's factory, for example
       ``temperature=2.0`` for ``"uw_so"`` or ``weights=(0.5, 0.5)`` for
       ``"scalarization"``.

@@ -74,6 +74,24 @@ def test_config_hyperparameters_reach_the_weighting(config):
       mtl_jax.aggregation.cagrad_weights(gram, 0.25), rtol=1e-6)
 
 
+def test_uw_so_auto_fields_reach_the_weighting(config):
+  spec = common.dataset_spec(config.data)
+  losses = jnp.array([0.5, 50.0, 0.1, 1.0])
+  config.weighting.name, config.weighting.uw_so_tau = "uw_so_rel", 2.0
+  got = common.build_weighting(config, spec, 10)
+  np.testing.assert_allclose(got.apply({}, got.init(4)[1], losses).weights,
+                             mw.uw_so_rel_weights(losses, 2.0), rtol=1e-6)
+  config.weighting.name = "uw_so_entropy"
+  config.weighting.uw_so_entropy_target = 0.9
+  config.weighting.uw_so_ema = 0.5
+  got = common.build_weighting(config, spec, 10)
+  _, state = got.init(4)
+  assert isinstance(state, mw.LossEMAState)
+  np.testing.assert_allclose(  # the first average is 0.5 L: the same weights
+      got.apply({}, state, losses).weights,
+      mw.uw_so_entropy_weights(losses, 0.9, 2.0), rtol=1e-5)
+
+
 def _fake_row(label, kind, tests):
   return run_lib.Row(label, kind, [{"test": t, "validation": t, "wall_s": 1.0}
                                    for t in tests], ["."] * len(tests))

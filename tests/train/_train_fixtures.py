@@ -64,6 +64,9 @@ def hparams(name: str) -> dict[str, Any]:
   return {"dwa": {"steps_per_epoch": 2},
           "scalarization": {"weights": (0.2, 0.3, 0.5)},
           "uw_so": {"temperature": 2.0},
+          # The moving-average form: its state must match across devices and
+          # come back from a checkpoint (uw_so_rel keeps the stateless one).
+          "uw_so_entropy": {"ema": 0.9},
           "cagrad": {"c": 0.5},
           "fairgrad": {"alpha": 1.0},
           "constant": {"weights": (0.2, 0.3, 0.5)},

@@ -56,9 +56,9 @@ def test_metrics_are_fetched_only_every_log_every_steps(tmp_path):
 # Every kind of method state: DWA's epoch means, GradVac's EMA of cosines and
 # its key, FAMO's logits and their Adam moments, the (K, P) buffers of MoCo,
 # DB-MTL and ExcessMTL, GradNorm's learnable logits and initial losses,
-# GradDrop's key, SDMGrad's warm start.
+# GradDrop's key, SDMGrad's warm start, UW-SO-entropy's loss average.
 STATEFUL = ["dwa", "gradvac", "famo", "moco", "db_mtl", "excess_mtl",
-            "gradnorm", "graddrop", "sdmgrad"]
+            "gradnorm", "graddrop", "sdmgrad", "uw_so_entropy"]
 
 
 @pytest.mark.parametrize("name", STATEFUL)

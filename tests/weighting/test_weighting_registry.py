@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 from hypothesis import given, settings
+from scipy import optimize
 
 import _asserts
 import _inputs
@@ -23,6 +24,8 @@ from mtl_jax.weighting import imtl_l_loss
 from mtl_jax.weighting import rlw_weights
 from mtl_jax.weighting import uncertainty_loss
 from mtl_jax.weighting import uw_o_weights
+from mtl_jax.weighting import uw_so_entropy_weights
+from mtl_jax.weighting import uw_so_rel_weights
 from mtl_jax.weighting import uw_so_weights
 
 K = 3
@@ -34,6 +37,24 @@ RLW_KEY = jax.random.PRNGKey(4)
 def _softmax(z):
   e = np.exp(z - z.max(axis=-1, keepdims=True))
   return e / e.sum(axis=-1, keepdims=True)
+
+
+def _relative(l, tau=1.0):
+  """UW-SO's logits at T = tau * mean(1 / L): u / (tau mean u)."""
+  u = 1.0 / (l + 1e-8)
+  return u / (tau * np.mean(u, axis=-1, keepdims=True))
+
+
+def _entropy_floor(l, target=0.5):
+  """Softmax of beta * the relative logits, beta in [0, 1] the largest with
+  entropy >= target * log K, found with scipy's brentq (one loss vector)."""
+  z = _relative(l)
+  entropy = lambda b: -np.sum(_softmax(b * z) * np.log(_softmax(b * z)))
+  floor = target * np.log(z.shape[-1])
+  if entropy(1.0) >= floor:
+    return _softmax(z)
+  beta = optimize.brentq(lambda b: entropy(b) - floor, 0.0, 1.0, xtol=1e-15)
+  return _softmax(beta * z)
 
 
 def _reference(name, params, state, losses):
@@ -67,6 +88,10 @@ def _reference(name, params, state, losses):
     w = 1.0 / (l + 1e-8)
   elif name == "uw_so":
     w = _softmax(1.0 / (l + 1e-8) / 2.0)
+  elif name == "uw_so_rel":
+    w = _softmax(_relative(l))
+  elif name == "uw_so_entropy":
+    w = _entropy_floor(l)
   elif name == "dwa":
     # The warm state sits at the first step of epoch 2: the epoch that just
     # ended is loss_sum / steps_per_epoch, the one before is state.prev.
@@ -134,6 +159,10 @@ FUNCTIONS = {
                      lambda l, a: 1.0 / (l + 1e-8)),
     "uw_so_weights": (lambda l, a: uw_so_weights(l, 2.0),
                       lambda l, a: _softmax(1.0 / (l + 1e-8) / 2.0)),
+    "uw_so_rel_weights": (lambda l, a: uw_so_rel_weights(l, 2.0),
+                          lambda l, a: _softmax(_relative(l, 2.0))),
+    "uw_so_entropy_weights": (lambda l, a: uw_so_entropy_weights(l),
+                              lambda l, a: _entropy_floor(l)),
     "uncertainty_loss": (
         uncertainty_loss,
         lambda l, a: (np.sum(0.5 * np.exp(-a) * l + 0.5 * a, axis=-1),
@@ -250,7 +279,8 @@ def test_degenerate_losses_stay_finite(name, case):
 
 def test_names():
   assert weighting.names() == ("dwa", "ew", "famo", "gls", "imtl_l", "rlw",
-                               "scalarization", "stch", "uw", "uw_o", "uw_so")
+                               "scalarization", "stch", "uw", "uw_o", "uw_so",
+                               "uw_so_entropy", "uw_so_rel")
   assert set(_inputs.METHODS) == set(weighting.names())
 
 
