@@ -154,6 +154,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.sweep = config_dict.ConfigDict()  # experiments.temperature_sweep
   config.sweep.temperatures = "0.5,1,2,5,10,20,50"
   config.sweep.seeds = 1
+  # Automatic-temperature variants, one row each (issue: UW-SO without a grid).
+  config.sweep.variants = "uw_so_rel,uw_so_entropy"
 
   if arg == "smoke":
     smoke(config)
@@ -174,6 +176,7 @@ def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   config.compare.methods = "ew,uw_so"
   config.compare.scalarization_step = 0.0  # no grid (digit scenes: one point)
   config.sweep.temperatures = "1,10"
+  config.sweep.variants = "uw_so_rel"
   if config.data.name == "digit_scenes":
     config.data.num_train, config.data.num_validation = 16, 8
     config.data.num_test = 8

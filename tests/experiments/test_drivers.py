@@ -188,7 +188,9 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
   rows, stl = temperature_sweep.run_sweep(config, workdir)
   spec = common.dataset_spec(config.data)
   sums = temperature_sweep.summaries(rows, stl, spec)
-  assert [s["temperature"] for s in sums] == [1.0, 10.0]
+  assert [s["temperature"] for s in sums][:2] == [1.0, 10.0]
+  assert [s["method"] for s in sums[2:]] == ["uw_so_rel"]
+  assert "uw_so_rel (automatic)" in temperature_sweep.markdown(config, sums)
   temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
   assert os.path.getsize(os.path.join(workdir, "t.png")) > 0
   assert "Best T on validation" in temperature_sweep.markdown(config, sums)
