@@ -32,7 +32,7 @@ single-task baseline and :math:`l_i = 1` when higher is better.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -344,6 +344,32 @@ def accuracy_metric() -> Metric:
   return Metric(init, update, compute)
 
 
+def binary_accuracy_metric() -> Metric:
+  """Accuracy of a binary task's logits: ``mean((logits > 0) == labels)``.
+
+  .. math:: \\mathrm{acc} = \\frac{1}{n} \\sum_b [\\,[z_b > 0] = y_b\\,]
+
+  Returns:
+    A :class:`Metric`; ``update(state, logits (...), labels (...))`` with
+    labels in {0, 1} (bool or numeric) and logits of the same shape;
+    ``compute`` gives ``{"accuracy"}``.
+  """
+
+  def init() -> AccuracyState:
+    return AccuracyState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def update(state: AccuracyState, logits: jax.Array,
+             labels: jax.Array) -> AccuracyState:
+    hit = (logits > 0) == labels.astype(bool)
+    return AccuracyState(state.correct + hit.sum(dtype=jnp.int32),
+                         state.count + hit.size)
+
+  def compute(state: AccuracyState) -> dict[str, jax.Array]:
+    return {"accuracy": _ratio(state.correct, state.count)}
+
+  return Metric(init, update, compute)
+
+
 # --------------------------------------------------------------------------
 # Per-dataset bundles: update(state, outputs, batch), names "task/metric".
 
@@ -405,6 +431,30 @@ def digit_scene_metrics(num_classes: int = 11,
                        "depth": depth_metric(),
                        "normal": normal_metric(bin_width),
                        "count": accuracy_metric()})
+
+
+def digit_attribute_metrics(tasks: Sequence[str]) -> Metric:
+  """Digit attributes: ``<task>/accuracy`` per binary task, and their mean.
+
+  ``compute`` also gives ``mean/accuracy``, the unweighted mean over tasks (a
+  summary only; it is not a task, so it is not in
+  :func:`digit_attribute_higher_is_better` and not in Delta_m).
+  """
+  tasks = tuple(tasks)
+  bundle = task_metrics({t: binary_accuracy_metric() for t in tasks})
+
+  def compute(state: State) -> dict[str, jax.Array]:
+    out = bundle.compute(state)
+    out["mean/accuracy"] = jnp.mean(jnp.stack(
+        [out[f"{t}/accuracy"] for t in tasks]))
+    return out
+
+  return Metric(bundle.init, bundle.update, compute)
+
+
+def digit_attribute_higher_is_better(tasks: Sequence[str]) -> dict[str, bool]:
+  """``{"<task>/accuracy": True}`` for every task (the Delta_m metrics)."""
+  return {f"{t}/accuracy": True for t in tasks}
 
 
 # --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mtl_jax import losses
 
@@ -191,6 +192,22 @@ def test_celeba_losses_one_per_attribute():
   assert vec.shape == (40,)
   np.testing.assert_allclose(vec[0], math.log(2), atol=ATOL)
   np.testing.assert_allclose(vec[7], math.log1p(math.exp(5)), atol=1e-5)
+
+
+def test_digit_attribute_losses_one_bce_per_task_in_order():
+  tasks = losses.DIGIT_ATTRIBUTE_TASKS
+  z = np.linspace(-3.0, 3.0, len(tasks)).astype(np.float32)
+  outputs = {t: np.asarray([z[k], -z[k]], np.float32) for k, t in enumerate(tasks)}
+  batch = {t: np.asarray([1, 0], np.int32) for t in tasks}
+  vec = jax.jit(losses.digit_attribute_losses)(outputs, batch)
+  assert vec.shape == (len(tasks),) and vec.dtype == jnp.float32
+  # y = 1 at logit z and y = 0 at logit -z both cost log(1 + exp(-z)).
+  np.testing.assert_allclose(vec, np.log1p(np.exp(-z)), rtol=1e-5)
+  subset = losses.digit_attribute_losses(outputs, batch,
+                                         tasks=(tasks[7], tasks[2]))
+  np.testing.assert_allclose(subset, vec[np.asarray([7, 2])], rtol=1e-6)
+  with pytest.raises(ValueError, match="at least one task"):
+    losses.binary_task_losses(outputs, batch, ())
 
 
 def test_synthetic_losses_per_task_mse():

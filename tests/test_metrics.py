@@ -181,6 +181,31 @@ def test_count_accuracy_in_halves():
   np.testing.assert_allclose(out["accuracy"], 0.5, atol=ATOL)
 
 
+def test_binary_accuracy_thresholds_logits_at_zero():
+  logits = jnp.asarray([2.0, -1.0, 0.5, -3.0, 0.0])
+  labels = jnp.asarray([1, 1, 0, 0, 0])  # hit, miss, miss, hit, hit (0 -> "no")
+  m = metrics.binary_accuracy_metric()
+  state, out = _run(m, (logits[:2], labels[:2]), (logits[2:], labels[2:]))
+  assert int(state.correct) == 3 and int(state.count) == 5
+  np.testing.assert_allclose(out["accuracy"], 0.6, atol=ATOL)
+
+
+def test_digit_attribute_metrics_per_task_and_mean():
+  tasks = ("a", "b")
+  outputs = {"a": jnp.asarray([1.0, 1.0, -1.0, -1.0]),
+             "b": jnp.asarray([1.0, -1.0, -1.0, -1.0])}
+  batch = {"a": jnp.asarray([1, 1, 0, 0]), "b": jnp.asarray([0, 0, 0, 0]),
+           "image": jnp.zeros((4, 8, 24, 1))}
+  m = metrics.digit_attribute_metrics(tasks)
+  out = m.compute(jax.jit(m.update)(m.init(), outputs, batch))
+  np.testing.assert_allclose(out["a/accuracy"], 1.0, atol=ATOL)
+  np.testing.assert_allclose(out["b/accuracy"], 0.75, atol=ATOL)
+  np.testing.assert_allclose(out["mean/accuracy"], 0.875, atol=ATOL)
+  directions = metrics.digit_attribute_higher_is_better(tasks)
+  assert directions == {"a/accuracy": True, "b/accuracy": True}  # no "mean/"
+  assert set(directions) < set(out)
+
+
 def test_dataset_bundle_jits_and_names_match_baselines():
   rng = np.random.default_rng(5)
   outputs = {"segmentation": jnp.asarray(rng.normal(size=(2, 4, 4, 13))),
