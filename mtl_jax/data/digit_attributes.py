@@ -40,6 +40,14 @@ and ``c`` strictly between ``l`` and ``r`` stayed at their majority accuracy
 when trained alone, while the ten-task model learnt them (0.86 to 0.91),
 which would have made Delta_m mostly a measure of those two tasks.
 
+Two tasks of other kinds read the same strips (the digit-strips benchmark,
+experiments/configs/digit_strips.py): ``centre``, the centre digit's class
+(int32 0..9, trivial accuracy 0.092 on the default test split) and ``sum``,
+l + c + r (float32 0..27, train mean 13.5, the mean predictor's test MAE
+4.07 and RMSE 4.99). :func:`trivial_metrics` gives every task's
+constant-predictor metric; :data:`KINDS` and :data:`OUTPUT_SIZES` say how
+each task is learnt.
+
 Labels are not stored: the example keeps the three classes (``digits``) and
 the labels are computed from them when read, so any subset of the tasks
 (``tasks=``) reads the same files. Train, validation and test strips draw from
@@ -91,28 +99,54 @@ RULES: dict[str, _Rule] = {
     "left_right_odd": lambda l, c, r: (l + r) % 2 == 1,
 }
 TASKS = tuple(RULES)
-LOSSES = dict.fromkeys(TASKS, "binary_cross_entropy")
 NUM_TASKS = len(TASKS)
+
+# Tasks of other kinds on the same strips (the digit-strips benchmark):
+# ``centre`` is the centre digit's class (10-way), ``sum`` is l + c + r
+# (0..27) as a real number.
+OTHER_TASKS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
+    "centre": lambda l, c, r: c.astype(np.int32),
+    "sum": lambda l, c, r: (l + c + r).astype(np.float32),
+}
+ALL_TASKS = TASKS + tuple(OTHER_TASKS)
+# Each task's kind: "binary" (0/1 int32 label, a sigmoid BCE), "class"
+# (int32 class 0..9, a softmax CE) or "regression" (float32, an MSE).
+KINDS: dict[str, str] = {**dict.fromkeys(TASKS, "binary"), "centre": "class",
+                         "sum": "regression"}
+LOSSES = {t: {"binary": "binary_cross_entropy", "class": "softmax_cross_entropy",
+              "regression": "mse"}[k] for t, k in KINDS.items()}
+# Output width of each task's head: one logit, ten logits, one real number.
+OUTPUT_SIZES = {t: 10 if k == "class" else 1 for t, k in KINDS.items()}
 DIGIT_SIZE = 8
 IMAGE_SHAPE = (DIGIT_SIZE, 3 * DIGIT_SIZE, 1)
 SPLITS = digit_scenes.SPLITS
 
 
 def check_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
-  """``tasks`` as a tuple, checked against :data:`TASKS` (no repeats)."""
+  """``tasks`` as a tuple, checked against :data:`ALL_TASKS` (no repeats)."""
   tasks = tuple(tasks)
-  unknown = [t for t in tasks if t not in RULES]
+  unknown = [t for t in tasks if t not in KINDS]
   if unknown or not tasks or len(set(tasks)) != len(tasks):
-    raise ValueError(f"tasks must be distinct names among {TASKS}, got {tasks!r}"
+    raise ValueError(f"tasks must be distinct names among {ALL_TASKS}, got {tasks!r}"
                      + (f" (unknown: {unknown})." if unknown else "."))
   return tasks
 
 
 def labels_of(digits: np.ndarray, tasks: Sequence[str] = TASKS) -> dict[str, np.ndarray]:
-  """Each task's 0/1 labels (int32) from digit classes ``(..., 3)`` (left, centre, right)."""
+  """Each task's targets from digit classes ``(..., 3)`` (left, centre, right).
+
+  Binary tasks give 0/1 int32 labels, ``centre`` the int32 class, ``sum``
+  the float32 l + c + r (:data:`KINDS`).
+  """
   digits = np.asarray(digits)
   l, c, r = digits[..., 0], digits[..., 1], digits[..., 2]
-  return {t: RULES[t](l, c, r).astype(np.int32) for t in check_tasks(tasks)}
+  out = {}
+  for t in check_tasks(tasks):
+    if t in RULES:
+      out[t] = RULES[t](l, c, r).astype(np.int32)
+    else:
+      out[t] = OTHER_TASKS[t](l, c, r)
+  return out
 
 
 # ------------------------------------------------------------------ generation
@@ -280,7 +314,8 @@ def load(
     split: ``"train"``, ``"validation"`` or ``"test"``.
     batch_size: examples per batch on this process.
     data_dir: cache directory; default ``$MTL_JAX_DATA_DIR`` or ``~/.cache/mtl_jax``.
-    tasks: the attributes to label, a subset of :data:`TASKS` (all by default).
+    tasks: the targets to compute, a subset of :data:`ALL_TASKS` (the ten
+      binary attributes by default).
     seed: shuffle seed (the strips themselves depend only on ``data_seed``).
     shuffle: reshuffle every epoch.
     num_epochs: passes over the split; ``None`` repeats forever.
@@ -302,7 +337,8 @@ def load(
   Returns:
     A ``grain.IterDataset`` of dicts: ``image`` float32 (B, 8, 24, 1) in
     [0, 1], ``digits`` int32 (B, 3) (left, centre, right classes) and one
-    int32 (B,) array of 0/1 labels per task. Call ``iter(ds)``; the iterator
+    (B,) target array per task: int32 0/1 labels (binary), int32 classes
+    (``centre``), float32 sums (``sum``). Call ``iter(ds)``; the iterator
     has ``get_state()`` / ``set_state()``.
   """
   tasks = check_tasks(tasks)
@@ -345,13 +381,66 @@ def majority_accuracy(split: str = "test", data_dir: str | os.PathLike | None = 
 
   Returns:
     ``{task: accuracy}``; a classifier beats the trivial one on a task only
-    above this value.
+    above this value. For ``centre`` the constant is the train split's most
+    frequent class (ties: the smallest); ``sum`` is not a classification
+    (see :func:`trivial_metrics`).
   """
   tasks = check_tasks(tasks)
+  if any(KINDS[t] == "regression" for t in tasks):
+    raise ValueError(f"majority_accuracy scores classification tasks, got {tasks!r}; "
+                     "use trivial_metrics for regression tasks such as 'sum'.")
   train = labels_of(split_digits("train", data_dir, **config), tasks)
   scored = labels_of(split_digits(split, data_dir, **config), tasks)
   out = {}
   for t in tasks:
-    majority = int(2 * train[t].sum() >= len(train[t]))  # ties: predict 1
+    if KINDS[t] == "class":
+      majority = int(np.argmax(np.bincount(train[t], minlength=10)))
+    else:
+      majority = int(2 * train[t].sum() >= len(train[t]))  # ties: predict 1
     out[t] = float(np.mean(scored[t] == majority))
   return out
+
+
+def train_mean(task: str = "sum", data_dir: str | os.PathLike | None = None,
+               **config: Any) -> float:
+  """The mean of a regression task's target over the train split (the
+  constant predictor's value; ``config`` as :func:`majority_accuracy`)."""
+  if KINDS.get(task) != "regression":
+    raise ValueError(f"train_mean needs a regression task, got {task!r}; "
+                     f"regression tasks: {[t for t, k in KINDS.items() if k == 'regression']}.")
+  return float(labels_of(split_digits("train", data_dir, **config), (task,))[task].mean())
+
+
+def trivial_metrics(split: str = "test", data_dir: str | os.PathLike | None = None,
+                    tasks: Sequence[str] = TASKS, **config: Any) -> dict[str, float]:
+  """Each task's constant-predictor metric on ``split``, named as the metrics
+  of :func:`mtl_jax.metrics.digit_attribute_metrics`.
+
+  Classification tasks (binary and ``centre``): ``<task>/accuracy`` of the
+  train split's majority label (:func:`majority_accuracy`). Regression
+  (``sum``): ``<task>/mae`` and ``<task>/rmse`` of always predicting the
+  train split's mean (:func:`train_mean`).
+
+  Args:
+    split: the split scored.
+    data_dir: cache directory, as :func:`load`.
+    tasks: a subset of :data:`ALL_TASKS`.
+    **config: ``num_train``, ``num_validation``, ``num_test``, ``data_seed``.
+
+  Returns:
+    ``{metric_name: value}``; a model beats the trivial one on a task only
+    above (accuracy) or below (mae, rmse) this value.
+  """
+  tasks = check_tasks(tasks)
+  classified = tuple(t for t in tasks if KINDS[t] != "regression")
+  out = {}
+  if classified:
+    acc = majority_accuracy(split, data_dir, classified, **config)
+    out.update({f"{t}/accuracy": v for t, v in acc.items()})
+  for t in tasks:
+    if KINDS[t] == "regression":
+      mean = train_mean(t, data_dir, **config)
+      err = labels_of(split_digits(split, data_dir, **config), (t,))[t] - mean
+      out[f"{t}/mae"] = float(np.mean(np.abs(err)))
+      out[f"{t}/rmse"] = float(np.sqrt(np.mean(np.square(err))))
+  return {m: out[m] for m in sorted(out, key=lambda m: tasks.index(m.split("/")[0]))}

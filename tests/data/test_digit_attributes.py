@@ -169,3 +169,40 @@ def test_bad_arguments_raise(data_dir):
   with pytest.raises(ValueError, match="num_test > 0"):
     digit_attributes.load("test", batch_size=1, data_dir=data_dir, num_train=4,
                           num_validation=1, num_test=0)
+
+
+STRIP_TASKS = ("centre", "sum", "left_right_odd", "left_smaller")
+
+
+def test_centre_and_sum_targets_follow_the_stored_digits(data_dir):
+  for split in digit_attributes.SPLITS:
+    x = _all(_load(data_dir, split, tasks=STRIP_TASKS))
+    assert x["centre"].dtype == np.int32 and x["sum"].dtype == np.float32
+    for i, (l, c, r) in enumerate(x["digits"].tolist()):
+      assert x["centre"][i] == c and x["sum"][i] == l + c + r, (split, (l, c, r))
+      assert x["left_smaller"][i] == int(l < c)
+
+
+def test_trivial_metrics_are_constant_predictors(data_dir):
+  train = _all(_load(data_dir, tasks=STRIP_TASKS))
+  test = _all(_load(data_dir, "test", batch_size=12, tasks=STRIP_TASKS))
+  got = digit_attributes.trivial_metrics("test", data_dir, STRIP_TASKS, **SIZES)
+  assert list(got) == ["centre/accuracy", "sum/mae", "sum/rmse",
+                       "left_right_odd/accuracy", "left_smaller/accuracy"]
+  # The same numbers through the metrics of a model that outputs a constant.
+  counts = np.bincount(train["centre"], minlength=10)
+  mode = int(np.flatnonzero(counts == counts.max())[0])
+  mean = float(np.mean(train["sum"]))
+  outputs = {"centre": jnp.asarray(np.eye(10, dtype=np.float32)[np.full(12, mode)]),
+             "sum": jnp.full((12,), mean),
+             "left_right_odd": jnp.full((12,), 1.0 if train["left_right_odd"].mean() >= .5 else -1.),
+             "left_smaller": jnp.full((12,), 1.0 if train["left_smaller"].mean() >= .5 else -1.)}
+  m = metrics.digit_attribute_metrics(STRIP_TASKS)
+  want = m.compute(m.update(m.init(), outputs, {t: jnp.asarray(test[t]) for t in STRIP_TASKS}))
+  for k, v in got.items():
+    np.testing.assert_allclose(v, want[k], rtol=1e-5, err_msg=k)
+  assert digit_attributes.train_mean("sum", data_dir, **SIZES) == pytest.approx(mean, rel=1e-6)
+  with pytest.raises(ValueError, match="trivial_metrics"):
+    digit_attributes.majority_accuracy("test", data_dir, ("sum",), **SIZES)
+  with pytest.raises(ValueError, match="regression task"):
+    digit_attributes.train_mean("centre", data_dir, **SIZES)
