@@ -1,16 +1,18 @@
-"""A small MLP for strips of three digits, one logit head per binary task.
+"""A small MLP for strips of three digits, one head per task.
 
 Shared trunk: optional conv blocks (a 3x3 convolution, ReLU and 2x2 max-pool
 each, ``widths``; none by default), the image flattened, then one Dense + ReLU
 layer per entry of ``hidden``; the last one's output is the shared feature
-vector :math:`h`. Heads: one ``Dense(1)`` per task, named ``head_<task>``:
+vector :math:`h`. Heads: one ``Dense(n_k)`` per task, named ``head_<task>``
+(n_k = 1 for a binary logit or a real number, 10 for a digit's class):
 
 .. math::
   h = \\mathrm{ReLU}(W_2 \\, \\mathrm{ReLU}(W_1 x + b_1) + b_2), \\qquad
   z_k = v_k^\\top h + c_k,
 
 where :math:`x \\in \\mathbb{R}^{192}` is the flattened 8x24 strip and
-:math:`z_k` is task k's logit.
+:math:`z_k` is task k's output (logits, or a regression's prediction; its
+bias :math:`c_k` starts at ``output_offsets[k]``).
 
 No BatchNorm: nothing depends on the batch, and ``train`` is unused (kept for
 the models' common signature). With the defaults (hidden (128, 128), about
@@ -35,18 +37,27 @@ class DigitAttributeNet(nn.Module):
 
   Attributes:
     tasks: task names; head ``head_<task>`` gives output ``<task>``.
+    output_sizes: each task's output width, in ``tasks`` order (default all
+      1): width 1 gives a (B,) output (a logit or a real number), width n > 1
+      gives (B, n) logits (e.g. 10 for a digit's class).
+    output_offsets: each head's initial bias, in ``tasks`` order (default all
+      0); a regression head starting at its target's mean (e.g. 13.5 for a
+      sum of three digits) need not spend steps moving there.
     hidden: widths of the shared Dense + ReLU layers.
     widths: channels of optional conv blocks before them (none by default);
       H and W must then be divisible by ``2**len(widths)``.
     dtype: compute dtype; params and outputs are float32.
 
-  ``__call__(x, train)`` maps (B, H, W, C) images to ``{task: (B,) logits}``.
+  ``__call__(x, train)`` maps (B, H, W, C) images to ``{task: (B,) or
+  (B, n) outputs}``.
   For gradient-space methods the ``head_*`` layers are task-specific
   (:attr:`TASK_PARAMS`); the last shared layer's output is marked as the
   shared features.
   """
   TASK_PARAMS: ClassVar[tuple[str, ...]] = ("head_*",)
   tasks: Sequence[str]
+  output_sizes: Sequence[int] = ()
+  output_offsets: Sequence[float] = ()
   hidden: Sequence[int] = (128, 128)
   widths: Sequence[int] = ()
   dtype: Dtype = jnp.float32
@@ -57,6 +68,13 @@ class DigitAttributeNet(nn.Module):
     if not self.tasks or not self.hidden:
       raise ValueError("DigitAttributeNet needs at least one task and one hidden layer, "
                        f"got tasks={tuple(self.tasks)}, hidden={tuple(self.hidden)}.")
+    tasks = tuple(self.tasks)
+    sizes = tuple(self.output_sizes) or (1,) * len(tasks)
+    offsets = tuple(self.output_offsets) or (0.0,) * len(tasks)
+    if len(sizes) != len(tasks) or len(offsets) != len(tasks) or min(sizes) < 1:
+      raise ValueError("DigitAttributeNet needs one output size >= 1 and one offset per "
+                       f"task (or none), got tasks={tasks}, output_sizes={tuple(self.output_sizes)}, "
+                       f"output_offsets={tuple(self.output_offsets)}.")
     x = x.astype(self.dtype)
     if self.widths:
       _layers.check_divisible(x, len(self.widths), "DigitAttributeNet")
@@ -69,6 +87,9 @@ class DigitAttributeNet(nn.Module):
       x = nn.relu(nn.Dense(h, dtype=self.dtype, param_dtype=jnp.float32,
                            name=f"trunk_{i}")(x))
     x = _layers.mark_features(self, "features", x)
-    return {t: nn.Dense(1, dtype=self.dtype, param_dtype=jnp.float32,
-                        name=f"head_{t}")(x)[:, 0].astype(jnp.float32)
-            for t in self.tasks}
+    out = {}
+    for t, n, b in zip(tasks, sizes, offsets):
+      z = nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32,
+                   bias_init=nn.initializers.constant(b), name=f"head_{t}")(x)
+      out[t] = (z[:, 0] if n == 1 else z).astype(jnp.float32)
+    return out

@@ -85,6 +85,11 @@ CASES = [
      lambda d: models.DigitAttributeNet(tasks=("x", "y", "z"), hidden=(16, 8),
                                         dtype=d),
      (3, 8, 24, 1), {"x": (3,), "y": (3,), "z": (3,)}),
+    ("digit_strip",
+     lambda d: models.DigitAttributeNet(tasks=("centre", "sum", "b"), hidden=(8,),
+                                        output_sizes=(10, 1, 1),
+                                        output_offsets=(0.0, 13.5, 0.0), dtype=d),
+     (3, 8, 24, 1), {"centre": (3, 10), "sum": (3,), "b": (3,)}),
     ("digit_attribute_conv",
      lambda d: models.DigitAttributeNet(tasks=("x", "y"), hidden=(8,),
                                         widths=(4, 4), dtype=d),
@@ -332,4 +337,17 @@ def test_digit_attribute_net_rejects_bad_shapes():
   with pytest.raises(ValueError, match="divisible by 16"):
     jax.eval_shape(functools.partial(
         models.DigitAttributeNet(tasks=("a",), widths=(2, 2, 2, 2)).init,
+        train=False), KEY, jnp.zeros((1, 8, 24, 1)))
+
+
+def test_digit_strip_regression_head_starts_at_its_offset():
+  model = models.DigitAttributeNet(tasks=("centre", "sum"), hidden=(8,),
+                                   output_sizes=(10, 1), output_offsets=(0.0, 13.5))
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 24, 1))
+  params = jax.jit(functools.partial(model.init, train=False))(KEY, x)["params"]
+  np.testing.assert_array_equal(params["head_sum"]["bias"], [13.5])
+  np.testing.assert_array_equal(params["head_centre"]["bias"], np.zeros(10))
+  with pytest.raises(ValueError, match="one output size"):
+    jax.eval_shape(functools.partial(
+        models.DigitAttributeNet(tasks=("a", "b"), output_sizes=(10,)).init,
         train=False), KEY, jnp.zeros((1, 8, 24, 1)))

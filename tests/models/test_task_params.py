@@ -21,6 +21,10 @@ CASES = [
     ("digit_attribute_net",
      models.DigitAttributeNet(tasks=("a", "b", "c"), hidden=(8,)),
      (2, 8, 24, 1), 3),
+    ("digit_strip_net",
+     models.DigitAttributeNet(tasks=("centre", "sum", "a", "b"), hidden=(8,),
+                              output_sizes=(10, 1, 1, 1)),
+     (2, 8, 24, 1), 4),
 ]
 
 
