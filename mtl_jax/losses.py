@@ -33,6 +33,11 @@ DIGIT_ATTRIBUTE_TASKS = ("centre_even", "centre_ge7", "centre_prime",
                          "centre_loop", "left_even", "right_ge5",
                          "left_smaller", "centre_max", "sum_ge16",
                          "left_right_odd")
+# The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS):
+# a 10-way class and a real-valued target on the same strips.
+DIGIT_CLASS_TASKS = ("centre",)
+DIGIT_REGRESSION_TASKS = ("sum",)
+DIGIT_STRIP_TASKS = ("centre", "sum", "right_ge5", "left_smaller")
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -232,12 +237,33 @@ def binary_task_losses(outputs: Outputs, batch: Batch,
 def digit_attribute_losses(outputs: Outputs, batch: Batch,
                            tasks: Sequence[str] = DIGIT_ATTRIBUTE_TASKS
                            ) -> jax.Array:
-  """Digit-attribute losses: one BCE per task, (K,), in ``tasks`` order.
+  """Digit-attribute and digit-strip losses, (K,), in ``tasks`` order.
 
-  ``tasks`` is :data:`DIGIT_ATTRIBUTE_TASKS` (all ten) or the subset the data
-  was loaded with (:mod:`mtl_jax.data.digit_attributes`).
+  A binary attribute's loss is a sigmoid BCE (:func:`binary_task_losses`),
+  the centre digit's class (``centre``, (B, 10) logits) a softmax CE and the
+  sum of the three digits (``sum``, (B,) predictions) an MSE:
+
+  .. math::
+    L_{\text{centre}} = \frac{1}{B} \sum_b -\log
+    \mathrm{softmax}(z_b)_{c_b}, \qquad
+    L_{\text{sum}} = \frac{1}{B} \sum_b (\hat s_b - s_b)^2
+
+  ``tasks`` is :data:`DIGIT_ATTRIBUTE_TASKS` (all ten binary tasks), or the
+  subset the data was loaded with (:mod:`mtl_jax.data.digit_attributes`),
+  e.g. :data:`DIGIT_STRIP_TASKS`.
   """
-  return binary_task_losses(outputs, batch, tasks)
+  if not tasks:
+    raise ValueError("digit_attribute_losses needs at least one task, got ().")
+  out = []
+  for t in tasks:
+    if t in DIGIT_CLASS_TASKS:
+      out.append(softmax_cross_entropy(outputs[t], batch[t]))
+    elif t in DIGIT_REGRESSION_TASKS:
+      out.append(mse(outputs[t], batch[t]))
+    else:
+      out.append(binary_cross_entropy_with_logits(outputs[t][:, None],
+                                                  batch[t][:, None])[0])
+  return jnp.stack(out)
 
 
 def synthetic_losses(outputs: Outputs, batch: Batch) -> jax.Array:

@@ -370,6 +370,42 @@ def binary_accuracy_metric() -> Metric:
   return Metric(init, update, compute)
 
 
+class ErrorState(NamedTuple):
+  abs_sum: jax.Array  # () float32, sum of |pred - target|
+  sq_sum: jax.Array   # () float32, sum of (pred - target)^2
+  count: jax.Array    # () int32
+
+
+def regression_error_metric() -> Metric:
+  """Mean absolute and root mean squared error of a real-valued target.
+
+  .. math::
+    \mathrm{MAE} = \frac{1}{n} \sum_b |\hat y_b - y_b|, \quad
+    \mathrm{RMSE} = \sqrt{\frac{1}{n} \sum_b (\hat y_b - y_b)^2}
+
+  Returns:
+    A :class:`Metric`; ``update(state, pred, target)`` (same shapes);
+    ``compute`` gives ``{"mae", "rmse"}`` (lower is better).
+  """
+
+  def init() -> ErrorState:
+    return ErrorState(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+                      jnp.zeros((), jnp.int32))
+
+  def update(state: ErrorState, pred: jax.Array,
+             target: jax.Array) -> ErrorState:
+    err = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    return ErrorState(state.abs_sum + jnp.abs(err).sum(),
+                      state.sq_sum + jnp.square(err).sum(),
+                      state.count + err.size)
+
+  def compute(state: ErrorState) -> dict[str, jax.Array]:
+    return {"mae": _ratio(state.abs_sum, state.count),
+            "rmse": jnp.sqrt(_ratio(state.sq_sum, state.count))}
+
+  return Metric(init, update, compute)
+
+
 # --------------------------------------------------------------------------
 # Per-dataset bundles: update(state, outputs, batch), names "task/metric".
 
@@ -433,28 +469,47 @@ def digit_scene_metrics(num_classes: int = 11,
                        "count": accuracy_metric()})
 
 
-def digit_attribute_metrics(tasks: Sequence[str]) -> Metric:
-  """Digit attributes: ``<task>/accuracy`` per binary task, and their mean.
+# The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS).
+_DIGIT_CLASS_TASKS = ("centre",)
+_DIGIT_REGRESSION_TASKS = ("sum",)
 
-  ``compute`` also gives ``mean/accuracy``, the unweighted mean over tasks (a
-  summary only; it is not a task, so it is not in
-  :func:`digit_attribute_higher_is_better` and not in Delta_m).
+
+def digit_attribute_metrics(tasks: Sequence[str]) -> Metric:
+  """Digit attributes and strips: one metric per task, and a mean accuracy.
+
+  Binary attributes and ``centre`` (the centre digit's class, argmax of 10
+  logits) give ``<task>/accuracy``; ``sum`` gives ``sum/mae`` and
+  ``sum/rmse``. ``compute`` also gives ``mean/accuracy``, the unweighted
+  mean over the classification tasks (a summary only; it is not a task, so
+  it is not in :func:`digit_attribute_higher_is_better` and not in Delta_m).
   """
   tasks = tuple(tasks)
-  bundle = task_metrics({t: binary_accuracy_metric() for t in tasks})
+
+  def metric(t: str) -> Metric:
+    if t in _DIGIT_CLASS_TASKS:
+      return accuracy_metric()
+    if t in _DIGIT_REGRESSION_TASKS:
+      return regression_error_metric()
+    return binary_accuracy_metric()
+
+  bundle = task_metrics({t: metric(t) for t in tasks})
+  classified = [t for t in tasks if t not in _DIGIT_REGRESSION_TASKS]
 
   def compute(state: State) -> dict[str, jax.Array]:
     out = bundle.compute(state)
-    out["mean/accuracy"] = jnp.mean(jnp.stack(
-        [out[f"{t}/accuracy"] for t in tasks]))
+    if classified:
+      out["mean/accuracy"] = jnp.mean(jnp.stack(
+          [out[f"{t}/accuracy"] for t in classified]))
     return out
 
   return Metric(bundle.init, bundle.update, compute)
 
 
 def digit_attribute_higher_is_better(tasks: Sequence[str]) -> dict[str, bool]:
-  """``{"<task>/accuracy": True}`` for every task (the Delta_m metrics)."""
-  return {f"{t}/accuracy": True for t in tasks}
+  """The Delta_m metrics: ``<task>/accuracy`` (higher is better) per
+  classification task, ``sum/mae`` (lower is better) for the sum."""
+  return {(f"{t}/mae" if t in _DIGIT_REGRESSION_TASKS else f"{t}/accuracy"):
+          t not in _DIGIT_REGRESSION_TASKS for t in tasks}
 
 
 # --------------------------------------------------------------------------
