@@ -71,7 +71,8 @@ def _load_digit_scenes(data: Config, split: str, **kwargs) -> Any:
 
 
 def _digit_attribute_tasks(data: Config) -> tuple[str, ...]:
-  """``data.tasks`` (a subset of the ten attributes), else all ten."""
+  """``data.tasks`` (a subset of the ten attributes, ``centre`` and ``sum``),
+  else the ten binary attributes."""
   from mtl_jax.data import digit_attributes
   return digit_attributes.check_tasks(data.get("tasks") or
                                       digit_attributes.TASKS)
@@ -154,9 +155,12 @@ def dataset_spec(data: Config) -> DatasetSpec:
         mtl_losses.digit_scene_losses, mtl_metrics.digit_scene_metrics(),
         mtl_metrics.DIGIT_SCENE_HIGHER_IS_BETTER, None, _load_digit_scenes)
   if name == "digit_attributes":
+    from mtl_jax.data import digit_attributes
     tasks = _digit_attribute_tasks(data)
     return DatasetSpec(
-        name, tasks, ("classification",) * len(tasks),
+        name, tasks,
+        tuple("regression" if digit_attributes.KINDS[t] == "regression"
+              else "classification" for t in tasks),
         functools.partial(mtl_losses.digit_attribute_losses, tasks=tasks),
         mtl_metrics.digit_attribute_metrics(tasks),
         mtl_metrics.digit_attribute_higher_is_better(tasks), None,
@@ -236,9 +240,15 @@ def _build_net(config: Config) -> nn.Module:
   if m.name == "digit_scene_net":
     return models.DigitSceneNet(widths=tuple(m.widths))
   if m.name == "digit_attribute_net":
-    return models.DigitAttributeNet(tasks=_digit_attribute_tasks(data),
-                                    hidden=tuple(m.hidden),
-                                    widths=tuple(m.widths))
+    from mtl_jax.data import digit_attributes
+    tasks = _digit_attribute_tasks(data)
+    # The sum's head starts at model.sum_offset (0 when unset).
+    offsets = tuple(float(m.get("sum_offset", 0.0)) if t == "sum" else 0.0
+                    for t in tasks)
+    return models.DigitAttributeNet(
+        tasks=tasks, hidden=tuple(m.hidden), widths=tuple(m.widths),
+        output_sizes=tuple(digit_attributes.OUTPUT_SIZES[t] for t in tasks),
+        output_offsets=offsets)
   if m.name in ("segnet", "mtan"):
     if data.name == "nyuv2":
       heads = models.NYUV2_HEADS
