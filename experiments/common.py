@@ -19,6 +19,7 @@ baseline (one-hot weights).
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
@@ -67,6 +68,23 @@ def _load_digit_scenes(data: Config, split: str, **kwargs) -> Any:
       max_digits=data.max_digits, num_train=data.num_train,
       num_validation=data.num_validation, num_test=data.num_test,
       data_seed=data.data_seed, **_pipeline_kwargs(data), **kwargs)
+
+
+def _digit_attribute_tasks(data: Config) -> tuple[str, ...]:
+  """``data.tasks`` (a subset of the ten attributes, ``centre`` and ``sum``),
+  else the ten binary attributes."""
+  from mtl_jax.data import digit_attributes
+  return digit_attributes.check_tasks(data.get("tasks") or
+                                      digit_attributes.TASKS)
+
+
+def _load_digit_attributes(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import digit_attributes
+  return digit_attributes.load(
+      split, data_dir=data.data_dir, tasks=_digit_attribute_tasks(data),
+      num_train=data.num_train, num_validation=data.num_validation,
+      num_test=data.num_test, data_seed=data.data_seed,
+      **_pipeline_kwargs(data), **kwargs)
 
 
 def _load_synthetic(data: Config, split: str, **kwargs) -> Any:
@@ -136,6 +154,17 @@ def dataset_spec(data: Config) -> DatasetSpec:
         ("classification", "regression", "regression", "classification"),
         mtl_losses.digit_scene_losses, mtl_metrics.digit_scene_metrics(),
         mtl_metrics.DIGIT_SCENE_HIGHER_IS_BETTER, None, _load_digit_scenes)
+  if name == "digit_attributes":
+    from mtl_jax.data import digit_attributes
+    tasks = _digit_attribute_tasks(data)
+    return DatasetSpec(
+        name, tasks,
+        tuple("regression" if digit_attributes.KINDS[t] == "regression"
+              else "classification" for t in tasks),
+        functools.partial(mtl_losses.digit_attribute_losses, tasks=tasks),
+        mtl_metrics.digit_attribute_metrics(tasks),
+        mtl_metrics.digit_attribute_higher_is_better(tasks), None,
+        _load_digit_attributes)
   if name == "synthetic":
     k = data.num_tasks
     tasks = tuple(f"task_{i}" for i in range(k))
@@ -165,7 +194,7 @@ def dataset_spec(data: Config) -> DatasetSpec:
         mtl_losses.celeba_losses, mtl_metrics.celeba_metrics(),
         mtl_metrics.CELEBA_HIGHER_IS_BETTER, None, _load_celeba)
   raise ValueError(f"unknown dataset {name!r}; expected one of digit_scenes, "
-                   "synthetic, nyuv2, cityscapes, celeba.")
+                   "digit_attributes, synthetic, nyuv2, cityscapes, celeba.")
 
 
 def metric_task(metric_name: str) -> str:
@@ -210,6 +239,16 @@ def _build_net(config: Config) -> nn.Module:
   m, data = config.model, config.data
   if m.name == "digit_scene_net":
     return models.DigitSceneNet(widths=tuple(m.widths))
+  if m.name == "digit_attribute_net":
+    from mtl_jax.data import digit_attributes
+    tasks = _digit_attribute_tasks(data)
+    # The sum's head starts at model.sum_offset (0 when unset).
+    offsets = tuple(float(m.get("sum_offset", 0.0)) if t == "sum" else 0.0
+                    for t in tasks)
+    return models.DigitAttributeNet(
+        tasks=tasks, hidden=tuple(m.hidden), widths=tuple(m.widths),
+        output_sizes=tuple(digit_attributes.OUTPUT_SIZES[t] for t in tasks),
+        output_offsets=offsets)
   if m.name in ("segnet", "mtan"):
     if data.name == "nyuv2":
       heads = models.NYUV2_HEADS
@@ -223,7 +262,7 @@ def _build_net(config: Config) -> nn.Module:
     return models.MLPTrunk(num_tasks=data.num_tasks, width=m.width,
                            depth=m.depth)
   raise ValueError(f"unknown model {m.name!r}; expected digit_scene_net, "
-                   "segnet, mtan, resnet18 or mlp.")
+                   "digit_attribute_net, segnet, mtan, resnet18 or mlp.")
 
 
 # ---------------------------------------------------------------- weightings

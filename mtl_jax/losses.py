@@ -16,7 +16,7 @@ loss per task, in the order of the ``*_TASKS`` tuples below.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,16 @@ Outputs = Mapping[str, jax.Array]
 NYUV2_TASKS = ("segmentation", "depth", "normal")
 CITYSCAPES_TASKS = ("segmentation", "depth")
 DIGIT_SCENE_TASKS = ("segmentation", "depth", "normal", "count")
+# mtl_jax.data.digit_attributes.TASKS, repeated here to keep this module light.
+DIGIT_ATTRIBUTE_TASKS = ("centre_even", "centre_ge7", "centre_prime",
+                         "centre_loop", "left_even", "right_ge5",
+                         "left_smaller", "centre_max", "sum_ge16",
+                         "left_right_odd")
+# The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS):
+# a 10-way class and a real-valued target on the same strips.
+DIGIT_CLASS_TASKS = ("centre",)
+DIGIT_REGRESSION_TASKS = ("sum",)
+DIGIT_STRIP_TASKS = ("centre", "sum", "right_ge5", "left_smaller")
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -202,6 +212,58 @@ def digit_scene_losses(outputs: Outputs, batch: Batch) -> jax.Array:
       normal_cosine_loss(outputs["normal"], batch["normal"]),
       softmax_cross_entropy(outputs["count"], batch["count"]),
   ])
+
+
+def binary_task_losses(outputs: Outputs, batch: Batch,
+                       tasks: Sequence[str]) -> jax.Array:
+  """One sigmoid BCE per binary task, each task in its own output key, (K,).
+
+  .. math::
+    L_k = -\\frac{1}{B} \\sum_b y_{bk} \\log \\sigma(z_{bk}) + (1 - y_{bk})
+    \\log (1 - \\sigma(z_{bk}))
+
+  Reads ``outputs[task]`` (B,) logits and ``batch[task]`` (B,) 0/1 labels for
+  every task, in the order of ``tasks`` (optax's
+  ``sigmoid_binary_cross_entropy`` through
+  :func:`binary_cross_entropy_with_logits`).
+  """
+  if not tasks:
+    raise ValueError("binary_task_losses needs at least one task, got ().")
+  logits = jnp.stack([outputs[t] for t in tasks], axis=-1)
+  labels = jnp.stack([batch[t] for t in tasks], axis=-1)
+  return binary_cross_entropy_with_logits(logits, labels)
+
+
+def digit_attribute_losses(outputs: Outputs, batch: Batch,
+                           tasks: Sequence[str] = DIGIT_ATTRIBUTE_TASKS
+                           ) -> jax.Array:
+  """Digit-attribute and digit-strip losses, (K,), in ``tasks`` order.
+
+  A binary attribute's loss is a sigmoid BCE (:func:`binary_task_losses`),
+  the centre digit's class (``centre``, (B, 10) logits) a softmax CE and the
+  sum of the three digits (``sum``, (B,) predictions) an MSE:
+
+  .. math::
+    L_{\text{centre}} = \frac{1}{B} \sum_b -\log
+    \mathrm{softmax}(z_b)_{c_b}, \qquad
+    L_{\text{sum}} = \frac{1}{B} \sum_b (\hat s_b - s_b)^2
+
+  ``tasks`` is :data:`DIGIT_ATTRIBUTE_TASKS` (all ten binary tasks), or the
+  subset the data was loaded with (:mod:`mtl_jax.data.digit_attributes`),
+  e.g. :data:`DIGIT_STRIP_TASKS`.
+  """
+  if not tasks:
+    raise ValueError("digit_attribute_losses needs at least one task, got ().")
+  out = []
+  for t in tasks:
+    if t in DIGIT_CLASS_TASKS:
+      out.append(softmax_cross_entropy(outputs[t], batch[t]))
+    elif t in DIGIT_REGRESSION_TASKS:
+      out.append(mse(outputs[t], batch[t]))
+    else:
+      out.append(binary_cross_entropy_with_logits(outputs[t][:, None],
+                                                  batch[t][:, None])[0])
+  return jnp.stack(out)
 
 
 def synthetic_losses(outputs: Outputs, batch: Batch) -> jax.Array:

@@ -32,7 +32,7 @@ single-task baseline and :math:`l_i = 1` when higher is better.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -344,6 +344,68 @@ def accuracy_metric() -> Metric:
   return Metric(init, update, compute)
 
 
+def binary_accuracy_metric() -> Metric:
+  """Accuracy of a binary task's logits: ``mean((logits > 0) == labels)``.
+
+  .. math:: \\mathrm{acc} = \\frac{1}{n} \\sum_b [\\,[z_b > 0] = y_b\\,]
+
+  Returns:
+    A :class:`Metric`; ``update(state, logits (...), labels (...))`` with
+    labels in {0, 1} (bool or numeric) and logits of the same shape;
+    ``compute`` gives ``{"accuracy"}``.
+  """
+
+  def init() -> AccuracyState:
+    return AccuracyState(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+  def update(state: AccuracyState, logits: jax.Array,
+             labels: jax.Array) -> AccuracyState:
+    hit = (logits > 0) == labels.astype(bool)
+    return AccuracyState(state.correct + hit.sum(dtype=jnp.int32),
+                         state.count + hit.size)
+
+  def compute(state: AccuracyState) -> dict[str, jax.Array]:
+    return {"accuracy": _ratio(state.correct, state.count)}
+
+  return Metric(init, update, compute)
+
+
+class ErrorState(NamedTuple):
+  abs_sum: jax.Array  # () float32, sum of |pred - target|
+  sq_sum: jax.Array   # () float32, sum of (pred - target)^2
+  count: jax.Array    # () int32
+
+
+def regression_error_metric() -> Metric:
+  """Mean absolute and root mean squared error of a real-valued target.
+
+  .. math::
+    \mathrm{MAE} = \frac{1}{n} \sum_b |\hat y_b - y_b|, \quad
+    \mathrm{RMSE} = \sqrt{\frac{1}{n} \sum_b (\hat y_b - y_b)^2}
+
+  Returns:
+    A :class:`Metric`; ``update(state, pred, target)`` (same shapes);
+    ``compute`` gives ``{"mae", "rmse"}`` (lower is better).
+  """
+
+  def init() -> ErrorState:
+    return ErrorState(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+                      jnp.zeros((), jnp.int32))
+
+  def update(state: ErrorState, pred: jax.Array,
+             target: jax.Array) -> ErrorState:
+    err = pred.astype(jnp.float32) - target.astype(jnp.float32)
+    return ErrorState(state.abs_sum + jnp.abs(err).sum(),
+                      state.sq_sum + jnp.square(err).sum(),
+                      state.count + err.size)
+
+  def compute(state: ErrorState) -> dict[str, jax.Array]:
+    return {"mae": _ratio(state.abs_sum, state.count),
+            "rmse": jnp.sqrt(_ratio(state.sq_sum, state.count))}
+
+  return Metric(init, update, compute)
+
+
 # --------------------------------------------------------------------------
 # Per-dataset bundles: update(state, outputs, batch), names "task/metric".
 
@@ -405,6 +467,49 @@ def digit_scene_metrics(num_classes: int = 11,
                        "depth": depth_metric(),
                        "normal": normal_metric(bin_width),
                        "count": accuracy_metric()})
+
+
+# The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS).
+_DIGIT_CLASS_TASKS = ("centre",)
+_DIGIT_REGRESSION_TASKS = ("sum",)
+
+
+def digit_attribute_metrics(tasks: Sequence[str]) -> Metric:
+  """Digit attributes and strips: one metric per task, and a mean accuracy.
+
+  Binary attributes and ``centre`` (the centre digit's class, argmax of 10
+  logits) give ``<task>/accuracy``; ``sum`` gives ``sum/mae`` and
+  ``sum/rmse``. ``compute`` also gives ``mean/accuracy``, the unweighted
+  mean over the classification tasks (a summary only; it is not a task, so
+  it is not in :func:`digit_attribute_higher_is_better` and not in Delta_m).
+  """
+  tasks = tuple(tasks)
+
+  def metric(t: str) -> Metric:
+    if t in _DIGIT_CLASS_TASKS:
+      return accuracy_metric()
+    if t in _DIGIT_REGRESSION_TASKS:
+      return regression_error_metric()
+    return binary_accuracy_metric()
+
+  bundle = task_metrics({t: metric(t) for t in tasks})
+  classified = [t for t in tasks if t not in _DIGIT_REGRESSION_TASKS]
+
+  def compute(state: State) -> dict[str, jax.Array]:
+    out = bundle.compute(state)
+    if classified:
+      out["mean/accuracy"] = jnp.mean(jnp.stack(
+          [out[f"{t}/accuracy"] for t in classified]))
+    return out
+
+  return Metric(bundle.init, bundle.update, compute)
+
+
+def digit_attribute_higher_is_better(tasks: Sequence[str]) -> dict[str, bool]:
+  """The Delta_m metrics: ``<task>/accuracy`` (higher is better) per
+  classification task, ``sum/mae`` (lower is better) for the sum."""
+  return {(f"{t}/mae" if t in _DIGIT_REGRESSION_TASKS else f"{t}/accuracy"):
+          t not in _DIGIT_REGRESSION_TASKS for t in tasks}
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Task losses: hand-computed values, ignored pixels and masks, dataset vectors."""
+import functools
 import math
 
 import hypothesis
@@ -7,6 +8,7 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mtl_jax import losses
 
@@ -191,6 +193,39 @@ def test_celeba_losses_one_per_attribute():
   assert vec.shape == (40,)
   np.testing.assert_allclose(vec[0], math.log(2), atol=ATOL)
   np.testing.assert_allclose(vec[7], math.log1p(math.exp(5)), atol=1e-5)
+
+
+def test_digit_attribute_losses_one_bce_per_task_in_order():
+  tasks = losses.DIGIT_ATTRIBUTE_TASKS
+  z = np.linspace(-3.0, 3.0, len(tasks)).astype(np.float32)
+  outputs = {t: np.asarray([z[k], -z[k]], np.float32) for k, t in enumerate(tasks)}
+  batch = {t: np.asarray([1, 0], np.int32) for t in tasks}
+  vec = jax.jit(losses.digit_attribute_losses)(outputs, batch)
+  assert vec.shape == (len(tasks),) and vec.dtype == jnp.float32
+  # y = 1 at logit z and y = 0 at logit -z both cost log(1 + exp(-z)).
+  np.testing.assert_allclose(vec, np.log1p(np.exp(-z)), rtol=1e-5)
+  subset = losses.digit_attribute_losses(outputs, batch,
+                                         tasks=(tasks[7], tasks[2]))
+  np.testing.assert_allclose(subset, vec[np.asarray([7, 2])], rtol=1e-6)
+  with pytest.raises(ValueError, match="at least one task"):
+    losses.binary_task_losses(outputs, batch, ())
+
+
+def test_digit_strip_losses_mix_ce_mse_and_bce():
+  tasks = ("left_smaller", "centre", "sum")
+  logits = np.zeros((2, 10), np.float32)
+  logits[0, 3] = 2.0  # class 3 at logit 2, the other nine at 0
+  outputs = {"centre": logits, "sum": np.asarray([10.0, 14.0], np.float32),
+             "left_smaller": np.asarray([0.0, 0.0], np.float32)}
+  batch = {"centre": np.asarray([3, 7], np.int32),
+           "sum": np.asarray([13.0, 14.0], np.float32),
+           "left_smaller": np.asarray([1, 0], np.int32)}
+  vec = jax.jit(functools.partial(losses.digit_attribute_losses, tasks=tasks))(
+      outputs, batch)
+  # Strip 0: class 3 at logit 2 among nine zeros; strip 1: ten zero logits.
+  ce = 0.5 * ((math.log(math.exp(2.0) + 9.0) - 2.0) + math.log(10.0))
+  np.testing.assert_allclose(vec, [math.log(2.0), ce, 0.5 * 9.0], rtol=1e-5)
+  assert vec.shape == (3,)
 
 
 def test_synthetic_losses_per_task_mse():

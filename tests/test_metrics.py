@@ -181,6 +181,56 @@ def test_count_accuracy_in_halves():
   np.testing.assert_allclose(out["accuracy"], 0.5, atol=ATOL)
 
 
+def test_binary_accuracy_thresholds_logits_at_zero():
+  logits = jnp.asarray([2.0, -1.0, 0.5, -3.0, 0.0])
+  labels = jnp.asarray([1, 1, 0, 0, 0])  # hit, miss, miss, hit, hit (0 -> "no")
+  m = metrics.binary_accuracy_metric()
+  state, out = _run(m, (logits[:2], labels[:2]), (logits[2:], labels[2:]))
+  assert int(state.correct) == 3 and int(state.count) == 5
+  np.testing.assert_allclose(out["accuracy"], 0.6, atol=ATOL)
+
+
+def test_digit_attribute_metrics_per_task_and_mean():
+  tasks = ("a", "b")
+  outputs = {"a": jnp.asarray([1.0, 1.0, -1.0, -1.0]),
+             "b": jnp.asarray([1.0, -1.0, -1.0, -1.0])}
+  batch = {"a": jnp.asarray([1, 1, 0, 0]), "b": jnp.asarray([0, 0, 0, 0]),
+           "image": jnp.zeros((4, 8, 24, 1))}
+  m = metrics.digit_attribute_metrics(tasks)
+  out = m.compute(jax.jit(m.update)(m.init(), outputs, batch))
+  np.testing.assert_allclose(out["a/accuracy"], 1.0, atol=ATOL)
+  np.testing.assert_allclose(out["b/accuracy"], 0.75, atol=ATOL)
+  np.testing.assert_allclose(out["mean/accuracy"], 0.875, atol=ATOL)
+  directions = metrics.digit_attribute_higher_is_better(tasks)
+  assert directions == {"a/accuracy": True, "b/accuracy": True}  # no "mean/"
+  assert set(directions) < set(out)
+
+
+def test_regression_error_mae_and_rmse_in_halves():
+  m = metrics.regression_error_metric()
+  pred, target = jnp.asarray([1.0, 5.0, 2.0, 0.0]), jnp.asarray([2.0, 2.0, 2.0, 4.0])
+  _, out = _run(m, (pred[:1], target[:1]), (pred[1:], target[1:]))
+  np.testing.assert_allclose(out["mae"], (1 + 3 + 0 + 4) / 4, atol=ATOL)
+  np.testing.assert_allclose(out["rmse"], np.sqrt((1 + 9 + 0 + 16) / 4), atol=ATOL)
+
+
+def test_digit_strip_metrics_mix_kinds():
+  tasks = ("centre", "sum", "left_smaller")
+  logits = (-jnp.ones((4, 10))).at[jnp.arange(4), jnp.asarray([1, 2, 3, 3])].set(1.0)
+  outputs = {"centre": logits, "sum": jnp.asarray([10.0, 12.0, 13.0, 13.0]),
+             "left_smaller": jnp.asarray([1.0, -1.0, -1.0, -1.0])}
+  batch = {"centre": jnp.asarray([1, 2, 3, 4]), "sum": jnp.asarray([10.0, 10.0, 13.0, 15.0]),
+           "left_smaller": jnp.asarray([1, 1, 0, 0])}
+  m = metrics.digit_attribute_metrics(tasks)
+  out = m.compute(jax.jit(m.update)(m.init(), outputs, batch))
+  np.testing.assert_allclose(out["centre/accuracy"], 0.75, atol=ATOL)
+  np.testing.assert_allclose(out["sum/mae"], 1.0, atol=ATOL)
+  np.testing.assert_allclose(out["sum/rmse"], np.sqrt(2.0), atol=ATOL)
+  np.testing.assert_allclose(out["mean/accuracy"], 0.75, atol=ATOL)  # (0.75 + 0.75) / 2
+  assert metrics.digit_attribute_higher_is_better(tasks) == {
+      "centre/accuracy": True, "sum/mae": False, "left_smaller/accuracy": True}
+
+
 def test_dataset_bundle_jits_and_names_match_baselines():
   rng = np.random.default_rng(5)
   outputs = {"segmentation": jnp.asarray(rng.normal(size=(2, 4, 4, 13))),

@@ -4,6 +4,8 @@ One module per dataset, each with a ``load(...)`` returning a
 ``grain.IterDataset`` of batches (dicts of numpy arrays), and module constants
 ``TASKS``, ``LOSSES`` and class counts for the experiments:
 
+* :mod:`digit_attributes`: offline many-task benchmark from sklearn's digits
+  (ten binary attributes of strips of three digits); generated on first use.
 * :mod:`digit_scenes`: offline dense benchmark from sklearn's digits
   (segmentation, depth, normal, count); generated and cached on first use.
 * :mod:`synthetic`: GradNorm's synthetic regression, in memory.
@@ -17,6 +19,7 @@ and, on a fresh ``iter(ds)`` of the same pipeline, ``it.set_state(state)``
 """
 from mtl_jax.data import celeba
 from mtl_jax.data import cityscapes
+from mtl_jax.data import digit_attributes
 from mtl_jax.data import digit_scenes
 from mtl_jax.data import nyuv2
 from mtl_jax.data import synthetic
@@ -33,6 +36,7 @@ __all__ = (
     "celeba",
     "cityscapes",
     "default_data_dir",
+    "digit_attributes",
     "digit_scenes",
     "make_pipeline",
     "nyuv2",

@@ -8,6 +8,7 @@ gradient-space methods every model names its task-specific parameters
 """
 from mtl_jax.models._layers import mark_features
 from mtl_jax.models._task_params import task_params
+from mtl_jax.models.digit_attribute import DigitAttributeNet
 from mtl_jax.models.digit_scene import DigitSceneNet
 from mtl_jax.models.mlp import MLPTrunk
 from mtl_jax.models.mtan import MTAN
@@ -18,6 +19,7 @@ from mtl_jax.models.segnet import SegNet
 
 __all__ = (
     "CITYSCAPES_HEADS",
+    "DigitAttributeNet",
     "DigitSceneNet",
     "MLPTrunk",
     "MTAN",

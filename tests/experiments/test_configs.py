@@ -1,8 +1,9 @@
 """Every experiment config builds and trains two steps on fixture data.
 
-Digit scenes and the synthetic regression generate tiny data into tmp_path;
-NYUv2 and Cityscapes read fixtures written in MTAN's exact on-disk layout
-(tests/data/data_fixtures.py); CelebA reads tfds.testing.mock_data.
+Digit scenes, digit attributes and the synthetic regression generate tiny data
+into tmp_path; NYUv2 and Cityscapes read fixtures written in MTAN's exact
+on-disk layout (tests/data/data_fixtures.py); CelebA reads
+tfds.testing.mock_data.
 """
 import importlib
 import importlib.util
@@ -22,7 +23,8 @@ data_fixtures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(data_fixtures)
 
 CONFIGS = ("default", "digit_scenes_quick", "digit_scenes_full", "synthetic",
-           "nyuv2_segnet", "nyuv2_mtan", "cityscapes_segnet", "celeba_resnet18")
+           "nyuv2_segnet", "nyuv2_mtan", "cityscapes_segnet", "celeba_resnet18",
+           "digit_attributes", "digit_strips")
 
 
 def smoke_config(name):
@@ -64,7 +66,7 @@ _SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit 
 
 
 @pytest.mark.parametrize("name", [
-    "digit_scenes_quick", "synthetic",
+    "digit_scenes_quick", "synthetic", "digit_attributes", "digit_strips",
     pytest.param("digit_scenes_full", marks=_SLOW),
     pytest.param("nyuv2_segnet", marks=_SLOW),
     pytest.param("nyuv2_mtan", marks=_SLOW),
@@ -119,3 +121,42 @@ def test_config_trains_a_gradient_method(name, method, mode, tmp_path):
   assert all(np.isfinite(w).all() for w in weights)
   assert result["steps"] == 2
   assert all(np.isfinite(v) for v in result["test"].values())
+
+
+def test_digit_attributes_config_is_the_many_task_benchmark():
+  """Ten classification tasks, BCE losses, no digit-scenes depth affine and
+  no simplex grid (infeasible for 10 tasks)."""
+  from experiments import common
+  config = smoke_config("digit_attributes")
+  spec = common.dataset_spec(config.data)
+  assert len(spec.tasks) == 10 and set(spec.task_types) == {"classification"}
+  assert set(spec.higher_is_better) == {f"{t}/accuracy" for t in spec.tasks}
+  assert config.model.depth_scale == 1.0 and config.model.depth_offset == 0.0
+  assert config.compare.scalarization_step == 0.0
+  model = common.build_model(config)
+  assert type(model).__name__ == "DigitAttributeNet"
+  config.data.tasks = ("sum_ge16", "centre_even")
+  spec = common.dataset_spec(config.data)
+  assert spec.tasks == ("sum_ge16", "centre_even")
+  assert common.build_model(config).tasks == spec.tasks
+
+
+def test_digit_strips_config_is_the_mixed_four_task_benchmark():
+  """Four tasks of three kinds on the strips, a 4-point simplex grid, the
+  sum's head starting at its offset, no depth affine."""
+  from experiments import common
+  config = smoke_config("digit_strips")
+  spec = common.dataset_spec(config.data)
+  assert len(spec.tasks) == 4 and "centre" in spec.tasks and "sum" in spec.tasks
+  assert spec.task_types[spec.tasks.index("sum")] == "regression"
+  assert spec.higher_is_better["sum/mae"] is False
+  assert spec.higher_is_better["centre/accuracy"] is True
+  full = importlib.import_module("experiments.configs.digit_strips").get_config()
+  assert full.compare.scalarization_step == 0.2 and full.compare.seeds == 3
+  assert full.data.tasks == config.data.tasks
+  assert config.model.depth_scale == 1.0 and config.model.depth_offset == 0.0
+  net = common.build_model(config)
+  assert type(net).__name__ == "DigitAttributeNet"
+  sizes = dict(zip(net.tasks, net.output_sizes))
+  assert sizes["centre"] == 10 and sizes["sum"] == 1
+  assert dict(zip(net.tasks, net.output_offsets))["sum"] == config.model.sum_offset

@@ -81,6 +81,19 @@ CASES = [
       "normal": (3, 32, 32, 3), "count": (3, 6)}),
     ("mlp", lambda d: models.MLPTrunk(num_tasks=3, dtype=d), (2, 250),
      {"y": (2, 3, 100)}),
+    ("digit_attribute",
+     lambda d: models.DigitAttributeNet(tasks=("x", "y", "z"), hidden=(16, 8),
+                                        dtype=d),
+     (3, 8, 24, 1), {"x": (3,), "y": (3,), "z": (3,)}),
+    ("digit_strip",
+     lambda d: models.DigitAttributeNet(tasks=("centre", "sum", "b"), hidden=(8,),
+                                        output_sizes=(10, 1, 1),
+                                        output_offsets=(0.0, 13.5, 0.0), dtype=d),
+     (3, 8, 24, 1), {"centre": (3, 10), "sum": (3,), "b": (3,)}),
+    ("digit_attribute_conv",
+     lambda d: models.DigitAttributeNet(tasks=("x", "y"), hidden=(8,),
+                                        widths=(4, 4), dtype=d),
+     (2, 8, 24, 1), {"x": (2,), "y": (2,)}),
 ]
 
 
@@ -297,3 +310,44 @@ def test_digit_scene_normals_have_a_bounded_gradient_at_init():
   out = model.apply(variables, image, train=False)
   np.testing.assert_allclose(jnp.linalg.norm(out["normal"], axis=-1), 1.0,
                              rtol=1e-5)
+
+
+def test_digit_attribute_heads_are_separate_linear_maps_of_one_trunk():
+  """Head k's logit is v_k . h + c_k on the shared features h: changing one
+  head's parameters moves that task's logit only."""
+  tasks = ("a", "b", "c")
+  model = models.DigitAttributeNet(tasks=tasks, hidden=(8,))
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 24, 1))
+  variables = _host_variables(model, x)
+  out = model.apply(variables, x)
+  params = jax.tree.map(lambda p: p, variables["params"])
+  params["head_b"] = {"kernel": params["head_b"]["kernel"],
+                      "bias": params["head_b"]["bias"] + 1.0}
+  moved = model.apply({"params": params}, x)
+  np.testing.assert_allclose(moved["b"], out["b"] + 1.0, rtol=1e-6)
+  for t in ("a", "c"):
+    np.testing.assert_array_equal(moved[t], out[t])
+
+
+def test_digit_attribute_net_rejects_bad_shapes():
+  with pytest.raises(ValueError, match="at least one task"):
+    jax.eval_shape(functools.partial(
+        models.DigitAttributeNet(tasks=()).init, train=False), KEY,
+                   jnp.zeros((1, 8, 24, 1)))
+  with pytest.raises(ValueError, match="divisible by 16"):
+    jax.eval_shape(functools.partial(
+        models.DigitAttributeNet(tasks=("a",), widths=(2, 2, 2, 2)).init,
+        train=False), KEY, jnp.zeros((1, 8, 24, 1)))
+
+
+def test_digit_strip_regression_head_starts_at_its_offset():
+  model = models.DigitAttributeNet(tasks=("centre", "sum"), hidden=(8,),
+                                   output_sizes=(10, 1), output_offsets=(0.0, 13.5))
+  x = jax.random.uniform(jax.random.PRNGKey(3), (4, 8, 24, 1))
+  params = jax.jit(functools.partial(model.init, train=False))(KEY, x)["params"]
+  np.testing.assert_array_equal(params["head_sum"]["bias"], [13.5])
+  np.testing.assert_array_equal(params["head_centre"]["bias"], np.zeros(10))
+  with pytest.raises(ValueError, match="one output size"):
+    jax.eval_shape(functools.partial(
+        models.DigitAttributeNet(tasks=("a", "b"), output_sizes=(10,)).init,
+        train=False), KEY, jnp.zeros((1, 8, 24, 1)))

@@ -18,6 +18,13 @@ CASES = [
     ("resnet18", models.ResNet18(num_attributes=5, width=4), (2, 16, 16, 3), 1),
     ("mlp", models.MLPTrunk(num_tasks=3, width=8, depth=2, out_dim=4), (2, 250),
      1),
+    ("digit_attribute_net",
+     models.DigitAttributeNet(tasks=("a", "b", "c"), hidden=(8,)),
+     (2, 8, 24, 1), 3),
+    ("digit_strip_net",
+     models.DigitAttributeNet(tasks=("centre", "sum", "a", "b"), hidden=(8,),
+                              output_sizes=(10, 1, 1, 1)),
+     (2, 8, 24, 1), 4),
 ]
 
 
