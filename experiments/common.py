@@ -242,9 +242,10 @@ def _build_net(config: Config) -> nn.Module:
   if m.name == "digit_attribute_net":
     from mtl_jax.data import digit_attributes
     tasks = _digit_attribute_tasks(data)
-    # The sum's head starts at model.sum_offset (0 when unset).
-    offsets = tuple(float(m.get("sum_offset", 0.0)) if t == "sum" else 0.0
-                    for t in tasks)
+    # With model.start_at_mean, a regression head starts at its target's
+    # mean (digit_attributes.TARGET_MEANS); otherwise at 0.
+    offsets = tuple(digit_attributes.TARGET_MEANS.get(t, 0.0)
+                    if m.get("start_at_mean", False) else 0.0 for t in tasks)
     return models.DigitAttributeNet(
         tasks=tasks, hidden=tuple(m.hidden), widths=tuple(m.widths),
         output_sizes=tuple(digit_attributes.OUTPUT_SIZES[t] for t in tasks),

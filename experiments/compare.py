@@ -358,6 +358,9 @@ def define_flags() -> None:
                       "Output directory; default runs/compare_<config name>.")
   flags.DEFINE_string("results_dir", None,
                       "Also copy results.md/.csv and the plots here.")
+  flags.DEFINE_bool("verbose", False,
+                    "Print absl's records (per-step metrics) to the terminal "
+                    "instead of <workdir>/log.txt.")
   flags.DEFINE_string("docs", None,
                       "A markdown file whose block between the markers "
                       f"{BEGIN!r} and {END!r} is replaced by results.md.")
@@ -386,7 +389,10 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
-  print(f"Protocol: {cost_text(config)}", flush=True)
+  log = protocol.log_to_file(workdir, FLAGS.verbose)
+  print(f"{config.name}: {cost_text(config)}", flush=True)
+  if log:
+    print(f"Per-step records: {log} (--verbose prints them here)", flush=True)
   fixed, methods = plan(config)
   progress = protocol.Progress(protocol.num_reports(config,
                                                  len(fixed) + len(methods)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -104,11 +105,14 @@ def run_row(config, workdir: str, label: str, kind: str,
             program_for: Callable[[float], run_lib.Program], *,
             weights: Optional[Sequence[float]] = None,
             reference: Optional[Mapping[str, float]] = None,
-            on_run: Optional[Callable[[dict], None]] = None) -> Row:
+            on_run: Optional[Callable[[dict], None]] = None,
+            rate_label: Optional[str] = None) -> Row:
   """One row under the protocol (see the module docstring).
 
   ``program_for(rate)`` builds the program of this row at a learning rate
-  (one compilation per rate).
+  (one compilation per rate). Without the search, the rate is the committed
+  one of ``rate_label`` (default ``label``; the temperature sweep's rows use
+  UW-SO's).
   """
   all_seeds = seeds(config)
   grid = lr_grid(config)
@@ -125,7 +129,7 @@ def run_row(config, workdir: str, label: str, kind: str,
     logging.info("%s: learning rate %g chosen on validation (%s)", label,
                  rate, search)
   else:
-    rate = committed_rates(config).get(label,
+    rate = committed_rates(config).get(rate_label or label,
                                        float(config.optim.learning_rate))
   row = run_lib.run_row(program_for(rate), _rate_dir(workdir, label, rate),
                         "", kind, all_seeds, weights, reference, on_run)
@@ -182,17 +186,52 @@ def per_seed(row: Row, value: Callable[[dict], float]) -> dict[int, float]:
 
 
 class Progress:
-  """One line per finished run: label, seed, rate, count and ETA."""
+  """One progress bar over the runs: count, label, seed, rate and ETA.
 
-  def __init__(self, total: int, printer: Callable[[str], None] = print):
-    self.total, self.done, self.t0, self.printer = total, 0, time.time(), printer
+  On a terminal the bar is redrawn in place; otherwise (a log, a notebook
+  cell) a line is printed every tenth of the runs.
+  """
+
+  def __init__(self, total: int, stream: Any = None):
+    self.total, self.done, self.t0 = max(total, 1), 0, time.time()
+    self.stream = stream or sys.stdout
+    self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
 
   def __call__(self, result: dict[str, Any]) -> None:
     self.done += 1
     elapsed = time.time() - self.t0
-    eta = elapsed / self.done * (self.total - self.done)
-    self.printer(f"[{self.done:3d}/{self.total}] {result.get('label', '')}"
-                 f"seed {result.get('seed')} lr {result.get('learning_rate', 0):g}"
-                 f" step {result.get('selected_step')}"
-                 f"{' (reused)' if result.get('reused') else ''}"
-                 f"  elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+    eta = elapsed / self.done * max(self.total - self.done, 0)
+    filled = int(20 * min(self.done / self.total, 1.0))
+    line = (f"[{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total} "
+            f"{result.get('label', '')}seed {result.get('seed')} "
+            f"lr {result.get('learning_rate', 0):g}"
+            f"{' (reused)' if result.get('reused') else ''}  "
+            f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")[:100]
+    if self.tty:
+      end = "\n" if self.done >= self.total else ""
+      self.stream.write(f"\r{line:<100}{end}")
+      self.stream.flush()
+    elif self.done % max(1, self.total // 10) == 0 or self.done == self.total:
+      print(line, file=self.stream, flush=True)
+
+
+def log_to_file(workdir: str, verbose: bool) -> Optional[str]:
+  """Sends absl's records (per-step metrics, data preparation) to
+  ``<workdir>/log.txt`` instead of the terminal, unless ``verbose``.
+
+  Returns the log's path (``None`` when verbose).
+  """
+  if verbose:
+    return None
+  import logging as py_logging  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "log.txt")
+  handler = py_logging.FileHandler(path, mode="a")
+  handler.setFormatter(py_logging.Formatter(
+      "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+  root = py_logging.getLogger()
+  for h in list(root.handlers):
+    root.removeHandler(h)
+  root.addHandler(handler)
+  root.setLevel(py_logging.INFO)
+  logging.use_python_logging(quiet=True)
+  return path

@@ -52,8 +52,9 @@ RESULT = "result.json"
 EVAL_LOG = "eval.jsonl"
 
 
+# The drivers' default benchmark: the digit strips (the main job).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "configs",
-                              "default.py")
+                              "digit_strips.py")
 
 
 class Row(NamedTuple):

@@ -50,7 +50,8 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
             config, weighting__name="uw_so", weighting__temperature=t,
             optim__learning_rate=rate)))
     rows.append(protocol.run_row(config, workdir, f"T={t:g}", "method",
-                                 program_for, reference=reference))
+                                 program_for, reference=reference,
+                                 rate_label="uw_so"))
   for name in common.parse_list(config.sweep.get("variants", "")):
     program_for = functools.lru_cache(maxsize=None)(
         lambda rate, n=name: run_lib.build_program(run_lib.override(

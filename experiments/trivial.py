@@ -51,8 +51,10 @@ def kinds(spec: Any) -> dict[str, str]:
   """``{task: kind}`` of ``spec``'s dataset (``"binary"`` for attributes)."""
   if spec.name in KINDS:
     return dict(KINDS[spec.name])
-  if spec.name == "digit_attributes":
-    return {t: "binary" for t in spec.tasks}
+  if spec.name == "digit_attributes":  # digit attributes and digit strips
+    from mtl_jax.data import digit_attributes  # pylint: disable=g-import-not-at-top
+    kind = {"binary": "binary", "class": "class", "regression": "mean"}
+    return {t: kind[digit_attributes.KINDS[t]] for t in spec.tasks}
   raise ValueError(f"no trivial baseline defined for dataset {spec.name!r}; "
                    f"add its task kinds to experiments.trivial.KINDS.")
 

@@ -36,8 +36,8 @@ DIGIT_ATTRIBUTE_TASKS = ("centre_even", "centre_ge7", "centre_prime",
 # The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS):
 # a 10-way class and a real-valued target on the same strips.
 DIGIT_CLASS_TASKS = ("centre",)
-DIGIT_REGRESSION_TASKS = ("sum",)
-DIGIT_STRIP_TASKS = ("centre", "sum", "right_ge5", "left_smaller")
+DIGIT_REGRESSION_TASKS = ("sum", "number", "product")
+DIGIT_STRIP_TASKS = ("centre", "number", "right_ge5", "left_smaller")
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

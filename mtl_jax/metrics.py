@@ -471,7 +471,7 @@ def digit_scene_metrics(num_classes: int = 11,
 
 # The digit-strip tasks that are not binary (mtl_jax.data.digit_attributes.KINDS).
 _DIGIT_CLASS_TASKS = ("centre",)
-_DIGIT_REGRESSION_TASKS = ("sum",)
+_DIGIT_REGRESSION_TASKS = ("sum", "number", "product")
 
 
 def digit_attribute_metrics(tasks: Sequence[str]) -> Metric:

@@ -62,6 +62,9 @@ def get_config(arg: str = ""):
   config.model.widths = ()
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0  # no depth task
   config.weighting.temperature = TEMPERATURE
+  # The default methods of both families, and UW-SO's automatic-temperature
+  # variants (evaluated against UW-SO tuned on validation).
+  config.compare.methods += ",uw_so_rel,uw_so_entropy"
   # EW, 1 seed, mean validation accuracy: 0.9503 here; 0.9502 without the
   # decay; 0.9484 (5e-3), 0.9437 (3e-3) and 0.9465 (3e-3, no decay).
   config.optim.learning_rate = 1e-2

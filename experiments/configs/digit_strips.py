@@ -40,8 +40,13 @@ quieter machine is about 2-3x faster (digit_attributes: 2-6 s).
 """
 from experiments.configs import default
 
-# UW-SO's T: not validated on this benchmark yet; the digit-attributes value.
-TEMPERATURE = 1000.0
+# UW-SO's T, chosen on validation by `python -m experiments.temperature_sweep
+# --config experiments/configs/digit_strips.py` (1 seed, learning rate 1e-2,
+# T in 1, 2, 5, 10, 20, 50, 100, 1000): validation Delta_m +17.6, +8.0,
+# +11.2, +9.4, +15.5, +7.8, +16.4, +11.3 %. The curve is noisy (T = 20 to
+# 1000 give near-equal weights, so their spread is seed noise); T = 50 is
+# the protocol's pick, not a claim that it is the best T.
+TEMPERATURE = 50.0
 
 
 def get_config(arg: str = ""):
@@ -49,7 +54,7 @@ def get_config(arg: str = ""):
   config = default.get_config()
   config.name = "digit_strips"
   config.data.name = "digit_attributes"   # the same strips, other tasks
-  config.data.tasks = ("centre", "sum", "right_ge5", "left_smaller")
+  config.data.tasks = ("centre", "product", "left_even", "left_smaller")
   config.data.batch_size = 64
   config.data.eval_batch_size = 500
   config.data.num_train = 8000
@@ -58,9 +63,12 @@ def get_config(arg: str = ""):
   config.model.name = "digit_attribute_net"
   config.model.hidden = (128, 128)
   config.model.widths = ()
-  config.model.sum_offset = 13.5        # the sum's head starts at its mean
+  config.model.start_at_mean = True     # regression heads start at their means
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0  # no depth task
   config.weighting.temperature = TEMPERATURE
+  # The default methods of both families, and UW-SO's automatic-temperature
+  # variants (evaluated against UW-SO tuned on validation).
+  config.compare.methods += ",uw_so_rel,uw_so_entropy"
   config.optim.learning_rate = 1e-2
   config.optim.decay_every_epochs = 4.0
   config.train.num_steps = 1000

@@ -103,16 +103,23 @@ NUM_TASKS = len(TASKS)
 
 # Tasks of other kinds on the same strips (the digit-strips benchmark):
 # ``centre`` is the centre digit's class (10-way), ``sum`` is l + c + r
-# (0..27) as a real number.
+# (0..27) and ``number`` the two-digit number 10 l + r (0..99) that the outer
+# digits read, as real numbers.
 OTHER_TASKS: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]] = {
     "centre": lambda l, c, r: c.astype(np.int32),
     "sum": lambda l, c, r: (l + c + r).astype(np.float32),
+    "number": lambda l, c, r: (10 * l + r).astype(np.float32),
+    "product": lambda l, c, r: (l * c).astype(np.float32),
 }
+# The regression targets' means under uniform digit classes (the heads start
+# there): E[l + c + r] = 13.5, E[10 l + r] = 49.5.
+TARGET_MEANS = {"sum": 13.5, "number": 49.5, "product": 20.25}
 ALL_TASKS = TASKS + tuple(OTHER_TASKS)
 # Each task's kind: "binary" (0/1 int32 label, a sigmoid BCE), "class"
 # (int32 class 0..9, a softmax CE) or "regression" (float32, an MSE).
 KINDS: dict[str, str] = {**dict.fromkeys(TASKS, "binary"), "centre": "class",
-                         "sum": "regression"}
+                         "sum": "regression", "number": "regression",
+                         "product": "regression"}
 LOSSES = {t: {"binary": "binary_cross_entropy", "class": "softmax_cross_entropy",
               "regression": "mse"}[k] for t, k in KINDS.items()}
 # Output width of each task's head: one logit, ten logits, one real number.

@@ -176,11 +176,17 @@ STRIP_TASKS = ("centre", "sum", "left_right_odd", "left_smaller")
 
 def test_centre_and_sum_targets_follow_the_stored_digits(data_dir):
   for split in digit_attributes.SPLITS:
-    x = _all(_load(data_dir, split, tasks=STRIP_TASKS))
+    x = _all(_load(data_dir, split, tasks=STRIP_TASKS + ("product", "number")))
     assert x["centre"].dtype == np.int32 and x["sum"].dtype == np.float32
+    assert x["product"].dtype == np.float32 and x["number"].dtype == np.float32
     for i, (l, c, r) in enumerate(x["digits"].tolist()):
       assert x["centre"][i] == c and x["sum"][i] == l + c + r, (split, (l, c, r))
+      assert x["product"][i] == l * c and x["number"][i] == 10 * l + r
       assert x["left_smaller"][i] == int(l < c)
+  # The heads start at these means: those of uniform digit classes.
+  d = np.arange(10.0)
+  assert digit_attributes.TARGET_MEANS == {
+      "sum": 3 * d.mean(), "number": 11 * d.mean(), "product": d.mean() ** 2}
 
 
 def test_trivial_metrics_are_constant_predictors(data_dir):

@@ -147,9 +147,9 @@ def test_digit_strips_config_is_the_mixed_four_task_benchmark():
   from experiments import common
   config = smoke_config("digit_strips")
   spec = common.dataset_spec(config.data)
-  assert len(spec.tasks) == 4 and "centre" in spec.tasks and "sum" in spec.tasks
-  assert spec.task_types[spec.tasks.index("sum")] == "regression"
-  assert spec.higher_is_better["sum/mae"] is False
+  assert spec.tasks == ("centre", "product", "left_even", "left_smaller")
+  assert spec.task_types[spec.tasks.index("product")] == "regression"
+  assert spec.higher_is_better["product/mae"] is False
   assert spec.higher_is_better["centre/accuracy"] is True
   full = importlib.import_module("experiments.configs.digit_strips").get_config()
   assert full.compare.scalarization_step == 0.2 and full.compare.seeds == 3
@@ -158,5 +158,6 @@ def test_digit_strips_config_is_the_mixed_four_task_benchmark():
   net = common.build_model(config)
   assert type(net).__name__ == "DigitAttributeNet"
   sizes = dict(zip(net.tasks, net.output_sizes))
-  assert sizes["centre"] == 10 and sizes["sum"] == 1
-  assert dict(zip(net.tasks, net.output_offsets))["sum"] == config.model.sum_offset
+  assert sizes["centre"] == 10 and sizes["product"] == 1
+  assert dict(zip(net.tasks, net.output_offsets)) == {
+      "centre": 0.0, "product": 20.25, "left_even": 0.0, "left_smaller": 0.0}

@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 import mtl_jax
 from experiments import common
 from experiments import compare
+from experiments import protocol
 from experiments import report
 from experiments import run as run_lib
 from experiments import scalarization
@@ -235,7 +237,39 @@ def test_cli_flag_override_reaches_the_run(tmp_path):
   assert np.ptp(weights) > 0
 
 
-def test_compare_cli_defaults_to_the_digit_scenes_config():
+def test_compare_cli_defaults_to_the_digit_strips_config():
   out = subprocess.run([sys.executable, "-m", "experiments.compare", "--helpfull"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
-  assert "experiments/configs/default.py" in out.stdout, out.stderr[-2000:]
+  assert "experiments/configs/digit_strips.py" in out.stdout, out.stderr[-2000:]
+  assert "--[no]verbose" in out.stdout
+
+
+def test_progress_bar_prints_a_tenth_of_the_runs_off_a_terminal():
+  import io
+  stream = io.StringIO()
+  bar = protocol.Progress(20, stream)
+  for i in range(20):
+    bar({"label": "ew ", "seed": i, "learning_rate": 0.01})
+  lines = stream.getvalue().splitlines()
+  assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 20 + "] 20/20")
+  assert all(len(line) <= 100 for line in lines)
+
+
+def test_log_to_file_moves_absl_records_off_the_terminal(tmp_path, capsys):
+  import logging as py_logging
+  root = py_logging.getLogger()
+  saved = (list(root.handlers), root.level)
+  try:
+    path = protocol.log_to_file(str(tmp_path), verbose=False)
+    absl_logging.info("a per-step record")
+    for h in root.handlers:
+      h.flush()
+    assert "a per-step record" in open(path).read()
+    assert "a per-step record" not in capsys.readouterr().err
+    assert protocol.log_to_file(str(tmp_path), verbose=True) is None
+  finally:
+    for h in list(root.handlers):
+      root.removeHandler(h)
+    for h in saved[0]:
+      root.addHandler(h)
+    root.setLevel(saved[1])
