@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from experiments import common
 from experiments import compare
+from experiments import evidence
 from experiments import protocol
 from experiments import report
 from experiments import run as run_lib
@@ -105,12 +106,15 @@ def summaries(rows, spec) -> list[dict]:
   """Grid rows sorted by validation Delta_m, with the test Delta_m."""
   base_test = report.baselines_from_rows(rows, spec, "test")
   base_val = report.baselines_from_rows(rows, spec, "validation")
+  grid_rows = [r for r in rows if r.kind == "grid"]
+  best = min(grid_rows, key=lambda r: report.validation_delta(r, spec, base_val),
+             default=None)
+  verdicts = evidence.verdicts_against(grid_rows, best, spec, base_test)
   out = []
-  for row in rows:
-    if row.kind != "grid":
-      continue
+  for row in grid_rows:
     s = {"val_delta_m_metric": report.validation_delta(row, spec, base_val)}
     s.update(report.summarize(row, spec, base_test))
+    s["vs_best"] = "-" if row is best else verdicts.get(row.label, "")
     out.append(s)
   return sorted(out, key=lambda s: s["val_delta_m_metric"])
 
@@ -122,13 +126,18 @@ def markdown(config, sums, spec) -> str:
            f"{config.scalarization.seeds} seed(s), "
            f"{common.num_steps(config)} steps; sorted by validation Δm "
            "(%, average over metrics, against single-task baselines trained "
-           "with the same config). The first row is the grid search's pick.\n",
+           "with the same config). The first row is the grid search's pick; "
+           "the last columns compare each point with it, seed by seed "
+           "(paired t-test at 5 %, test Δm).\n",
            f"| weights ({', '.join(spec.tasks)}) | validation Δm % | "
-           "test Δm % (metrics) | test Δm % (tasks) |", "|---|---:|---:|---:|"]
+           "test Δm % (metrics) | test Δm % (tasks) | lr | vs the pick |",
+           "|---|---:|---:|---:|---:|---|"]
   for s in sums:
+    lr = s.get("learning_rate")
     lines.append(f"| {s['weights']} | {s['val_delta_m_metric']:+.2f} | "
                  f"{s['delta_m_metric_mean']:+.2f} | "
-                 f"{s['delta_m_task_mean']:+.2f} |")
+                 f"{s['delta_m_task_mean']:+.2f} | "
+                 f"{f'{lr:g}' if lr else '-'} | {s['vs_best']} |")
   return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ Command (one run; `experiments.compare` runs this config for every method):
 
 Runtime: about 20 s per run on a 2-core CPU, after about 10 s of compilation
 (the scenes are generated once, in about 10 s, into ~/.cache/mtl_jax).
-Expected result: the test metrics of one run; see docs/results/results.md for
+Expected result: the test metrics of one run; see docs/results/digit_scenes/results.md for
 the comparison of every method over 2 seeds that this config produces.
 
 Sections: data, model, weighting (every method's hyperparameters; only those

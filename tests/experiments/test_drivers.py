@@ -170,6 +170,9 @@ def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
   assert "Wall time of the whole command: **0.2 min**" in md
   assert "| ew |" in md and "Δm % (tasks)" in md
   assert "Paired comparisons" in md and "The benchmark's checks" in md
+  block = compare.summary_markdown(config, out, 12.0, "r/results.md")
+  assert "| ew | loss |" in block and "[r/results.md](r/results.md)" in block
+  assert "The benchmark's checks" in block
   text = compare.summary(out, 12.0, workdir)
   assert len(text.splitlines()) < 60
   assert max(len(line) for line in text.splitlines()[:-1]) <= 100
@@ -186,6 +189,7 @@ def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
 
 @pytest.mark.slow
 def test_temperature_sweep_end_to_end(config, tmp_path):
+  config.sweep.seeds = 2  # paired verdicts against the best T
   workdir = str(tmp_path / "sweep")
   rows, stl = temperature_sweep.run_sweep(config, workdir)
   spec = common.dataset_spec(config.data)
@@ -193,6 +197,9 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
   assert [s["temperature"] for s in sums][:2] == [1.0, 10.0]
   assert [s["method"] for s in sums[2:]] == ["uw_so_rel"]
   assert "uw_so_rel (automatic)" in temperature_sweep.markdown(config, sums)
+  assert sum(s["vs_best"] == "-" for s in sums) == 1
+  assert all(s["vs_best"] in ("-", "within noise") or "(t=" in s["vs_best"]
+             for s in sums)
   temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
   assert os.path.getsize(os.path.join(workdir, "t.png")) > 0
   assert "Best T on validation" in temperature_sweep.markdown(config, sums)
@@ -202,6 +209,8 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
 def test_scalarization_grid_sequential_and_vmapped_lanes_agree(config,
                                                                tmp_path):
   spec = common.dataset_spec(config.data)
+  # The learning-rate search on validation, sequential and in lanes.
+  config.protocol.lr_search, config.protocol.lr_grid = True, "1e-2,1e-3"
   rows = scalarization.run_grid(config, str(tmp_path / "seq"))
   assert len([r for r in rows if r.kind == "grid"]) == 4  # step 0.2, 4 tasks
   sums = scalarization.summaries(rows, spec)
@@ -214,6 +223,10 @@ def test_scalarization_grid_sequential_and_vmapped_lanes_agree(config,
                         .readline())["losses"] for r in (a, b)]
     for task in spec.tasks:  # the first step is the same computation
       assert first[0][task] == pytest.approx(first[1][task], rel=1e-4)
+    assert set(a.search) == set(b.search) == {"0.01", "0.001"}
+    for lr in a.search:  # the same search scores, up to the vmapped convs'
+      # float differences grown over two steps at these rates (~1 %)
+      assert a.search[lr] == pytest.approx(b.search[lr], rel=3e-2, abs=1e-2)
 
 
 def test_cli_flag_override_reaches_the_run(tmp_path):
