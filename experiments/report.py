@@ -191,6 +191,21 @@ def _trajectory(run_dir: str, tasks: Sequence[str]) -> tuple[np.ndarray,
   return steps, weights
 
 
+def max_share(row: Row, tasks: Sequence[str]) -> float:
+  """The largest share ``w_k / sum_j w_j`` any task reached at any logged
+  step of any seed (1.0: one task took all the weight)."""
+  best = math.nan
+  for d in row.run_dirs:
+    if not os.path.exists(os.path.join(d, "metrics.jsonl")):
+      continue
+    _, w = _trajectory(d, tasks)
+    if w.size:
+      shares = w / np.maximum(np.nansum(w, axis=1, keepdims=True), 1e-30)
+      best = float(np.nanmax([np.nanmax(shares), best]) if math.isfinite(
+          best) else np.nanmax(shares))
+  return best
+
+
 def mean_trajectory(row: Row, tasks: Sequence[str]):
   """Steps and (steps, K) weights averaged over the row's seeds."""
   trajs = [_trajectory(d, tasks) for d, r in zip(row.run_dirs, row.results)

@@ -77,6 +77,7 @@ def summaries(rows, stl, spec) -> list[dict]:
          "val_delta_m_metric": report.validation_delta(row, spec, base_val)}
     s.update(report.summarize(row, spec, base_test))
     s["vs_best"] = "-" if row is best else verdicts.get(row.label, "")
+    s["max_share"] = report.max_share(row, spec.tasks)
     out.append(s)
   return out
 
@@ -132,15 +133,20 @@ def markdown(config, sums) -> str:
            f"{best['temperature']:g}.**\n",
            "The last column compares each row with that T, seed by seed "
            "(paired t-test at 5 %, test Δm).\n",
+           "Max share: the largest share of the total weight any task reached "
+           "at any logged step of any seed.\n",
            "| T | validation Δm % | test Δm % (metrics) | test Δm % (tasks) | "
-           "final weights | lr | vs best T |", "|---:|---:|---:|---:|---|---:|---|"]
+           "final weights | max share | lr | vs best T |",
+           "|---:|---:|---:|---:|---|---:|---:|---|"]
   for s in sums:
     t = (f"{s['temperature']:g}" if math.isfinite(s["temperature"])
-         else f"{s['method']} (automatic)")
+         else f"{s['method']} (automatic)" if s["method"].startswith("uw_so")
+         else s["method"])
     lines.append(f"| {t} | {s['val_delta_m_metric']:+.2f} | "
                  f"{s['delta_m_metric_mean']:+.2f} | "
                  f"{s['delta_m_task_mean']:+.2f} | {s['final_weights']} | "
-                 f"{s['learning_rate']:g} | {s['vs_best']} |")
+                 f"{s['max_share']:.3f} | {s['learning_rate']:g} | "
+                 f"{s['vs_best']} |")
   return "\n".join(lines) + "\n"
 
 

@@ -67,6 +67,11 @@ def get_config(arg: str = ""):
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
   config.compare.methods += ",uw_so_rel,uw_so_entropy"
+  # The temperature sweep's rows besides the T grid (the UW-SO issue's
+  # evaluation): the automatic variants, UW-O and EW.
+  config.sweep.variants = "uw_so_rel,uw_so_entropy,uw_o,ew"
+  config.sweep.temperatures = "1,2,5,10,20,50,100,1000"
+  config.sweep.seeds = 3
   config.optim.learning_rate = 1e-2
   config.optim.decay_every_epochs = 4.0
   config.train.num_steps = 1000

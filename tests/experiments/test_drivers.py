@@ -198,6 +198,7 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
   assert [s["method"] for s in sums[2:]] == ["uw_so_rel"]
   assert "uw_so_rel (automatic)" in temperature_sweep.markdown(config, sums)
   assert sum(s["vs_best"] == "-" for s in sums) == 1
+  assert all(0.25 <= s["max_share"] <= 1.0 for s in sums)  # 4 tasks
   assert all(s["vs_best"] in ("-", "within noise") or "(t=" in s["vs_best"]
              for s in sums)
   temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
