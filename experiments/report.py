@@ -63,9 +63,11 @@ def delta_ms(values: Mapping[str, float], base: Mapping[str, float],
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
   if not values:
     return math.nan, math.nan
-  return float(np.mean(values)), float(np.std(values))
+  std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return float(np.mean(values)), std
 
 
 def summarize(row: Row, spec: common.DatasetSpec,

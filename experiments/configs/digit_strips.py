@@ -67,6 +67,10 @@ def get_config(arg: str = ""):
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
   config.compare.methods += ",uw_so_rel,uw_so_entropy"
+  # Vmapped lanes pay for this MLP on a 2-core CPU (1.2-1.7x for 4 lanes;
+  # docs/experiments.md, "Vmapped lanes").
+  config.scalarization.lanes = 4
+  config.compare.paired += ",uw_so_rel:uw_so,uw_so_entropy:uw_so,uw_so_rel:ew"
   # The temperature sweep's rows besides the T grid (the UW-SO issue's
   # evaluation): the automatic variants, UW-O and EW.
   config.sweep.variants = "uw_so_rel,uw_so_entropy,uw_o,ew"

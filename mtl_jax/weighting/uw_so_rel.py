@@ -95,7 +95,7 @@ def uw_so_rel_weights(losses: jax.Array, tau: float = DEFAULT_TAU,
     :math:`w_{\max}(K, \tau) = e^{K/\tau} / (e^{K/\tau} + K - 1)`,
     approached when one loss tends to 0 while the others stay put. With
     :math:`\tau = 1`: 0.881 (K = 2), 0.909 (K = 3), 0.948 (K = 4), 0.974
-    (K = 5), 0.99988 (K = 10).
+    (K = 5), 0.99959 (K = 10).
 
   The bound loosens with :math:`K` (the logits sum to :math:`K / \tau`): for
   many tasks raise :math:`\tau` in proportion to :math:`K`, or use
