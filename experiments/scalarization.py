@@ -146,6 +146,9 @@ def define_flags() -> None:
   """The command-line flags (defined only when this module is the program)."""
   flags.DEFINE_string("workdir", None,
                       "Output directory; default runs/scalarization_<name>.")
+  flags.DEFINE_bool("verbose", False,
+                    "Print absl's records (per-step metrics) to the terminal "
+                    "instead of <workdir>/log.txt.")
   config_flags.DEFINE_config_file("config", run_lib.DEFAULT_CONFIG,
                                   "Config file.", lock_config=True)
 
@@ -156,6 +159,9 @@ def main(argv):
   config = FLAGS.config
   workdir = FLAGS.workdir or os.path.join("runs", f"scalarization_{config.name}")
   os.makedirs(workdir, exist_ok=True)
+  log = protocol.log_to_file(workdir, FLAGS.verbose)
+  if log:
+    print(f"Per-step records: {log} (--verbose prints them here)", flush=True)
   spec = common.dataset_spec(config.data)
   rows = run_grid(config, workdir)
   sums = summaries(rows, spec)
