@@ -6,6 +6,7 @@ second on CPU.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -111,6 +112,19 @@ def make_step(name: str, *, axis_name: Optional[str] = None,
   return train.make_train_step(model_apply or train.module_apply_fn(TinyMLP()),
                                task_losses, w, tx, axis_name=axis_name,
                                compute_dtype=compute_dtype, **jacobian)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_step(name: str, donate: bool = True):
+  """``jax.jit(make_step(name))``, one per method in a test process.
+
+  Every call of :func:`make_step` builds a new function, which ``jax.jit``
+  traces and compiles anew; the loop and checkpoint tests run the same
+  method's step in several runs, and share its one compilation through this.
+  With ``donate`` the state passed in is donated (as in a real loop): pass a
+  fresh state to every run.
+  """
+  return jax.jit(make_step(name), donate_argnums=0 if donate else ())
 
 
 class SeededBatches:

@@ -26,7 +26,7 @@ from mtl_jax.train import checkpoint as ckpt_lib
 def _train(workdir, num_steps, *, name="dwa", state=None, **kwargs):
   if state is None:
     state, _, _ = fx.init_state(name)
-  step = jax.jit(fx.make_step(name), donate_argnums=0)
+  step = fx.jitted_step(name)
   kwargs.setdefault("checkpoint_every", 2)
   kwargs.setdefault("async_checkpoints", False)
   return train.train(step, state, fx.SeededBatches(), num_steps=num_steps,
@@ -224,7 +224,7 @@ def test_a_nan_reaching_the_state_is_never_saved(tmp_path, monkeypatch):
   """Belt and braces: if a non-finite value got past the step's guard, the
   loop would refuse to write it."""
   state, _, _ = fx.init_state("dwa")
-  good = jax.jit(fx.make_step("dwa"), donate_argnums=0)
+  good = fx.jitted_step("dwa")
 
   def leaky(s, b):
     s, m = good(s, b)

@@ -2,7 +2,6 @@
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 
@@ -13,7 +12,7 @@ from mtl_jax import train
 def _train(tmp_path, num_steps, *, name="dwa", placement=None, step=None,
            batches=None, **kwargs):
   state, _, _ = fx.init_state(name)
-  step = step or jax.jit(fx.make_step(name), donate_argnums=0)
+  step = step or fx.jitted_step(name)
   kwargs.setdefault("progress", False)
   return train.train(step, state, batches or fx.SeededBatches(),
                      num_steps=num_steps, workdir=tmp_path,

@@ -22,7 +22,7 @@ def _assert_unchanged(old, new):
 @pytest.mark.parametrize("name", ["uw", "dwa", "gls"])
 def test_nan_loss_skips_the_update_and_names_the_task(name):
   state, _, _ = fx.init_state(name)
-  step = jax.jit(fx.make_step(name))
+  step = fx.jitted_step(name, donate=False)
   state, _ = step(state, fx.make_batch(0))
   skipped, metrics = step(state, _nan_batch())
   _assert_unchanged(state, skipped)
@@ -72,10 +72,10 @@ def test_loop_warns_then_raises_after_max_consecutive_skips(tmp_path):
   with pytest.warns(train.NonFiniteWarning, match=r"step [34]: .*'depth'"):
     with pytest.raises(train.NonFiniteError,
                        match=r"step 5: non-finite loss in task\(s\) \['depth'\]"):
-      train.train(jax.jit(fx.make_step("uw")), state, batches, num_steps=20,
-                  workdir=tmp_path, log_every=1, checkpoint_every=1,
-                  max_consecutive_skips=2, task_names=fx.TASK_NAMES,
-                  progress=False)
+      train.train(fx.jitted_step("uw", donate=False), state, batches,
+                  num_steps=20, workdir=tmp_path, log_every=1,
+                  checkpoint_every=1, max_consecutive_skips=2,
+                  task_names=fx.TASK_NAMES, progress=False)
   # Checkpoints were taken at the skipped steps too, but hold the params of
   # step 2, the last good one; none holds a NaN.
   ckpt = train.Checkpointer(tmp_path / "checkpoints")
@@ -98,9 +98,10 @@ def test_zero_max_skips_stops_at_once(tmp_path):
   state, _, _ = fx.init_state("ew")
   batches = fx.SeededBatches(nan_at=(2,), nan_task=0)
   with pytest.raises(train.NonFiniteError, match=r"step 3: .*\['seg'\]"):
-    train.train(jax.jit(fx.make_step("ew")), state, batches, num_steps=50,
-                workdir=tmp_path, log_every=100, max_consecutive_skips=0,
-                task_names=fx.TASK_NAMES, progress=False)
+    train.train(fx.jitted_step("ew", donate=False), state, batches,
+                num_steps=50, workdir=tmp_path, log_every=100,
+                max_consecutive_skips=0, task_names=fx.TASK_NAMES,
+                progress=False)
   assert batches.consumed == 3   # no step ran after the bad one
 
 
@@ -108,7 +109,7 @@ def test_isolated_nan_is_survived(tmp_path):
   state, _, _ = fx.init_state("uw")
   batches = fx.SeededBatches(nan_at=(1,), nan_task=2)
   with pytest.warns(train.NonFiniteWarning, match=r"step 2: .*'normal'"):
-    final = train.train(jax.jit(fx.make_step("uw")), state, batches,
+    final = train.train(fx.jitted_step("uw", donate=False), state, batches,
                         num_steps=6, workdir=tmp_path, log_every=3,
                         task_names=fx.TASK_NAMES, progress=False)
   assert int(final.total_skips) == 1 and int(final.step) == 6
