@@ -113,10 +113,15 @@ def test_vmap_over_gramians(name):
   method = _method(name)
   params, state = _init(method, 3)
   grams = jnp.stack([_input(method, s, 3) for s in range(4)])
-  batched = jax.jit(jax.vmap(
-      lambda g: method.apply(params, state, g, losses=_losses(3)).weights))
-  expected = np.stack([method.apply(params, state, g, losses=_losses(3)).weights
-                       for g in grams])
+
+  def weights(g):
+    return method.apply(params, state, g, losses=_losses(3)).weights
+
+  batched = jax.jit(jax.vmap(weights))
+  # One Gramian at a time, through one compilation (eager, a solver's loops
+  # would be traced and compiled again for every Gramian).
+  single = jax.jit(weights)
+  expected = np.stack([single(g) for g in grams])
   np.testing.assert_allclose(batched(grams), expected, rtol=1e-4, atol=1e-5)
 
 

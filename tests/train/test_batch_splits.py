@@ -1,5 +1,7 @@
 """Methods that split the batch (SDMGrad, MoDo): the step against a hand
 computation, across devices, and the errors."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,14 @@ FACTORIES = {"sdmgrad": sdmgrad, "modo": lambda: modo(gamma=0.05)}
 # contractive step, which isolates the engine's exactness; the default's
 # agreement is checked at the tolerance its solver allows.
 EXACT = {"sdmgrad": lambda: sdmgrad(lr=0.5), "modo": lambda: modo(gamma=0.05)}
+
+
+@functools.lru_cache(maxsize=None)
+def _single(kind, name):
+  """``(method, jitted one-device step)`` of ``FACTORIES`` or ``EXACT``: one
+  compilation per method, shared by the tests that run it."""
+  method = {"default": FACTORIES, "exact": EXACT}[kind][name]()
+  return method, jax.jit(_make(method))
 
 
 def _make(method, axis_name=None, **kwargs):
@@ -50,10 +60,10 @@ def _flat_shared(g):
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_step_equals_hand_computation_on_interleaved_parts(name):
-  method = FACTORIES[name]()
+  method, step = _single("default", name)
   state = _state(method)
   batch = fx.make_batch(11)
-  new, metrics = jax.jit(_make(method))(state, batch)
+  new, metrics = step(state, batch)
   params = state.params["model"]
   parts = [jax.tree.map(lambda x, j=j: x[j::3], batch) for j in range(3)]
   rows = np.stack([_flat_shared(_grads(params, part, k))
@@ -84,9 +94,8 @@ def test_four_devices_equal_one(name, reduction):
   of 24 exactly as one device does. Each step starts from the one-device
   state: SDMGrad's inner steps (step 10, 20 of them) magnify float32
   rounding, which would otherwise compound over the steps."""
-  method = EXACT[name]()
+  method, step = _single("exact", name)
   state = _state(method)
-  step = jax.jit(_make(method))
   pstep = train.pmap_step(_make(method, "batch",
                                 jacobian_reduction=reduction), "batch")
   for i in range(3):
@@ -100,10 +109,10 @@ def test_four_devices_equal_one(name, reduction):
 
 
 def test_default_sdmgrad_agrees_across_devices_to_its_solvers_precision():
-  method = sdmgrad()
+  method, step = _single("default", "sdmgrad")
   state = _state(method)
   batch = fx.make_batch(30)
-  ref, _ = jax.jit(_make(method))(state, batch)
+  ref, _ = step(state, batch)
   got, _ = train.pmap_step(_make(method, "batch"), "batch")(
       train.replicate(state), train.shard_batch(batch))
   got = train.unreplicate(got)

@@ -60,9 +60,11 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
     gram = jf @ jf.T
   reads_jacobian = method.inputs == "jacobian"
   inputs = rows if reads_jacobian else gram
-  out, method_grads = aggregation._base.apply_with_grads(
-      method, state.params["weighting"], state.weighting_state,
-      jnp.asarray(inputs, jnp.float32), task_losses)
+  # The method's own maths, jitted: eager, an iterative solver would compile
+  # every op of its loops on its own.
+  apply = jax.jit(functools.partial(aggregation._base.apply_with_grads, method))
+  out, method_grads = apply(state.params["weighting"], state.weighting_state,
+                            jnp.asarray(inputs, jnp.float32), task_losses)
   w = np.asarray(out.weights, np.float64)
   head_w = (np.ones(fx.NUM_TASKS) if out.head_weights is None
             else np.asarray(out.head_weights, np.float64))
