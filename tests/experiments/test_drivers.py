@@ -189,7 +189,6 @@ def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
 
 @pytest.mark.slow
 def test_temperature_sweep_end_to_end(config, tmp_path):
-  config.sweep.seeds = 2  # paired verdicts against the best T
   workdir = str(tmp_path / "sweep")
   rows, stl = temperature_sweep.run_sweep(config, workdir)
   spec = common.dataset_spec(config.data)
@@ -199,8 +198,9 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
   assert "uw_so_rel (automatic)" in temperature_sweep.markdown(config, sums)
   assert sum(s["vs_best"] == "-" for s in sums) == 1
   assert all(0.25 <= s["max_share"] <= 1.0 for s in sums)  # 4 tasks
-  assert all(s["vs_best"] in ("-", "within noise") or "(t=" in s["vs_best"]
-             for s in sums)
+  # Paired verdicts against the best T (1 seed here: too few to test; the
+  # paired test itself runs with 2 seeds in the compare test).
+  assert {s["vs_best"] for s in sums} == {"-", "too few seeds"}
   temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
   assert os.path.getsize(os.path.join(workdir, "t.png")) > 0
   assert "Best T on validation" in temperature_sweep.markdown(config, sums)
@@ -215,6 +215,9 @@ def test_scalarization_grid_sequential_and_vmapped_lanes_agree(config,
   sums = scalarization.summaries(rows, spec)
   assert len(sums) == 4 and sums[0]["val_delta_m_metric"] <= sums[-1][
       "val_delta_m_metric"]
+  # Paired verdicts against the pick (1 seed here: too few to test).
+  assert sums[0]["vs_best"] == "-"
+  assert {x["vs_best"] for x in sums[1:]} == {"too few seeds"}
   # The lanes with the learning-rate search on validation (the sequential
   # search is tested through compare).
   config.scalarization.lanes = 3

@@ -100,8 +100,9 @@ def test_selected_parameters_are_the_ones_tested(config, tmp_path):
   assert full["selected_step"] == best["step"]
   assert full["validation"]["score"] == best["score"]
   config.train.num_steps, config.train.select = best["step"], "last"
-  short = run_lib.run(run_lib.build_program(config), str(tmp_path / "short"),
-                      seed=0)
+  # The same compiled step, stopped at the selected step.
+  short = run_lib.run(program._replace(config=config, num_steps=best["step"]),
+                      str(tmp_path / "short"), seed=0)
   for k, v in full["test"].items():
     assert short["test"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
 
