@@ -189,7 +189,7 @@ class Progress:
   """One progress bar over the runs: count, label, seed, rate and ETA.
 
   On a terminal the bar is redrawn in place; otherwise (a log, a notebook
-  cell) a line is printed every tenth of the runs.
+  cell) a line is printed every fifth of the runs.
   """
 
   def __init__(self, total: int, stream: Any = None):
@@ -211,7 +211,7 @@ class Progress:
       end = "\n" if self.done >= self.total else ""
       self.stream.write(f"\r{line:<100}{end}")
       self.stream.flush()
-    elif self.done % max(1, self.total // 10) == 0 or self.done == self.total:
+    elif self.done % max(1, self.total // 5) == 0 or self.done == self.total:
       print(line, file=self.stream, flush=True)
 
 

@@ -261,14 +261,14 @@ def test_compare_cli_defaults_to_the_digit_strips_config():
   assert "--[no]verbose" in out.stdout
 
 
-def test_progress_bar_prints_a_tenth_of_the_runs_off_a_terminal():
+def test_progress_bar_prints_a_fifth_of_the_runs_off_a_terminal():
   import io
   stream = io.StringIO()
   bar = protocol.Progress(20, stream)
   for i in range(20):
     bar({"label": "ew ", "seed": i, "learning_rate": 0.01})
   lines = stream.getvalue().splitlines()
-  assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 20 + "] 20/20")
+  assert len(lines) == 5 and lines[-1].startswith("[" + "#" * 20 + "] 20/20")
   assert all(len(line) <= 100 for line in lines)
 
 
