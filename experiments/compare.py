@@ -420,7 +420,8 @@ def main(argv):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
   log = protocol.log_to_file(workdir, FLAGS.verbose)
-  print(f"{config.name}: {cost_text(config)}", flush=True)
+  print(textwrap.fill(f"{config.name}: {cost_text(config)}", width=100),
+        flush=True)
   if log:
     print(f"Per-step records: {log} (--verbose prints them here)", flush=True)
   fixed, methods = plan(config)
