@@ -162,7 +162,7 @@ def split_sizes(methods, num_tasks: int, batch_size: int
     try:
       splits = _common.batch_splits(
           _common.make_gradient_method(name, num_tasks))
-    except Exception:  # noqa: BLE001  pylint: disable=broad-except
+    except Exception:
       splits = 1  # the build fails again below, and is listed there
     if splits > 1 and batch_size < splits:
       sizes[name] = 0
@@ -193,7 +193,7 @@ def features_applicable(methods, num_tasks: int) -> list[str]:
   for name in methods:
     try:
       method = _common.make_gradient_method(name, num_tasks)
-    except Exception:  # noqa: BLE001  pylint: disable=broad-except
+    except Exception:
       out.append(name)  # fails again when built, and is listed there
       continue
     if (getattr(method, "inputs", "gramian") == "gramian"
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
         runners[key] = _common.JaxRunner(*_common.jit_step(
             model, batches[size], task_losses, method, num_tasks,
             task_params=task_params, jacobian_mode=mode, chunk_size=chunk))
-      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      except Exception as e:
         skipped.append(f"{key}: {type(e).__name__}: {str(e)[:200]}")
   counts = {name: hlo_counts(run) for name, run in runners.items()}
   ratios, times = _common.adjacent_pairs(

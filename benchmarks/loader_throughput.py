@@ -22,15 +22,17 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from mtl_jax.data import digit_scenes  # pylint: disable=g-import-not-at-top
-from mtl_jax.data import nyuv2  # pylint: disable=g-import-not-at-top
-from mtl_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+from mtl_jax.data import (
+  digit_scenes,  # pylint: disable=g-import-not-at-top
+  nyuv2,  # pylint: disable=g-import-not-at-top
+  synthetic,  # pylint: disable=g-import-not-at-top
+)
 
 
 def write_nyuv2_fixture(root: pathlib.Path, num: int = 32) -> None:

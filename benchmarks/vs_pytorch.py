@@ -405,7 +405,7 @@ def torch_problem(model_name, num_tasks, np_batch):
     y = torch.from_numpy(np_batch["y"])
     tasks = [f"task{k}" for k in range(num_tasks)]
     targets = {t: y[:, k].contiguous() for k, t in enumerate(tasks)}
-    loss_fns = {t: F.mse_loss for t in tasks}
+    loss_fns = dict.fromkeys(tasks, F.mse_loss)
     return mlp_encoder, lambda: mlp_decoders(num_tasks), inputs, targets, \
         loss_fns
   inputs = torch.from_numpy(np_batch["image"]).permute(0, 3, 1, 2).contiguous()
@@ -618,7 +618,7 @@ def run_case(case, args, hps, abs_weighting, classes, src, notes):
         runner(1)
         runners[("torch", row)] = runner
         rows_of.append((row, method, label))
-      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      except Exception as e:
         notes.append(f"{case} {row}: {label} fails ({type(e).__name__}: "
                      f"{str(e)[:160]}); row left out")
   times = _common.interleaved(runners, repeats=args.repeats, steps=args.steps)

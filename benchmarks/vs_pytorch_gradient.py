@@ -353,7 +353,7 @@ def method_batch(method, num_tasks, np_batch):
   try:
     splits = _common.batch_splits(
         _common.make_gradient_method(method, num_tasks))
-  except Exception:  # noqa: BLE001  pylint: disable=broad-except
+  except Exception:
     return np_batch, None  # fails again when built, and is noted there
   size = len(next(iter(np_batch.values())))
   if splits > 1 and size % splits:
@@ -388,7 +388,7 @@ def run_case(case, methods, args, hps, classes, src, notes):
         runners[(engine(chunk), method)] = jax_runner(
             method, model, np_batch, task_losses, num_tasks, chunk)
         done.append((method, chunk))
-      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      except Exception as e:
         notes.append(f"{case} {method}: {engine(chunk)} failed to build or "
                      f"compile ({type(e).__name__}: {str(e)[:200]}); row "
                      "skipped")
@@ -419,7 +419,7 @@ def run_case(case, methods, args, hps, classes, src, notes):
         runner = build()
         runner(1)
         runners[(peer, method)] = runner
-      except Exception as e:  # noqa: BLE001  pylint: disable=broad-except
+      except Exception as e:
         notes.append(f"{case} {method}: {peer} fails ({type(e).__name__}: "
                      f"{str(e)[:160]}); its column is empty")
     if lacks:

@@ -20,7 +20,8 @@ baseline (one-hot weights).
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,8 +33,7 @@ import optax
 import mtl_jax
 from mtl_jax import losses as mtl_losses
 from mtl_jax import metrics as mtl_metrics
-from mtl_jax import models
-from mtl_jax import train
+from mtl_jax import models, train
 from mtl_jax import weighting as mw
 
 Config = ml_collections.ConfigDict
@@ -48,7 +48,7 @@ class DatasetSpec(NamedTuple):
   task_losses: Callable[[Any, Any], jax.Array]  # (outputs, batch) -> (K,)
   metric: mtl_metrics.Metric        # update(state, outputs, batch)
   higher_is_better: Mapping[str, bool]
-  published: Optional[Mapping[str, float]]  # published single-task baselines
+  published: Mapping[str, float] | None  # published single-task baselines
   load: Loader                      # load(data_config, split, **pipeline kwargs)
   input_key: str = "image"
 
@@ -429,7 +429,7 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
                               weight_decay=o.weight_decay)
 
 
-def compute_dtype(config: Config) -> Optional[jnp.dtype]:
+def compute_dtype(config: Config) -> jnp.dtype | None:
   """``None`` for float32, else the dtype named by ``train.compute_dtype``."""
   name = config.train.compute_dtype
   return None if name in ("", "float32") else jnp.dtype(name)

@@ -33,20 +33,14 @@ import os
 import platform
 import shutil
 import textwrap
-from typing import Any, Optional
+from typing import Any
 
 import jax
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import evidence
-from experiments import protocol
-from experiments import report
+from experiments import common, evidence, protocol, report, trivial
 from experiments import run as run_lib
-from experiments import trivial
 
 FLAGS = flags.FLAGS
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -117,7 +111,7 @@ def single_task_rows(config, workdir: str, program_for, on_run=None
 
 
 def run_all(config, workdir: str,
-            progress: Optional[protocol.Progress] = None) -> list[report.Row]:
+            progress: protocol.Progress | None = None) -> list[report.Row]:
   """Every row under the protocol: single-task baselines first (their
   validation metrics are the reference of every other row), then the
   scalarization grid and the methods."""
@@ -157,7 +151,7 @@ def baselines(config, rows, spec, split: str) -> dict[str, float]:
   return {}
 
 
-def best_grid_row(rows, spec, base_val) -> Optional[report.Row]:
+def best_grid_row(rows, spec, base_val) -> report.Row | None:
   """The grid point with the best (lowest) validation Delta_m."""
   grid = [r for r in rows if r.kind == "grid" and report.ok_results(r)]
   if not grid or not base_val:
@@ -166,7 +160,7 @@ def best_grid_row(rows, spec, base_val) -> Optional[report.Row]:
   return best._replace(label=f"scalarization (best of {len(grid)} on val)")
 
 
-def single_task_summary(rows, spec) -> Optional[dict[str, Any]]:
+def single_task_summary(rows, spec) -> dict[str, Any] | None:
   """One row made of each task's metrics from its own single-task run."""
   stl = [r for r in rows if r.kind == "single_task"]
   if not stl:
@@ -441,7 +435,6 @@ def main(argv):
   out = write_outputs(config, workdir, rows, wall_s, regenerated=regenerated)
   if FLAGS.results_dir:
     copy_outputs(workdir, FLAGS.results_dir)
-  text = open(os.path.join(workdir, "results.md")).read()
   if FLAGS.docs:
     for doc in FLAGS.docs.split(","):
       link = ""

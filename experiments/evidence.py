@@ -22,14 +22,12 @@ rows, with the figures behind each verdict:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from experiments import common
-from experiments import protocol
-from experiments import report
-from experiments import trivial
+from experiments import common, protocol, report, trivial
 from mtl_jax import train
 
 Row = report.Row
@@ -95,7 +93,7 @@ def transfer_check(rows: Sequence[Row], spec) -> dict[str, Any]:
   """Check 2: some multi-task row beats single-task by > 2 pooled stds."""
   stl = {r.label[len("stl_"):]: r for r in rows if r.kind == "single_task"}
   multi = [r for r in rows if r.kind in ("method", "grid")]
-  best: Optional[tuple[float, str]] = None
+  best: tuple[float, str] | None = None
   found = []
   for metric, hib in spec.higher_is_better.items():
     base = stl.get(common.metric_task(metric))
@@ -162,7 +160,7 @@ def scale_check(rows: Sequence[Row], spec) -> dict[str, Any]:
 
 
 def checks(rows: Sequence[Row], spec, base_test,
-           trivial_test: Optional[Mapping[str, float]]) -> list[dict[str, Any]]:
+           trivial_test: Mapping[str, float] | None) -> list[dict[str, Any]]:
   """The four checks (the first needs the constant predictor's metrics)."""
   out = []
   if trivial_test:
@@ -181,7 +179,7 @@ def checks_markdown(results: Sequence[Mapping[str, Any]]) -> str:
 
 
 def paired_rows(config, rows: Sequence[Row], spec, base_test,
-                best_grid: Optional[Row]) -> list[dict[str, Any]]:
+                best_grid: Row | None) -> list[dict[str, Any]]:
   """``compare.paired`` (``"a:b,..."``; ``scalarization`` is the grid point
   chosen on validation) as paired comparisons of test Delta_m."""
   by_label = {r.label: r for r in rows}
@@ -200,7 +198,7 @@ def paired_rows(config, rows: Sequence[Row], spec, base_test,
   return out
 
 
-def verdicts_against(rows: Sequence[Row], reference: Optional[Row], spec,
+def verdicts_against(rows: Sequence[Row], reference: Row | None, spec,
                      base_test) -> dict[str, str]:
   """``{label: verdict}`` of every row against ``reference`` (the grid point
   chosen on validation), paired over seeds on test Delta_m."""

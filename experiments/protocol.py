@@ -34,7 +34,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from absl import logging
@@ -103,10 +104,10 @@ def num_reports(config, num_rows: int) -> int:
 
 def run_row(config, workdir: str, label: str, kind: str,
             program_for: Callable[[float], run_lib.Program], *,
-            weights: Optional[Sequence[float]] = None,
-            reference: Optional[Mapping[str, float]] = None,
-            on_run: Optional[Callable[[dict], None]] = None,
-            rate_label: Optional[str] = None) -> Row:
+            weights: Sequence[float] | None = None,
+            reference: Mapping[str, float] | None = None,
+            on_run: Callable[[dict], None] | None = None,
+            rate_label: str | None = None) -> Row:
   """One row under the protocol (see the module docstring).
 
   ``program_for(rate)`` builds the program of this row at a learning rate
@@ -215,7 +216,7 @@ class Progress:
       print(line, file=self.stream, flush=True)
 
 
-def log_to_file(workdir: str, verbose: bool) -> Optional[str]:
+def log_to_file(workdir: str, verbose: bool) -> str | None:
   """Sends absl's records (per-step metrics, data preparation) to
   ``<workdir>/log.txt`` instead of the terminal, unless ``verbose``.
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
@@ -20,9 +21,9 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from absl import logging
 
+import mtl_jax
 from experiments import common
 from experiments import run as run_lib
-import mtl_jax
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import train
 
@@ -57,7 +58,7 @@ def delta_ms(values: Mapping[str, float], base: Mapping[str, float],
              spec: common.DatasetSpec) -> dict[str, float]:
   """Delta_m (%) in both conventions; NaN without baselines."""
   if not base or any(not math.isfinite(values.get(k, math.nan)) for k in base):
-    return {m: math.nan for m in MODES}
+    return dict.fromkeys(MODES, math.nan)
   return {m: mtl_metrics.delta_m(values, base, spec.higher_is_better, mode=m)
           for m in MODES}
 

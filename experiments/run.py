@@ -32,7 +32,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,9 +64,9 @@ class Row(NamedTuple):
   kind: str                      # "method", "grid", "single_task"
   results: list[dict[str, Any]]  # one per seed; failed runs have "failed"
   run_dirs: list[str]
-  weights: Optional[tuple[float, ...]] = None
-  learning_rate: Optional[float] = None  # the rate the seeds ran at
-  search: Optional[dict[str, float]] = None  # lr -> validation score
+  weights: tuple[float, ...] | None = None
+  learning_rate: float | None = None  # the rate the seeds ran at
+  search: dict[str, float] | None = None  # lr -> validation score
 
 
 class Program(NamedTuple):
@@ -197,8 +198,8 @@ def evaluate(program: Program, state: train.TrainState,
 
 
 def fingerprint(config: Config, seed: int,
-                weights: Optional[Sequence[float]],
-                reference: Optional[Mapping[str, float]] = None) -> str:
+                weights: Sequence[float] | None,
+                reference: Mapping[str, float] | None = None) -> str:
   """A hash of everything that determines a run's result."""
   text = json.dumps([config.data.to_dict(), config.model.to_dict(),
                      config.weighting.to_dict(), config.optim.to_dict(),
@@ -210,7 +211,7 @@ def fingerprint(config: Config, seed: int,
   return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def load_result(workdir: str) -> Optional[dict[str, Any]]:
+def load_result(workdir: str) -> dict[str, Any] | None:
   path = os.path.join(workdir, RESULT)
   if not os.path.exists(path):
     return None
@@ -234,7 +235,7 @@ def _write_eval_log(workdir: str, records: Sequence[dict[str, Any]]) -> None:
 
 
 def init_state(program: Program, seed: int,
-               weights: Optional[Sequence[float]] = None) -> train.TrainState:
+               weights: Sequence[float] | None = None) -> train.TrainState:
   """The step-0 state of a run: model init from ``seed``, weighting state."""
   sample = next(iter(eval_batches(program, program.config.data.eval_split)))
   sample = jax.tree.map(lambda x: x[:1], sample)
@@ -280,7 +281,7 @@ def selection_score(values: Mapping[str, Any],
 
 
 def default_reference(spec: common.DatasetSpec, first: Mapping[str, Any],
-                      weights: Optional[Sequence[float]]) -> dict[str, float]:
+                      weights: Sequence[float] | None) -> dict[str, float]:
   """A run's own first validation record, restricted to its trained tasks
   (non-zero weights): the reference when none is given."""
   tasks = [t for i, t in enumerate(spec.tasks)
@@ -298,7 +299,7 @@ class _Selector:
                        f"{select!r}.")
     self.spec, self.reference, self.weights = spec, reference, weights
     self.patience, self.select = int(patience), select
-    self.best: Optional[dict[str, Any]] = None
+    self.best: dict[str, Any] | None = None
     self.best_view: Any = None
     self.stale = 0
 
@@ -343,8 +344,8 @@ BEST = "best.msgpack"
 
 
 def run(program: Program, workdir: str, *, seed: int,
-        weights: Optional[Sequence[float]] = None,
-        reference: Optional[Mapping[str, float]] = None) -> dict[str, Any]:
+        weights: Sequence[float] | None = None,
+        reference: Mapping[str, float] | None = None) -> dict[str, Any]:
   """Trains one run into ``workdir`` and returns its result (also ``result.json``).
 
   Selects the parameters of the best validation score against ``reference``
@@ -404,7 +405,7 @@ def run(program: Program, workdir: str, *, seed: int,
 
 def _finish(program: Program, workdir: str, selector: _Selector,
             records: list[dict[str, Any]], key: str, seed: int,
-            weights: Optional[Sequence[float]], t0: float) -> dict[str, Any]:
+            weights: Sequence[float] | None, t0: float) -> dict[str, Any]:
   """Evaluates the selected parameters on the test split; ``result.json``."""
   config = program.config
   test = evaluate(program, selector.best_view, config.data.test_split)
@@ -441,7 +442,7 @@ def lane(tree: Any, i: int) -> Any:
 
 def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
               weights: Sequence[Sequence[float]],
-              reference: Optional[Mapping[str, float]] = None
+              reference: Mapping[str, float] | None = None
               ) -> list[dict[str, Any]]:
   """Trains several scalarization weight vectors in one vmapped program.
 
@@ -523,9 +524,9 @@ def override(config, **fields):
 
 def run_row(program: Program, workdir: str, label: str, kind: str,
             seeds: Sequence[int],
-            weights: Optional[Sequence[float]] = None,
-            reference: Optional[Mapping[str, float]] = None,
-            on_run: Optional[Any] = None) -> Row:
+            weights: Sequence[float] | None = None,
+            reference: Mapping[str, float] | None = None,
+            on_run: Any | None = None) -> Row:
   """Runs one method (or weight vector) for every seed; failures are kept.
 
   Run ``seed`` goes to ``workdir/label/seed_<seed>``; ``on_run(result)`` is

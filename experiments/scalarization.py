@@ -21,15 +21,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import compare
-from experiments import evidence
-from experiments import protocol
-from experiments import report
+from experiments import common, compare, evidence, protocol, report
 from experiments import run as run_lib
 
 FLAGS = flags.FLAGS

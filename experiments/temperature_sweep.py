@@ -22,15 +22,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
-from experiments import compare
-from experiments import evidence
-from experiments import protocol
-from experiments import report
+from experiments import common, compare, evidence, protocol, report
 from experiments import run as run_lib
 
 FLAGS = flags.FLAGS

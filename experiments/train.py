@@ -17,9 +17,7 @@ import json
 import os
 from typing import Any
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import run as run_lib

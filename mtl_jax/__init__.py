@@ -26,11 +26,8 @@ load on first access (``mtl_jax.train``), so that the light part stays light.
 """
 import importlib
 
-from mtl_jax import aggregation
-from mtl_jax import weighting
-from mtl_jax._registry import family
-from mtl_jax._registry import get
-from mtl_jax._registry import names
+from mtl_jax import aggregation, weighting
+from mtl_jax._registry import family, get, names
 
 __version__ = "0.1.0"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import jax
 import numpy as np
@@ -30,7 +30,7 @@ def _fail(method: str, name: str, what: str, value: Any,
 
 
 def numeric(value: Any, name: str, method: str, what: str,
-            hint: str = "") -> Optional[np.ndarray]:
+            hint: str = "") -> np.ndarray | None:
   """``value`` as a float64 numpy array; None when it is traced.
 
   Raises a ValueError (``"{name} must be {what}"``) for anything that is not
@@ -52,8 +52,8 @@ def numeric(value: Any, name: str, method: str, what: str,
 
 
 def number(value: Any, name: str, method: str, *,
-           low: Optional[float] = None, low_open: bool = False,
-           high: Optional[float] = None, high_open: bool = False,
+           low: float | None = None, low_open: bool = False,
+           high: float | None = None, high_open: bool = False,
            allow_inf: bool = False, hint: str = "") -> None:
   """Raises a ValueError unless ``value`` is a real number in the range.
 
@@ -87,7 +87,7 @@ def _describe(low, low_open, high, high_open, allow_inf) -> str:
 
 
 def integer(value: Any, name: str, method: str, *,
-            low: Optional[int] = None, hint: str = "") -> Any:
+            low: int | None = None, hint: str = "") -> Any:
   """``value`` as an int (a traced value as it is), or a ValueError.
 
   Python and numpy integers are accepted, bools and floats (even 2.0) are
@@ -111,8 +111,8 @@ def flag(value: Any, name: str, method: str) -> bool:
 
 
 def vector(value: Any, name: str, method: str, *,
-           num_tasks: Optional[int] = None, nonnegative: bool = False,
-           hint: str = "") -> Optional[np.ndarray]:
+           num_tasks: int | None = None, nonnegative: bool = False,
+           hint: str = "") -> np.ndarray | None:
   """``value`` as a ``(K,)`` float64 array of finite numbers; None if traced.
 
   With ``nonnegative``, every entry must be >= 0 and one > 0 (all zero would

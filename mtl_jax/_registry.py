@@ -2,13 +2,11 @@
 or ``mtl_jax.get("upgrad")``."""
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
-from mtl_jax import _factory
-from mtl_jax import aggregation
-from mtl_jax import weighting
+from mtl_jax import _factory, aggregation, weighting
 
-Method = Union[weighting.Weighting, aggregation.Aggregator]
+Method = weighting.Weighting | aggregation.Aggregator
 
 
 def names() -> tuple[str, ...]:

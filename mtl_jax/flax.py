@@ -15,7 +15,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -42,7 +42,7 @@ class UncertaintyWeighting(nn.Module):
       LibMTL and MTAN use -0.5.
   """
   num_tasks: int
-  task_types: Optional[Sequence[str]] = None
+  task_types: Sequence[str] | None = None
   init_log_var: float = 0.0
 
   @nn.compact

@@ -16,7 +16,7 @@ loss per task, in the order of the ``*_TASKS`` tuples below.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -71,7 +71,7 @@ def segmentation_cross_entropy(logits: jax.Array, labels: jax.Array,
 
 
 def masked_l1(pred: jax.Array, target: jax.Array,
-              mask: Optional[jax.Array] = None) -> jax.Array:
+              mask: jax.Array | None = None) -> jax.Array:
   """Mean absolute error over valid entries (depth loss).
 
   .. math:: L = \\frac{\\sum_p m_p |\\hat d_p - d_p|}{\\sum_p m_p}
@@ -244,9 +244,9 @@ def digit_attribute_losses(outputs: Outputs, batch: Batch,
   sum of the three digits (``sum``, (B,) predictions) an MSE:
 
   .. math::
-    L_{\text{centre}} = \frac{1}{B} \sum_b -\log
-    \mathrm{softmax}(z_b)_{c_b}, \qquad
-    L_{\text{sum}} = \frac{1}{B} \sum_b (\hat s_b - s_b)^2
+    L_{\text{centre}} = \frac{1}{B} \\sum_b -\\log
+    \\mathrm{softmax}(z_b)_{c_b}, \\qquad
+    L_{\text{sum}} = \frac{1}{B} \\sum_b (\\hat s_b - s_b)^2
 
   ``tasks`` is :data:`DIGIT_ATTRIBUTE_TASKS` (all ten binary tasks), or the
   subset the data was loaded with (:mod:`mtl_jax.data.digit_attributes`),

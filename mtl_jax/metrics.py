@@ -32,7 +32,8 @@ single-task baseline and :math:`l_i = 1` when higher is better.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -380,8 +381,8 @@ def regression_error_metric() -> Metric:
   """Mean absolute and root mean squared error of a real-valued target.
 
   .. math::
-    \mathrm{MAE} = \frac{1}{n} \sum_b |\hat y_b - y_b|, \quad
-    \mathrm{RMSE} = \sqrt{\frac{1}{n} \sum_b (\hat y_b - y_b)^2}
+    \\mathrm{MAE} = \frac{1}{n} \\sum_b |\\hat y_b - y_b|, \\quad
+    \\mathrm{RMSE} = \\sqrt{\frac{1}{n} \\sum_b (\\hat y_b - y_b)^2}
 
   Returns:
     A :class:`Metric`; ``update(state, pred, target)`` (same shapes);
@@ -568,7 +569,7 @@ def _task_prefix(name: str) -> str:
 
 def delta_m(metrics: Mapping[str, Any], baselines: Mapping[str, float],
             higher_is_better: Mapping[str, bool], mode: str = "metric",
-            task_of_metric: Optional[Mapping[str, str] | Callable[[str], str]]
+            task_of_metric: Mapping[str, str] | Callable[[str], str] | None
             = None) -> float:
   """Relative multi-task performance against single-task baselines, in %.
 

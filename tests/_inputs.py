@@ -59,14 +59,14 @@ DEGENERATE = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _method(name: str, num_tasks: int) -> weighting.Weighting:
   # One Weighting per method and K: its apply is then the same function from
   # test to test, and jax.jit's cache (keyed on the function) is reused.
   return weighting.get(name, **hparams(name, num_tasks))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(fn):
   return jax.jit(fn)
 

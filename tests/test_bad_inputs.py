@@ -28,7 +28,7 @@ import math
 import pathlib
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,8 +36,7 @@ import numpy as np
 import pytest
 
 import mtl_jax
-from mtl_jax import aggregation
-from mtl_jax import weighting
+from mtl_jax import aggregation, weighting
 
 K = 2      # every method is initialised for two tasks
 P = 5      # shared parameters of the Jacobian methods
@@ -61,8 +60,8 @@ class Case(NamedTuple):
   stage: str              # "build", "init" or "apply"
   call: Callable[[], Any]
   match: str              # regex the ValueError's message must match
-  method: Optional[str] = None  # the registered method of a hparam row
-  hparam: Optional[str] = None  # and its hyperparameter
+  method: str | None = None  # the registered method of a hparam row
+  hparam: str | None = None  # and its hyperparameter
 
 
 def _init(method, num_tasks=K):

@@ -6,11 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from mtl_jax.flax import IMTLLWeighting
-from mtl_jax.flax import UncertaintyWeighting
-from mtl_jax.weighting import imtl_l_loss
-from mtl_jax.weighting import uncertainty_loss
-from mtl_jax.weighting import uw_o_weights
+from mtl_jax.flax import IMTLLWeighting, UncertaintyWeighting
+from mtl_jax.weighting import imtl_l_loss, uncertainty_loss, uw_o_weights
 
 LOSSES = jnp.asarray([0.2, 1.0, 5.0])
 
@@ -125,7 +122,7 @@ def test_trains_inside_a_model_with_optax():
 
   first = None
   for _ in range(60):
-    params, opt_state, total, (losses, weights) = train_step(params, opt_state)
+    params, opt_state, total, (_losses, weights) = train_step(params, opt_state)
     first = total if first is None else first
   assert np.isfinite(total) and total < first
   log_vars = params["weighting"]["log_vars"]

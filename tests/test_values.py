@@ -34,23 +34,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax import aggregation
-from mtl_jax import weighting
-from mtl_jax.aggregation import graddrop_direction
-from mtl_jax.aggregation import random_weights
-from mtl_jax.weighting import dwa_weights
-from mtl_jax.weighting import famo_loss
-from mtl_jax.weighting import famo_weights
-from mtl_jax.weighting import gls_loss
-from mtl_jax.weighting import imtl_l_loss
-from mtl_jax.weighting import rlw_weights
-from mtl_jax.weighting import scalarization_grid
-from mtl_jax.weighting import stch_loss
-from mtl_jax.weighting import uncertainty_loss
-from mtl_jax.weighting import uw_o_weights
-from mtl_jax.weighting import uw_so_entropy_weights
-from mtl_jax.weighting import uw_so_rel_weights
-from mtl_jax.weighting import uw_so_weights
+from mtl_jax import aggregation, weighting
+from mtl_jax.aggregation import graddrop_direction, random_weights
+from mtl_jax.weighting import (
+  dwa_weights,
+  famo_loss,
+  famo_weights,
+  gls_loss,
+  imtl_l_loss,
+  rlw_weights,
+  scalarization_grid,
+  stch_loss,
+  uncertainty_loss,
+  uw_o_weights,
+  uw_so_entropy_weights,
+  uw_so_rel_weights,
+  uw_so_weights,
+)
 
 ATOL = 1e-5
 LN2 = math.log(2.0)
@@ -367,7 +367,7 @@ def _row_id(row):
 
 
 def _as_float(x, dtype):
-  if isinstance(x, (list, tuple)) or isinstance(x, float):
+  if isinstance(x, (list, tuple, float)):
     return jnp.asarray(x, dtype)
   return x  # an int (num_tasks) or a PRNG key
 

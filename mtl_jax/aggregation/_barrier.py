@@ -21,8 +21,6 @@ Written here: no kept JAX library solves it inside ``jit`` (TorchJD calls
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -122,7 +120,7 @@ def normalise(gramian: jax.Array, reg_eps) -> tuple[jax.Array, jax.Array,
 
 
 def solve(gramian: jax.Array, beta, *, num_iters: int, reg_eps,
-          init: Optional[jax.Array] = None) -> jax.Array:
+          init: jax.Array | None = None) -> jax.Array:
   r"""Solves :math:`(G + \epsilon D_G) w = w^{-\beta}` for :math:`w > 0`.
 
   Solved in the units of :math:`\hat G = G / g`, :math:`g =

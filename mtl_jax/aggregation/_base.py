@@ -29,17 +29,21 @@ The weights carry no gradient.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mtl_jax import _checks
+
 # One stateless state for both families, re-exported here.
-from mtl_jax.weighting._base import StatelessState  # noqa: F401
-from mtl_jax.weighting._base import check_num_tasks
-from mtl_jax.weighting._base import stateless  # noqa: F401
+from mtl_jax.weighting._base import (
+  StatelessState,  # noqa: F401
+  check_num_tasks,
+  stateless,  # noqa: F401
+)
 
 Params = Any  # a pytree of learnable parameters ({} for every method here)
 State = Any   # a NamedTuple of non-learnable state
@@ -63,22 +67,22 @@ class GradientWeights(NamedTuple):
   """
   weights: jax.Array  # (K,) w: the update direction is d = J^T w; no gradient
   state: State        # the new state
-  direction: Optional[jax.Array] = None     # (P,) for inputs == "jacobian"
-  head_weights: Optional[jax.Array] = None  # (K,) on the heads' gradients
-  aux_loss: Optional[jax.Array] = None      # () trains params
+  direction: jax.Array | None = None     # (P,) for inputs == "jacobian"
+  head_weights: jax.Array | None = None  # (K,) on the heads' gradients
+  aux_loss: jax.Array | None = None      # () trains params
 
 
 class InitFn(Protocol):
 
   def __call__(self, num_tasks: int, *,
-               key: Optional[jax.Array] = None) -> tuple[Params, State]:
+               key: jax.Array | None = None) -> tuple[Params, State]:
     ...
 
 
 class ApplyFn(Protocol):
 
   def __call__(self, params: Params, state: State, gramian: jax.Array, *,
-               losses: Optional[jax.Array] = None) -> GradientWeights:
+               losses: jax.Array | None = None) -> GradientWeights:
     ...
 
 
@@ -107,7 +111,7 @@ class Aggregator(NamedTuple):
   batch_splits: int = 1
 
 
-def _concrete(x: Any) -> Optional[np.ndarray]:
+def _concrete(x: Any) -> np.ndarray | None:
   """``x`` as a numpy array, or None when it is traced."""
   try:
     return np.asarray(x)
@@ -116,7 +120,7 @@ def _concrete(x: Any) -> Optional[np.ndarray]:
     return None
 
 
-def check_gramian(gramian: jax.Array, num_tasks: Optional[int],
+def check_gramian(gramian: jax.Array, num_tasks: int | None,
                   method: str) -> None:
   """Raises a ValueError unless ``gramian`` is a (K, K) floating matrix.
 
@@ -139,7 +143,7 @@ def check_gramian(gramian: jax.Array, num_tasks: Optional[int],
         f"{jnp.result_type(gramian)}.")
 
 
-def require_losses(losses: Any, num_tasks: Optional[int],
+def require_losses(losses: Any, num_tasks: int | None,
                    method: str) -> jax.Array:
   """``losses`` as a ``(K,)`` array with no gradient, or a ValueError saying
   how to pass them (the methods that need them: MoCo, DB-MTL, GradNorm,
@@ -193,7 +197,7 @@ def check_seed(seed: Any, method: str) -> Any:
                          hint="It seeds jax.random.PRNGKey(seed).")
 
 
-def check_pref_vector(pref_vector: Any, num_tasks: Optional[int],
+def check_pref_vector(pref_vector: Any, num_tasks: int | None,
                       method: str) -> None:
   """Raises a ValueError for a preference vector that is not (K,) and >= 0."""
   if pref_vector is None:
@@ -231,8 +235,8 @@ def float_dtype(gramian: jax.Array) -> jnp.dtype:
   return jnp.result_type(gramian)
 
 
-def check_jacobian(jacobian: jax.Array, num_tasks: Optional[int],
-                   num_params: Optional[int], method: str) -> None:
+def check_jacobian(jacobian: jax.Array, num_tasks: int | None,
+                   num_params: int | None, method: str) -> None:
   """Raises a ValueError unless ``jacobian`` is a floating (K, P) matrix."""
   shape = jnp.shape(jacobian)
   if len(shape) != 2:
@@ -271,8 +275,8 @@ def check_num_params(num_params: Any, method: str) -> int:
   return int(num_params)
 
 
-def apply_with_grads(method: "Aggregator", params: Params, state: State,
-                     inputs: jax.Array, losses: Optional[jax.Array]
+def apply_with_grads(method: Aggregator, params: Params, state: State,
+                     inputs: jax.Array, losses: jax.Array | None
                      ) -> tuple[GradientWeights, Params]:
   """``method.apply`` and the gradient of its ``aux_loss`` in ``params``.
 
@@ -304,11 +308,11 @@ def combine(jacobian: jax.Array, weights: jax.Array) -> jax.Array:
 
 def gramian_aggregator(weights_fn: Callable[[State, jax.Array],
                                             tuple[jax.Array, State]],
-                       init_state: Callable[[int, Optional[jax.Array]], State],
+                       init_state: Callable[[int, jax.Array | None], State],
                        method: str,
                        num_tasks_of: Callable[[State], int] = (
                            lambda state: state.tasks.shape[-1]),
-                       check_init: Optional[Callable[[int], None]] = None,
+                       check_init: Callable[[int], None] | None = None,
                        ) -> Aggregator:
   """Builds an :class:`Aggregator` from ``weights_fn(state, G) -> (w, state)``.
 
@@ -318,7 +322,7 @@ def gramian_aggregator(weights_fn: Callable[[State, jax.Array],
   preference vector's length) and raises at ``init``.
   """
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     num_tasks = check_num_tasks(num_tasks)
     if check_init is not None:
       check_init(num_tasks)

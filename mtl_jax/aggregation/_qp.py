@@ -44,7 +44,7 @@ float32 the worst relative error is 6e-4 on rank-deficient Gramians (where
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -63,7 +63,7 @@ def default_steps(num_tasks: int) -> int:
   return num_tasks + 4
 
 
-def split_budget(max_iters: Optional[int], num_tasks: int) -> tuple[int, int]:
+def split_budget(max_iters: int | None, num_tasks: int) -> tuple[int, int]:
   """``(newton_steps, active_set_steps)`` for a total of ``max_iters`` steps
   (None: :data:`NEWTON_STEPS` + :func:`default_steps`, i.e. K + 10)."""
   if max_iters is None:
@@ -73,7 +73,7 @@ def split_budget(max_iters: Optional[int], num_tasks: int) -> tuple[int, int]:
 
 
 def check_projection_hparams(pref_vector: Any, norm_eps: Any, reg_eps: Any,
-                             max_iters: Any, num_tasks: Optional[int],
+                             max_iters: Any, num_tasks: int | None,
                              method: str) -> None:
   """The ValueErrors of UPGrad's and DualProj's hyperparameters."""
   _base.check_pref_vector(pref_vector, num_tasks, method)
@@ -110,8 +110,8 @@ def _masked_solve(hessian: jax.Array, rhs: jax.Array, free: jax.Array,
                                              "active_set_steps"))
 def solve_nonneg_qp(hessian: jax.Array, linear: jax.Array, *,
                     newton_steps: int = NEWTON_STEPS,
-                    active_set_steps: Optional[int] = None,
-                    rtol: Optional[float] = None) -> jax.Array:
+                    active_set_steps: int | None = None,
+                    rtol: float | None = None) -> jax.Array:
   r"""Minimises :math:`\tfrac12 x^\top H x + c^\top x` over :math:`x \ge 0`.
 
   Args:
@@ -204,7 +204,7 @@ def normalize_regularize(gramian: jax.Array, norm_eps, reg_eps) -> jax.Array:
                                              "active_set_steps"))
 def project_to_dual_cone(matrix: jax.Array, lower: jax.Array, *,
                          newton_steps: int = NEWTON_STEPS,
-                         active_set_steps: Optional[int] = None) -> jax.Array:
+                         active_set_steps: int | None = None) -> jax.Array:
   r""":math:`\operatorname{argmin}_{v \ge u} v^\top A v` for each row
   :math:`u` of ``lower``.
 
@@ -233,8 +233,8 @@ def project_to_dual_cone(matrix: jax.Array, lower: jax.Array, *,
 @functools.partial(jax.jit, static_argnames=("newton_steps",
                                              "active_set_steps"))
 def simplex_min_norm(gramian: jax.Array, *, newton_steps: int = NEWTON_STEPS,
-                     active_set_steps: Optional[int] = None,
-                     rtol: Optional[float] = None) -> jax.Array:
+                     active_set_steps: int | None = None,
+                     rtol: float | None = None) -> jax.Array:
   r""":math:`\operatorname{argmin}_{w \in \Delta_K} w^\top G w` (MGDA).
 
   With :math:`\hat G = G / \operatorname{tr}(G)`, the minimiser :math:`x` of

@@ -1,7 +1,8 @@
 """Look a gradient-space method up by name: ``get("cagrad", c=0.4)``."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mtl_jax import _factory
 from mtl_jax.aggregation import _base

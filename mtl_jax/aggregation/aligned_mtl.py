@@ -10,13 +10,12 @@ for Multi-Task Learning", CVPR 2023, https://arxiv.org/abs/2305.19000.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _linalg
+from mtl_jax.aggregation import _base, _linalg
 
 SCALE_MODES = ("min", "median", "rmse")
 
@@ -28,7 +27,7 @@ def _check_scale_mode(scale_mode: Any, method: str) -> None:
         f"{scale_mode!r}.")
 
 
-def aligned_mtl_weights(gramian: jax.Array, pref_vector: Optional[Any] = None,
+def aligned_mtl_weights(gramian: jax.Array, pref_vector: Any | None = None,
                         scale_mode: str = "min") -> jax.Array:
   r"""Aligned-MTL's weights: the gradients made orthogonal and equally long.
 
@@ -87,7 +86,7 @@ def aligned_mtl_weights(gramian: jax.Array, pref_vector: Optional[Any] = None,
   return b @ pref
 
 
-def aligned_mtl(pref_vector: Optional[Any] = None,
+def aligned_mtl(pref_vector: Any | None = None,
                 scale_mode: str = "min") -> _base.Aggregator:
   """Aligned-MTL as an :class:`~mtl_jax.aggregation.Aggregator` (no state).
 

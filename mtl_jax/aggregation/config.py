@@ -11,17 +11,16 @@ Informed Neural Networks", ICLR 2025, https://arxiv.org/abs/2408.11104.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _linalg
+from mtl_jax.aggregation import _base, _linalg
 
 
 def config_weights(gramian: jax.Array,
-                   pref_vector: Optional[Any] = None) -> jax.Array:
+                   pref_vector: Any | None = None) -> jax.Array:
   r"""ConFIG's weights, computed from the Gramian alone.
 
   .. math::
@@ -72,7 +71,7 @@ def config_weights(gramian: jax.Array,
   return jnp.where(ok, jnp.sum(g_beta) / jnp.where(ok, norm_sq, 1.0), 0.0) * beta
 
 
-def config(pref_vector: Optional[Any] = None) -> _base.Aggregator:
+def config(pref_vector: Any | None = None) -> _base.Aggregator:
   """ConFIG as an :class:`~mtl_jax.aggregation.Aggregator` (no state).
 
   Args:

@@ -15,7 +15,7 @@ It keeps a ``(K, P)`` buffer, so it reads the Jacobian itself
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -156,8 +156,8 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.Aggregator:
   """
   _check_hparams(beta, beta_sigma, "db_mtl")
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None,
-           num_params: Optional[int] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None,
+           num_params: int | None = None):
     del key
     num_tasks = check_num_tasks(num_tasks)
     num_params = _base.check_num_params(num_params, "db_mtl")

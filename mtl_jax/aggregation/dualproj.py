@@ -12,17 +12,16 @@ https://arxiv.org/abs/2406.16232.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _qp
+from mtl_jax.aggregation import _base, _qp
 
 
 def dualproj_weights(gramian: jax.Array, pref_vector: Any = None, *,
                      norm_eps: float = 1e-4, reg_eps: float = 1e-4,
-                     max_iters: Optional[int] = None) -> jax.Array:
+                     max_iters: int | None = None) -> jax.Array:
   r"""DualProj's weights: :math:`J^\top p` projected onto the dual cone.
 
   .. math::
@@ -94,7 +93,7 @@ def dualproj_weights(gramian: jax.Array, pref_vector: Any = None, *,
 
 def dualproj(pref_vector: Any = None, norm_eps: float = 1e-4,
              reg_eps: float = 1e-4,
-             max_iters: Optional[int] = None) -> _base.Aggregator:
+             max_iters: int | None = None) -> _base.Aggregator:
   """DualProj as an :class:`~mtl_jax.aggregation.Aggregator`.
 
   Args:

@@ -17,7 +17,7 @@ reads the Jacobian itself (``inputs="jacobian"``).
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -194,8 +194,8 @@ def excess_mtl(robust_step_size: float = 1.0,
   """
   _check_hparams(robust_step_size, n_warmup_steps, "excess_mtl")
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None,
-           num_params: Optional[int] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None,
+           num_params: int | None = None):
     del key
     num_tasks = check_num_tasks(num_tasks)
     num_params = _base.check_num_params(num_params, "excess_mtl")

@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _barrier
-from mtl_jax.aggregation import _base
+from mtl_jax.aggregation import _barrier, _base
 
 
 def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,

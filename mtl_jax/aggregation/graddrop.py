@@ -16,7 +16,7 @@ The rule is per coordinate, so it reads the Jacobian itself
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +28,7 @@ from mtl_jax.aggregation import _base
 from mtl_jax.weighting._base import check_num_tasks
 
 
-def _check_leak(leak: Any, num_tasks: Optional[int], method: str) -> None:
+def _check_leak(leak: Any, num_tasks: int | None, method: str) -> None:
   """Raises a ValueError unless ``leak`` is None, or a scalar or a ``(K,)``
   vector in [0, 1]."""
   if leak is None:
@@ -200,8 +200,8 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> _base.Aggregator:
   _check_leak(leak, None, "graddrop")
   seed = _base.check_seed(seed, "graddrop")
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None,
-           num_params: Optional[int] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None,
+           num_params: int | None = None):
     num_tasks = check_num_tasks(num_tasks)
     _check_leak(leak, num_tasks, "graddrop")
     if num_params is not None:

@@ -14,7 +14,7 @@ https://arxiv.org/abs/1711.02257.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -103,7 +103,7 @@ class GradNormState(NamedTuple):
 
 
 def gradnorm(alpha: float = 1.5,
-             steps_per_epoch: Optional[int] = None) -> _base.Aggregator:
+             steps_per_epoch: int | None = None) -> _base.Aggregator:
   r"""GradNorm as an :class:`~mtl_jax.aggregation.Aggregator` (LibMTL's form).
 
   The learnable parameters are ``{"logits": (K,)}``, initialised to 1 (LibMTL;
@@ -147,7 +147,7 @@ def gradnorm(alpha: float = 1.5,
     steps_per_epoch = _base.check_positive_int(steps_per_epoch,
                                                "steps_per_epoch", "gradnorm")
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     del key
     num_tasks = check_num_tasks(num_tasks)
     params = {"logits": jnp.ones((num_tasks,), jnp.float32)}

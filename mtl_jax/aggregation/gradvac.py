@@ -18,7 +18,7 @@ https://arxiv.org/abs/2010.05874.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +197,7 @@ def gradvac(beta: float = 0.5, eps: float = 1e-8,
   _base.check_nonnegative(eps, "eps", "gradvac")
   seed = _base.check_seed(seed, "gradvac")
 
-  def init_state(num_tasks: int, key: Optional[jax.Array]) -> GradVacState:
+  def init_state(num_tasks: int, key: jax.Array | None) -> GradVacState:
     key = jax.random.PRNGKey(seed) if key is None else key
     return GradVacState(jnp.zeros((num_tasks, num_tasks)), key)
 

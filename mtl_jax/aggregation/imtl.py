@@ -10,8 +10,6 @@ Learning", ICLR 2021, https://openreview.net/forum?id=IMPnRXEWpvr.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -99,7 +97,7 @@ def imtl() -> _base.Aggregator:
     https://openreview.net/forum?id=IMPnRXEWpvr.
   """
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     num_tasks = check_num_tasks(num_tasks)
     params = {"log_scales": jnp.zeros((num_tasks,), jnp.float32)}
     return params, _base.stateless(num_tasks, key)

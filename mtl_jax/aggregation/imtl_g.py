@@ -13,8 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _linalg
+from mtl_jax.aggregation import _base, _linalg
 
 
 def imtl_g_weights(gramian: jax.Array) -> jax.Array:

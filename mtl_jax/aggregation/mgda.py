@@ -11,17 +11,14 @@ gradient descent algorithm (MGDA) for multiobjective optimization", 2012).
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _qp
+from mtl_jax.aggregation import _base, _qp
 
 
 def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
-                 max_iters: Optional[int] = None) -> jax.Array:
+                 max_iters: int | None = None) -> jax.Array:
   r"""MGDA's weights: the minimum-norm convex combination of the gradients.
 
   .. math::
@@ -87,7 +84,7 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
 
 
 def mgda(epsilon: float = 0.0,
-         max_iters: Optional[int] = None) -> _base.Aggregator:
+         max_iters: int | None = None) -> _base.Aggregator:
   """MGDA as an :class:`~mtl_jax.aggregation.Aggregator`.
 
   Args:

@@ -17,7 +17,7 @@ It keeps a ``(K, P)`` buffer, so it reads the Jacobian itself
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -168,8 +168,8 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
   _check_hparams("moco", beta=beta, beta_sigma=beta_sigma, gamma=gamma,
                  gamma_sigma=gamma_sigma, rho=rho)
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None,
-           num_params: Optional[int] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None,
+           num_params: int | None = None):
     del key
     num_tasks = check_num_tasks(num_tasks)
     num_params = _base.check_num_params(num_params, "moco")

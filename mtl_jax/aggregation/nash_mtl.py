@@ -11,28 +11,27 @@ Learning as a Bargaining Game", ICML 2022, https://arxiv.org/abs/2202.01017.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from mtl_jax import _checks
-from mtl_jax.aggregation import _barrier
-from mtl_jax.aggregation import _base
+from mtl_jax.aggregation import _barrier, _base
 
 _REG_EPS = 1e-8  # the ridge of the solver, as FairGrad's default
 
 
 def _solve_alpha(gramian: jax.Array, optim_niter: int,
-                 warm_start: Optional[jax.Array]) -> jax.Array:
+                 warm_start: jax.Array | None) -> jax.Array:
   """The unclipped bargaining weights alpha (Newton, from ``warm_start``)."""
   return _barrier.solve(gramian, 1.0, num_iters=optim_niter,
                         reg_eps=_REG_EPS, init=warm_start)
 
 
 def _clip(alpha: jax.Array, gramian: jax.Array,
-          max_norm: Optional[float]) -> jax.Array:
+          max_norm: float | None) -> jax.Array:
   """``alpha`` rescaled so that ``||J^T alpha|| <= max_norm``."""
   if max_norm is None:
     return alpha
@@ -53,9 +52,9 @@ def _check_max_norm(max_norm, method: str) -> None:
                  hint=hint)
 
 
-def nash_mtl_weights(gramian: jax.Array, *, max_norm: Optional[float] = 1.0,
+def nash_mtl_weights(gramian: jax.Array, *, max_norm: float | None = 1.0,
                      optim_niter: int = 20,
-                     warm_start: Optional[jax.Array] = None) -> jax.Array:
+                     warm_start: jax.Array | None = None) -> jax.Array:
   r"""Nash-MTL's weights: the bargaining solution, rescaled to a bounded norm.
 
   .. math::
@@ -145,7 +144,7 @@ class NashMTLState(NamedTuple):
   count: jax.Array  # () int32, calls since the last solve, mod update_every
 
 
-def nash_mtl(max_norm: Optional[float] = 1.0, update_weights_every: int = 1,
+def nash_mtl(max_norm: float | None = 1.0, update_weights_every: int = 1,
              optim_niter: int = 20) -> _base.Aggregator:
   r"""Nash-MTL as an :class:`~mtl_jax.aggregation.Aggregator`.
 
@@ -172,7 +171,7 @@ def nash_mtl(max_norm: Optional[float] = 1.0, update_weights_every: int = 1,
   optim_niter = _base.check_positive_int(optim_niter, "optim_niter",
                                          "nash_mtl")
 
-  def init_state(num_tasks: int, key: Optional[jax.Array]) -> NashMTLState:
+  def init_state(num_tasks: int, key: jax.Array | None) -> NashMTLState:
     del key
     return NashMTLState(jnp.zeros((num_tasks,)), jnp.zeros((), jnp.int32))
 

@@ -11,7 +11,7 @@ Learning", NeurIPS 2020, https://arxiv.org/abs/2001.06782.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,7 +125,7 @@ def pcgrad(seed: int = 0) -> _base.Aggregator:
   """
   seed = _base.check_seed(seed, "pcgrad")
 
-  def init_state(num_tasks: int, key: Optional[jax.Array]) -> PCGradState:
+  def init_state(num_tasks: int, key: jax.Array | None) -> PCGradState:
     key = jax.random.PRNGKey(seed) if key is None else key
     return PCGradState(key, jnp.zeros((num_tasks,), jnp.int8))
 

@@ -11,7 +11,7 @@ https://arxiv.org/abs/2111.10603 (random gradient weighting, RGW).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +82,7 @@ def random(seed: int = 0) -> _base.Aggregator:
   """
   seed = _base.check_seed(seed, "random")
 
-  def init_state(num_tasks: int, key: Optional[jax.Array]) -> RandomState:
+  def init_state(num_tasks: int, key: jax.Array | None) -> RandomState:
     key = jax.random.PRNGKey(seed) if key is None else key
     return RandomState(key, jnp.zeros((num_tasks,), jnp.int8))
 

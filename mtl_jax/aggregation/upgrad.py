@@ -10,18 +10,17 @@ https://arxiv.org/abs/2406.16232 (Unconflicting Projection of Gradients).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from mtl_jax.aggregation import _base
-from mtl_jax.aggregation import _qp
+from mtl_jax.aggregation import _base, _qp
 
 
 def upgrad_weights(gramian: jax.Array, pref_vector: Any = None, *,
                    norm_eps: float = 1e-4, reg_eps: float = 1e-4,
-                   max_iters: Optional[int] = None) -> jax.Array:
+                   max_iters: int | None = None) -> jax.Array:
   r"""UPGrad's weights: the sum of the projected, preference-scaled gradients.
 
   .. math::
@@ -94,7 +93,7 @@ def upgrad_weights(gramian: jax.Array, pref_vector: Any = None, *,
 
 def upgrad(pref_vector: Any = None, norm_eps: float = 1e-4,
            reg_eps: float = 1e-4,
-           max_iters: Optional[int] = None) -> _base.Aggregator:
+           max_iters: int | None = None) -> _base.Aggregator:
   """UPGrad as an :class:`~mtl_jax.aggregation.Aggregator`.
 
   Args:

@@ -17,18 +17,15 @@ Checkpointing the data position: ``it = iter(ds)``, then ``it.get_state()``
 and, on a fresh ``iter(ds)`` of the same pipeline, ``it.set_state(state)``
 (:func:`save_state` / :func:`restore_state` do this through a JSON file).
 """
-from mtl_jax.data import celeba
-from mtl_jax.data import cityscapes
-from mtl_jax.data import digit_attributes
-from mtl_jax.data import digit_scenes
-from mtl_jax.data import nyuv2
-from mtl_jax.data import synthetic
+from mtl_jax.data import celeba, cityscapes, digit_attributes, digit_scenes, nyuv2, synthetic
 from mtl_jax.data._mtan import LayoutError
-from mtl_jax.data._pipeline import DATA_DIR_ENV
-from mtl_jax.data._pipeline import default_data_dir
-from mtl_jax.data._pipeline import make_pipeline
-from mtl_jax.data._pipeline import restore_state
-from mtl_jax.data._pipeline import save_state
+from mtl_jax.data._pipeline import (
+    DATA_DIR_ENV,
+    default_data_dir,
+    make_pipeline,
+    restore_state,
+    save_state,
+)
 
 __all__ = (
     "DATA_DIR_ENV",

@@ -14,7 +14,7 @@ ignore label -1, the invalid depth 0 and the invalid zero normal stay exact.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -16,15 +16,14 @@ import dataclasses
 import functools
 import os
 import pathlib
-from typing import Any, ClassVar, Iterator
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import _augment
-from mtl_jax.data import _builder
-from mtl_jax.data import _pipeline
+from mtl_jax.data import _augment, _builder, _pipeline
 
 SPLITS = ("train", "validation", "train_fit", "train_holdout")
 _SPLIT_FOLDERS = {"train": "train", "validation": "val"}

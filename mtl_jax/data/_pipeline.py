@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import grain
 import numpy as np

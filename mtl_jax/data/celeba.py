@@ -37,7 +37,7 @@ ATTRIBUTES = (
     "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings",
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young")
 TASKS = ATTRIBUTES  # one binary task per attribute, column i of "attributes"
-LOSSES = {name: "binary_cross_entropy" for name in ATTRIBUTES}
+LOSSES = dict.fromkeys(ATTRIBUTES, "binary_cross_entropy")
 NUM_TASKS = len(ATTRIBUTES)
 IMAGE_SIZE = 64
 SPLITS = ("train", "validation", "test")

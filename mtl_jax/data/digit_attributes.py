@@ -73,15 +73,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import _builder
-from mtl_jax.data import _pipeline
-from mtl_jax.data import digit_scenes
+from mtl_jax.data import _builder, _pipeline, digit_scenes
 
 _Rule = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -205,7 +204,7 @@ class DigitAttributes(_builder.LocalBuilder):
   """TFDS builder of digit-attribute strips (array_record, no TensorFlow needed)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  BUILDER_CONFIGS = [make_config()]
+  BUILDER_CONFIGS = [make_config()]  # noqa: RUF012 (the TFDS idiom)
 
   def _info(self) -> tfds.core.DatasetInfo:
     def t(shape, dtype):  # raw bytes, as digit_scenes

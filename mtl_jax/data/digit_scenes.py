@@ -45,8 +45,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mtl_jax.data import _builder
-from mtl_jax.data import _pipeline
+from mtl_jax.data import _builder, _pipeline
 
 TASKS = ("segmentation", "depth", "normal", "count")
 LOSSES = {"segmentation": "cross_entropy", "depth": "l1", "normal": "cosine",
@@ -204,7 +203,7 @@ class DigitScenes(_builder.LocalBuilder):
   """TFDS builder of digit scenes (array_record, no TensorFlow needed)."""
 
   VERSION = tfds.core.Version("1.0.0")
-  BUILDER_CONFIGS = [make_config()]
+  BUILDER_CONFIGS = [make_config()]  # noqa: RUF012 (the TFDS idiom)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size

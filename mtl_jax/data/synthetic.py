@@ -28,7 +28,8 @@ ICML 2018, https://arxiv.org/abs/1711.02257.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import grain
 import numpy as np
@@ -50,7 +51,7 @@ def task_names(num_tasks: int) -> tuple[str, ...]:
 
 
 TASKS = task_names(DEFAULT_NUM_TASKS)
-LOSSES = {name: "squared_error" for name in TASKS}
+LOSSES = dict.fromkeys(TASKS, "squared_error")
 
 
 class Problem(NamedTuple):

@@ -13,17 +13,15 @@ from mtl_jax.models.digit_scene import DigitSceneNet
 from mtl_jax.models.mlp import MLPTrunk
 from mtl_jax.models.mtan import MTAN
 from mtl_jax.models.resnet import ResNet18
-from mtl_jax.models.segnet import CITYSCAPES_HEADS
-from mtl_jax.models.segnet import NYUV2_HEADS
-from mtl_jax.models.segnet import SegNet
+from mtl_jax.models.segnet import CITYSCAPES_HEADS, NYUV2_HEADS, SegNet
 
 __all__ = (
     "CITYSCAPES_HEADS",
+    "MTAN",
+    "NYUV2_HEADS",
     "DigitAttributeNet",
     "DigitSceneNet",
     "MLPTrunk",
-    "MTAN",
-    "NYUV2_HEADS",
     "ResNet18",
     "SegNet",
     "mark_features",

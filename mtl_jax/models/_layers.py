@@ -13,7 +13,8 @@ implementation below is exact rather than approximate:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -21,7 +21,8 @@ CPU cores once compiled; conv blocks make it several times slower on CPU.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

@@ -15,7 +15,8 @@ on a batch of 32 takes about 30 ms on two CPU cores once compiled.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

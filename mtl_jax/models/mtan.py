@@ -26,7 +26,8 @@ with Attention", CVPR 2019, https://arxiv.org/abs/1803.10704.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

@@ -16,7 +16,8 @@ Recognition", CVPR 2016, https://arxiv.org/abs/1512.03385.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax

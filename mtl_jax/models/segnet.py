@@ -17,7 +17,8 @@ https://arxiv.org/abs/1511.00561.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax

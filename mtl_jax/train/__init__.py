@@ -16,51 +16,44 @@
 * :func:`count_collectives`: the collectives of a compiled step.
 """
 from mtl_jax.train.checkpoint import Checkpointer
-from mtl_jax.train.hlo import CollectiveOp
-from mtl_jax.train.hlo import count_collectives
-from mtl_jax.train.hlo import host_transfers
-from mtl_jax.train.loop import NonFiniteError
-from mtl_jax.train.loop import NonFiniteWarning
-from mtl_jax.train.loop import train
-from mtl_jax.train.optim import make_optimizer
-from mtl_jax.train.optim import param_labels
-from mtl_jax.train.parallel import Placement
-from mtl_jax.train.parallel import global_batch
-from mtl_jax.train.parallel import initialize_distributed
-from mtl_jax.train.parallel import is_main_process
-from mtl_jax.train.parallel import make_mesh
-from mtl_jax.train.parallel import mesh_placement
-from mtl_jax.train.parallel import mesh_step
-from mtl_jax.train.parallel import pmap_placement
-from mtl_jax.train.parallel import pmap_step
-from mtl_jax.train.parallel import replicate
-from mtl_jax.train.parallel import replicate_on_mesh
-from mtl_jax.train.parallel import shard_batch
-from mtl_jax.train.parallel import single_device
-from mtl_jax.train.parallel import to_host
-from mtl_jax.train.parallel import unreplicate
-from mtl_jax.train.state import TrainState
-from mtl_jax.train.state import create_train_state
-from mtl_jax.train.state import init_train_state
-from mtl_jax.train.gradients import GradientFn
-from mtl_jax.train.gradients import Gradients
-from mtl_jax.train.gradients import global_losses
-from mtl_jax.train.gradients import jacobian_gradients
-from mtl_jax.train.gradients import weighted_sum_gradients
-from mtl_jax.train.jacobian import TaskParamRule
-from mtl_jax.train.jacobian import task_param_mask
-from mtl_jax.train.step import make_eval_step
-from mtl_jax.train.step import make_train_step
-from mtl_jax.train.step import module_apply_fn
-from mtl_jax.train.writers import MetricsWriter
-from mtl_jax.train.writers import read_metrics
+from mtl_jax.train.gradients import (
+    GradientFn,
+    Gradients,
+    global_losses,
+    jacobian_gradients,
+    weighted_sum_gradients,
+)
+from mtl_jax.train.hlo import CollectiveOp, count_collectives, host_transfers
+from mtl_jax.train.jacobian import TaskParamRule, task_param_mask
+from mtl_jax.train.loop import NonFiniteError, NonFiniteWarning, train
+from mtl_jax.train.optim import make_optimizer, param_labels
+from mtl_jax.train.parallel import (
+    Placement,
+    global_batch,
+    initialize_distributed,
+    is_main_process,
+    make_mesh,
+    mesh_placement,
+    mesh_step,
+    pmap_placement,
+    pmap_step,
+    replicate,
+    replicate_on_mesh,
+    shard_batch,
+    single_device,
+    to_host,
+    unreplicate,
+)
+from mtl_jax.train.state import TrainState, create_train_state, init_train_state
+from mtl_jax.train.step import make_eval_step, make_train_step, module_apply_fn
+from mtl_jax.train.writers import MetricsWriter, read_metrics
 
 __all__ = (
     "Checkpointer",
     "CollectiveOp",
-    "MetricsWriter",
     "GradientFn",
     "Gradients",
+    "MetricsWriter",
     "NonFiniteError",
     "NonFiniteWarning",
     "Placement",
@@ -73,8 +66,8 @@ __all__ = (
     "host_transfers",
     "init_train_state",
     "initialize_distributed",
-    "jacobian_gradients",
     "is_main_process",
+    "jacobian_gradients",
     "make_eval_step",
     "make_mesh",
     "make_optimizer",

@@ -27,11 +27,12 @@ method) is an error naming the first differing leaf, not a damaged step.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
@@ -95,7 +96,7 @@ def checksum(state: PyTree) -> str:
   return digest.hexdigest()
 
 
-def _first_difference(saved: list, expected: list) -> Optional[str]:
+def _first_difference(saved: list, expected: list) -> str | None:
   """The first leaf where two manifests differ, as a sentence, or None."""
   saved_by_path = {p: (shape, dtype) for p, shape, dtype in saved}
   expected_paths = [p for p, _, _ in expected]
@@ -137,7 +138,7 @@ class Checkpointer:
         self.directory, options=options,
         item_names=("state", "data"))
 
-  def latest_step(self) -> Optional[int]:
+  def latest_step(self) -> int | None:
     """The newest complete step, or None."""
     return self._manager.latest_step()
 
@@ -200,9 +201,10 @@ class Checkpointer:
       where = f"left at {path}"
     warnings.warn(
         f"checkpoint step {step} ({path}) is damaged and cannot be restored "
-        f"({error}); {where}. Trying the next older step.", RuntimeWarning)
+        f"({error}); {where}. Trying the next older step.", RuntimeWarning,
+        stacklevel=2)
 
-  def restore(self, template: PyTree, step: Optional[int] = None
+  def restore(self, template: PyTree, step: int | None = None
               ) -> tuple[PyTree, Any]:
     """Restores ``(state, data_state)`` of ``step`` (default: the newest
     intact step).
@@ -298,10 +300,8 @@ class Checkpointer:
       self.wait()
     except CheckpointError:
       if raise_errors:
-        try:
+        with contextlib.suppress(Exception):
           self._manager.close()
-        except Exception:  # pylint: disable=broad-except
-          pass
         raise
     try:
       self._manager.close()

@@ -15,7 +15,8 @@ The step picks the path from the method's type; a custom
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,10 +43,10 @@ class Gradients(NamedTuple):
   weights: jax.Array       # (K,) effective task weights, d total / d losses
   method_state: PyTree     # the method's new state
   model_state: PyTree      # the model's new state (local, not yet averaged)
-  task_grads_finite: Optional[jax.Array] = None  # (K,) per task, if known
+  task_grads_finite: jax.Array | None = None  # (K,) per task, if known
 
 
-GradientFn = Callable[[LossesFn, PyTree, PyTree, Optional[str]], Gradients]
+GradientFn = Callable[[LossesFn, PyTree, PyTree, str | None], Gradients]
 """``gradient_fn(losses_fn, params, method_state, axis_name) -> Gradients``."""
 
 
@@ -57,12 +58,12 @@ def _mean_floating(*leaves: jax.Array) -> jax.Array:
   return leaves[0]
 
 
-def pmean(tree: PyTree, axis_name: Optional[str]) -> PyTree:
+def pmean(tree: PyTree, axis_name: str | None) -> PyTree:
   """``lax.pmean`` over ``axis_name``; the identity when it is ``None``."""
   return tree if axis_name is None else lax.pmean(tree, axis_name)
 
 
-def global_losses(local: jax.Array, axis_name: Optional[str]) -> jax.Array:
+def global_losses(local: jax.Array, axis_name: str | None) -> jax.Array:
   """Value: the device-averaged losses; gradient: through the local ones."""
   frozen = lax.stop_gradient(local)
   return local - frozen + pmean(frozen, axis_name)
@@ -88,7 +89,7 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
   _not_a_weighting(weighting, "weighted_sum_gradients")
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, weighting_state: PyTree,
-                  axis_name: Optional[str]) -> Gradients:
+                  axis_name: str | None) -> Gradients:
 
     def objective(p):
       local, model_state = losses_fn(p["model"])
@@ -106,9 +107,9 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
 def jacobian_gradients(method: Aggregator, *,
                        task_params: jac_lib.TaskParamRule = None,
                        mode: str = "params",
-                       chunk_size: Optional[int] = None,
+                       chunk_size: int | None = None,
                        reduction: str = "reduce_scatter",
-                       init_perturbations: Optional[Callable[[], PyTree]] = None,
+                       init_perturbations: Callable[[], PyTree] | None = None,
                        ) -> GradientFn:
   r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
 
@@ -165,7 +166,7 @@ def jacobian_gradients(method: Aggregator, *,
         f"{mode!r}.")
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
-                  axis_name: Optional[str]) -> Gradients:
+                  axis_name: str | None) -> Gradients:
     mask = jac_lib.task_param_mask(params["model"], task_params)
     split, merge = jac_lib._split(params["model"], mask)
     has_heads = bool(split.task)

@@ -43,7 +43,8 @@ parameters). See ``docs/gradient_methods.md``.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,8 +52,8 @@ import numpy as np
 from jax import lax
 
 PyTree = Any
-TaskParamRule = Union[None, str, Sequence[str],
-                      Callable[[tuple[str, ...]], bool]]
+TaskParamRule = (None | str | Sequence[str]
+                 | Callable[[tuple[str, ...]], bool])
 """Which model parameters are task-specific.
 
 * ``None``: none; every parameter is shared.
@@ -149,7 +150,7 @@ def _split(model_params: PyTree, mask: Sequence[bool]):
 
 
 def batched_vjp(vjp_row: Callable[[jax.Array], PyTree], num_tasks: int,
-                dtype: jnp.dtype, chunk_size: Optional[int]) -> PyTree:
+                dtype: jnp.dtype, chunk_size: int | None) -> PyTree:
   """``vjp_row`` applied to the K unit cotangents: leaves of shape (K, ...).
 
   All rows at once under ``vmap``, or ``chunk_size`` rows at a time: one
@@ -264,7 +265,7 @@ def scattered_gramian(rows: Sequence[jax.Array], weights_fn: Callable,
   return unflatten(update), weights, extra, rows_finite(gram)
 
 
-def check_options(mode: str, chunk_size: Optional[int],
+def check_options(mode: str, chunk_size: int | None,
                   reduction: str = "reduce_scatter") -> None:
   if mode not in MODES:
     raise ValueError(

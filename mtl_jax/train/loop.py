@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -109,7 +110,7 @@ def non_finite_leaves(state: TrainState) -> list[str]:
 
 
 def _fetch(pending: list, placement: Placement,
-           task_names: Optional[Sequence[str]]) -> list[dict[str, Any]]:
+           task_names: Sequence[str] | None) -> list[dict[str, Any]]:
   with _allow_fetch():
     host = placement.get(pending)
   if not host:
@@ -124,10 +125,10 @@ def _data_state(batches: Any) -> Any:
 
 def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
           num_steps: int, workdir: str | os.PathLike,
-          placement: Optional[Placement] = None, log_every: int = 50,
-          checkpoint_every: Optional[int] = None, keep_checkpoints: int = 3,
+          placement: Placement | None = None, log_every: int = 50,
+          checkpoint_every: int | None = None, keep_checkpoints: int = 3,
           max_consecutive_skips: int = 10,
-          task_names: Optional[Sequence[str]] = None,
+          task_names: Sequence[str] | None = None,
           tensorboard: bool = False, progress: bool = True,
           async_checkpoints: bool = True) -> TrainState:
   """Runs ``train_step`` until ``num_steps`` steps are done; resumes if it can.
@@ -188,7 +189,8 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
         batches.set_state(data_state)
       else:
         warnings.warn("resuming without a data-iterator state: the iterator "
-                      "starts from its beginning.", RuntimeWarning)
+                      "starts from its beginning.", RuntimeWarning,
+                      stacklevel=2)
   bad = non_finite_leaves(host_state)
   if bad:
     raise NonFiniteError(

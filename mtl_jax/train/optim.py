@@ -9,12 +9,12 @@ is a regulariser on the weighting, not on the network.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any
 
 import jax
 import optax
 
-ScalarOrSchedule = Union[float, optax.Schedule]
+ScalarOrSchedule = float | optax.Schedule
 
 MODEL = "model"
 WEIGHTING = "weighting"
@@ -42,11 +42,11 @@ def _adam(learning_rate: ScalarOrSchedule,
   return optax.adam(learning_rate)
 
 
-def make_optimizer(model: Union[optax.GradientTransformation, ScalarOrSchedule],
+def make_optimizer(model: optax.GradientTransformation | ScalarOrSchedule,
                    *, weighting_learning_rate: ScalarOrSchedule,
                    weight_decay: float = 0.0,
                    weighting_weight_decay: float = 0.0,
-                   weighting_tx: Optional[optax.GradientTransformation] = None,
+                   weighting_tx: optax.GradientTransformation | None = None,
                    ) -> optax.GradientTransformation:
   """Partitioned optimiser: one transformation per top-level param key.
 

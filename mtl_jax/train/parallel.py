@@ -18,19 +18,21 @@ bundles these for the loop.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 
 
-def initialize_distributed(coordinator_address: Optional[str] = None,
-                           num_processes: Optional[int] = None,
-                           process_id: Optional[int] = None, *,
-                           cpu_collectives: Optional[str] = "gloo",
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None, *,
+                           cpu_collectives: str | None = "gloo",
                            **kwargs: Any) -> None:
   """``jax.distributed.initialize``, with CPU collectives switched on.
 
@@ -68,7 +70,7 @@ def to_host(tree: PyTree) -> PyTree:
 
 
 def replicate(tree: PyTree, axis_name: str = "batch",
-              devices: Optional[list] = None) -> PyTree:
+              devices: list | None = None) -> PyTree:
   """Copies ``tree`` to every local device, with a leading device axis (pmap).
 
   The arrays get the sharding that ``jax.pmap(..., axis_name=axis_name)``
@@ -89,7 +91,7 @@ def unreplicate(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: x[0], to_host(tree))
 
 
-def shard_batch(batch: PyTree, num_devices: Optional[int] = None) -> PyTree:
+def shard_batch(batch: PyTree, num_devices: int | None = None) -> PyTree:
   """Reshapes a process-local batch ``(B, ...)`` to ``(devices, B/devices, ...)``.
 
   Raises:
@@ -108,7 +110,7 @@ def shard_batch(batch: PyTree, num_devices: Optional[int] = None) -> PyTree:
 
 
 def make_mesh(axis_name: str = "data",
-              devices: Optional[list] = None) -> Mesh:
+              devices: list | None = None) -> Mesh:
   """A 1-D mesh over all (global) devices, with an ``Auto`` axis."""
   devices = devices or jax.devices()
   return jax.make_mesh((len(devices),), (axis_name,),
@@ -146,7 +148,8 @@ def pmap_step(step: Callable, axis_name: str = "batch", *,
 
 
 def mesh_step(step: Callable, mesh: Mesh, axis_name: str = "data", *,
-              out_specs: Any = P(), donate: bool = True) -> Callable:
+              out_specs: Any = P(),  # noqa: B008 (immutable)
+              donate: bool = True) -> Callable:
   """``jax.jit(jax.shard_map(step))``: state replicated, batch sharded.
 
   ``out_specs`` defaults to replicated outputs (the train step's state and

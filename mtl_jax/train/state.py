@@ -7,7 +7,8 @@ IMTL-L's ``log_scales``) together, and one checkpoint holds both.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -113,7 +114,7 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
                        weighting: Weighting,
                        optimizer: optax.GradientTransformation, num_tasks: int,
                        *, input_key: str = "image",
-                       init_kwargs: Optional[Mapping[str, Any]] = None,
+                       init_kwargs: Mapping[str, Any] | None = None,
                        task_params: Any = None) -> TrainState:
   """Initialises a Flax linen model and returns the state at step 0.
 

@@ -51,7 +51,8 @@ device the gradients of the whole batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -60,20 +61,22 @@ from jax import lax
 
 from mtl_jax.aggregation import Aggregator
 from mtl_jax.train import jacobian as jac_lib
-from mtl_jax.train.gradients import GradientFn
-from mtl_jax.train.gradients import Gradients
-from mtl_jax.train.gradients import LossesFn
-from mtl_jax.train.gradients import global_losses
-from mtl_jax.train.gradients import jacobian_gradients
-from mtl_jax.train.gradients import pmean
-from mtl_jax.train.gradients import weighted_sum_gradients
+from mtl_jax.train.gradients import (
+  GradientFn,
+  Gradients,
+  LossesFn,
+  global_losses,
+  jacobian_gradients,
+  pmean,
+  weighted_sum_gradients,
+)
 from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import Weighting
 
 PyTree = Any
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
-Method = Union[Weighting, Aggregator]
+Method = Weighting | Aggregator
 
 ModelApply = Callable[..., tuple[PyTree, PyTree]]
 """``model_apply(variables, batch, *, train, rngs) -> (outputs, new_model_state)``.
@@ -86,22 +89,29 @@ state has the structure of ``model_state`` (``{}`` when there is none).
 TaskLossFn = Callable[[PyTree, Batch], jax.Array]
 """``task_loss_fn(outputs, batch) -> (K,)`` per-task losses, batch means."""
 
-__all__ = ("Gradients", "GradientFn", "LossesFn", "global_losses", "pmean",
-           "weighted_sum_gradients", "jacobian_gradients")
+__all__ = (
+  "GradientFn",
+  "Gradients",
+  "LossesFn",
+  "global_losses",
+  "jacobian_gradients",
+  "pmean",
+  "weighted_sum_gradients",
+)
 
 
 def _is_float(x: Any) -> bool:
   return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def cast_floating(tree: PyTree, dtype: Optional[jnp.dtype]) -> PyTree:
+def cast_floating(tree: PyTree, dtype: jnp.dtype | None) -> PyTree:
   """Casts the floating leaves of ``tree`` to ``dtype`` (no-op for None)."""
   if dtype is None:
     return tree
   return jax.tree.map(lambda x: x.astype(dtype) if _is_float(x) else x, tree)
 
 
-def _pmean_floating(tree: PyTree, axis_name: Optional[str]) -> PyTree:
+def _pmean_floating(tree: PyTree, axis_name: str | None) -> PyTree:
   return jax.tree.map(
       lambda x: pmean(x, axis_name) if _is_float(x) else x, tree)
 
@@ -117,7 +127,7 @@ def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
 
 
 def _step_rngs(rng: jax.Array, rng_names: Sequence[str],
-               axis_name: Optional[str]) -> dict[str, jax.Array]:
+               axis_name: str | None) -> dict[str, jax.Array]:
   if axis_name is not None:  # different dropout masks on different shards
     rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
   return {name: jax.random.fold_in(rng, i) for i, name in enumerate(rng_names)}
@@ -126,8 +136,8 @@ def _step_rngs(rng: jax.Array, rng_names: Sequence[str],
 def _forward(model_apply: ModelApply, task_loss_fn: TaskLossFn,
              model_params: PyTree, model_state: PyTree, batch: Batch, *,
              train: bool, rngs: Mapping[str, jax.Array],
-             compute_dtype: Optional[jnp.dtype],
-             perturbations: Optional[PyTree] = None,
+             compute_dtype: jnp.dtype | None,
+             perturbations: PyTree | None = None,
              ) -> tuple[jax.Array, PyTree, PyTree]:
   """Model then task losses; returns (float32 losses, outputs, model state)."""
   variables = {"params": cast_floating(model_params, compute_dtype),
@@ -164,8 +174,8 @@ def batch_part(batch: Batch, part: int, splits: int) -> Batch:
 
 
 def _gradient_path(method: Method, model_apply: ModelApply,
-                   gradient_fn: Optional[GradientFn], task_params: Any,
-                   jacobian_mode: str, chunk_size: Optional[int],
+                   gradient_fn: GradientFn | None, task_params: Any,
+                   jacobian_mode: str, chunk_size: int | None,
                    reduction: str) -> tuple[GradientFn, bool]:
   """The :data:`GradientFn` for ``method``; True when it needs perturbations."""
   is_gradient_method = isinstance(method, Aggregator)
@@ -206,13 +216,13 @@ def _gradient_path(method: Method, model_apply: ModelApply,
 def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
                     method: Method,
                     optimizer: optax.GradientTransformation, *,
-                    axis_name: Optional[str] = None,
-                    compute_dtype: Optional[jnp.dtype] = None,
-                    gradient_fn: Optional[GradientFn] = None,
+                    axis_name: str | None = None,
+                    compute_dtype: jnp.dtype | None = None,
+                    gradient_fn: GradientFn | None = None,
                     rng_names: Sequence[str] = ("dropout",),
                     task_params: jac_lib.TaskParamRule = None,
                     jacobian_mode: str = "params",
-                    chunk_size: Optional[int] = None,
+                    chunk_size: int | None = None,
                     jacobian_reduction: str = "reduce_scatter",
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
@@ -359,9 +369,9 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 
 
 def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
-                   weighting: Optional[Weighting] = None,
-                   axis_name: Optional[str] = None,
-                   compute_dtype: Optional[jnp.dtype] = None,
+                   weighting: Weighting | None = None,
+                   axis_name: str | None = None,
+                   compute_dtype: jnp.dtype | None = None,
                    ) -> Callable[[TrainState, Batch], tuple[Metrics, PyTree]]:
   """Builds ``eval_step(state, batch) -> (metrics, outputs)``.
 

@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 FILENAME = "metrics.jsonl"
 
 
-def _number(x: Any) -> Optional[float]:
+def _number(x: Any) -> float | None:
   x = float(x)
   return x if math.isfinite(x) else None
 
@@ -91,7 +92,7 @@ class MetricsWriter:
     path = os.path.join(workdir, FILENAME)
     if os.path.exists(path):
       self._truncate(path, resume_step)
-    self._file = open(path, "a")
+    self._file = open(path, "a")  # noqa: SIM115 (closed by close())
     if tensorboard:
       from tensorboardX import SummaryWriter  # optional dependency
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -3,43 +3,21 @@
 Each method is a pure function of the per-task losses and a factory returning
 a :class:`Weighting` (``init``, ``apply``), found by name with :func:`get`.
 """
-from mtl_jax.weighting._base import StatelessState
-from mtl_jax.weighting._base import Weighting
-from mtl_jax.weighting._base import WeightedLoss
-from mtl_jax.weighting._base import check_positive_losses
-from mtl_jax.weighting._registry import get
-from mtl_jax.weighting._registry import names
-from mtl_jax.weighting.dwa import DWAState
-from mtl_jax.weighting.dwa import dwa
-from mtl_jax.weighting.dwa import dwa_weights
+from mtl_jax.weighting._base import StatelessState, WeightedLoss, Weighting, check_positive_losses
+from mtl_jax.weighting._registry import get, names
+from mtl_jax.weighting.dwa import DWAState, dwa, dwa_weights
 from mtl_jax.weighting.ew import ew
-from mtl_jax.weighting.famo import FAMOState
-from mtl_jax.weighting.famo import famo
-from mtl_jax.weighting.famo import famo_loss
-from mtl_jax.weighting.famo import famo_weights
-from mtl_jax.weighting.gls import gls
-from mtl_jax.weighting.gls import gls_loss
-from mtl_jax.weighting.imtl_l import imtl_l
-from mtl_jax.weighting.imtl_l import imtl_l_loss
-from mtl_jax.weighting.rlw import RLWState
-from mtl_jax.weighting.rlw import rlw
-from mtl_jax.weighting.rlw import rlw_weights
-from mtl_jax.weighting.scalarization import scalarization
-from mtl_jax.weighting.scalarization import scalarization_grid
-from mtl_jax.weighting.stch import STCHState
-from mtl_jax.weighting.stch import stch
-from mtl_jax.weighting.stch import stch_loss
-from mtl_jax.weighting.uw import uncertainty_loss
-from mtl_jax.weighting.uw import uw
-from mtl_jax.weighting.uw_o import uw_o
-from mtl_jax.weighting.uw_o import uw_o_weights
-from mtl_jax.weighting.uw_so import uw_so
-from mtl_jax.weighting.uw_so import uw_so_weights
-from mtl_jax.weighting.uw_so_entropy import uw_so_entropy
-from mtl_jax.weighting.uw_so_entropy import uw_so_entropy_weights
-from mtl_jax.weighting.uw_so_rel import LossEMAState
-from mtl_jax.weighting.uw_so_rel import uw_so_rel
-from mtl_jax.weighting.uw_so_rel import uw_so_rel_weights
+from mtl_jax.weighting.famo import FAMOState, famo, famo_loss, famo_weights
+from mtl_jax.weighting.gls import gls, gls_loss
+from mtl_jax.weighting.imtl_l import imtl_l, imtl_l_loss
+from mtl_jax.weighting.rlw import RLWState, rlw, rlw_weights
+from mtl_jax.weighting.scalarization import scalarization, scalarization_grid
+from mtl_jax.weighting.stch import STCHState, stch, stch_loss
+from mtl_jax.weighting.uw import uncertainty_loss, uw
+from mtl_jax.weighting.uw_o import uw_o, uw_o_weights
+from mtl_jax.weighting.uw_so import uw_so, uw_so_weights
+from mtl_jax.weighting.uw_so_entropy import uw_so_entropy, uw_so_entropy_weights
+from mtl_jax.weighting.uw_so_rel import LossEMAState, uw_so_rel, uw_so_rel_weights
 
 __all__ = (
     "DWAState",

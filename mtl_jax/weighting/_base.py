@@ -27,7 +27,8 @@ averaged losses.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +60,7 @@ class StatelessState(NamedTuple):
 class InitFn(Protocol):
 
   def __call__(self, num_tasks: int, *,
-               key: Optional[jax.Array] = None) -> tuple[Params, State]:
+               key: jax.Array | None = None) -> tuple[Params, State]:
     ...
 
 
@@ -89,7 +90,7 @@ class Weighting(NamedTuple):
   """
   init: InitFn
   apply: ApplyFn
-  after_update: Optional[AfterUpdateFn] = None
+  after_update: AfterUpdateFn | None = None
 
 
 def check_num_tasks(num_tasks: Any) -> int:
@@ -101,7 +102,7 @@ def check_num_tasks(num_tasks: Any) -> int:
   return int(num_tasks)
 
 
-def check_losses_shape(losses: jax.Array, num_tasks: Optional[int],
+def check_losses_shape(losses: jax.Array, num_tasks: int | None,
                        method: str) -> None:
   """Raises a ValueError unless ``losses`` holds one loss per task.
 
@@ -183,11 +184,11 @@ def weighted_total(weights: jax.Array, losses: jax.Array) -> jax.Array:
 
 def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
                                          tuple[jax.Array, State]],
-                    init_state: Callable[[int, Optional[jax.Array]], State],
+                    init_state: Callable[[int, jax.Array | None], State],
                     method: str,
-                    num_tasks: Optional[int] = None,
-                    check: Optional[Callable[[jax.Array], None]] = None,
-                    num_tasks_of: Optional[Callable[[State], int]] = None,
+                    num_tasks: int | None = None,
+                    check: Callable[[jax.Array], None] | None = None,
+                    num_tasks_of: Callable[[State], int] | None = None,
                     ) -> Weighting:
   """Builds a :class:`Weighting` with no learnable parameters.
 
@@ -203,7 +204,7 @@ def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
       return recorded_num_tasks(state, method)
     return num_tasks_of(state)
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     num_tasks = check_num_tasks(num_tasks)
     if fixed_num_tasks is not None and num_tasks != fixed_num_tasks:
       raise ValueError(
@@ -223,6 +224,6 @@ def fixed_weighting(weights_fn: Callable[[Params, State, jax.Array],
   return Weighting(init, apply)
 
 
-def stateless(num_tasks: int, key: Optional[jax.Array]) -> StatelessState:
+def stateless(num_tasks: int, key: jax.Array | None) -> StatelessState:
   del key
   return StatelessState(jnp.zeros((num_tasks,), jnp.int8))

@@ -1,7 +1,8 @@
 """Look a weighting method up by name: ``get("uw_so", temperature=2.0)``."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mtl_jax import _factory
 from mtl_jax.weighting import _base

@@ -11,7 +11,7 @@ Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -59,7 +59,7 @@ class DWAState(NamedTuple):
 
 
 def dwa(temperature: float = 2.0, *,
-        steps_per_epoch: Optional[int] = None) -> _base.Weighting:
+        steps_per_epoch: int | None = None) -> _base.Weighting:
   """DWA as a :class:`~mtl_jax.weighting.Weighting`, tracking epochs itself.
 
   The state counts steps and sums the (stop-gradient) losses of the current
@@ -90,7 +90,7 @@ def dwa(temperature: float = 2.0, *,
     # The default float dtype: float32, or float64 under jax_enable_x64, so
     # that float64 losses keep float64 precision through the epoch means.
     # Three distinct buffers, so that a jitted step may donate the state.
-    zeros = lambda: jnp.zeros((num_tasks,))  # noqa: E731
+    zeros = lambda: jnp.zeros((num_tasks,))
     return DWAState(jnp.zeros((), jnp.int32), zeros(), zeros(), zeros())
 
   def weights_fn(params, state: DWAState, losses):

@@ -16,7 +16,8 @@ NeurIPS 2023, https://arxiv.org/abs/2306.03792.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from mtl_jax.weighting import _base
 _EPS = 1e-8  # added to every shifted loss before the log, as the paper's code
 
 
-def _shifted(losses: jax.Array, min_losses: Optional[jax.Array]) -> jax.Array:
+def _shifted(losses: jax.Array, min_losses: jax.Array | None) -> jax.Array:
   """``L - b + 1e-8`` in the dtype of the losses."""
   if min_losses is not None:
     losses = losses - jnp.asarray(min_losses).astype(jnp.result_type(losses))
@@ -36,7 +37,7 @@ def _shifted(losses: jax.Array, min_losses: Optional[jax.Array]) -> jax.Array:
 
 
 def famo_weights(losses: jax.Array, logits: jax.Array,
-                 min_losses: Optional[jax.Array] = None) -> jax.Array:
+                 min_losses: jax.Array | None = None) -> jax.Array:
   r"""FAMO's effective task weights, :math:`d\mathcal{L} / dL`.
 
   .. math::
@@ -63,7 +64,7 @@ def famo_weights(losses: jax.Array, logits: jax.Array,
 
 
 def famo_loss(losses: jax.Array, logits: jax.Array,
-              min_losses: Optional[jax.Array] = None) -> jax.Array:
+              min_losses: jax.Array | None = None) -> jax.Array:
   r"""FAMO's total loss for fixed logits.
 
   .. math::
@@ -108,7 +109,7 @@ class FAMOState(NamedTuple):
 
 
 def famo(lr: float = 0.025, weight_decay: float = 1e-3, *,
-         min_losses: Optional[Sequence[float]] = None) -> _base.Weighting:
+         min_losses: Sequence[float] | None = None) -> _base.Weighting:
   r"""FAMO as a :class:`~mtl_jax.weighting.Weighting` with ``after_update``.
 
   ``apply`` returns :func:`famo_loss` and :func:`famo_weights` at the current
@@ -164,7 +165,7 @@ def famo(lr: float = 0.025, weight_decay: float = 1e-3, *,
     min_losses = tuple(float(b) for b in min_losses)
   tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(lr))
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     del key
     num_tasks = _base.check_num_tasks(num_tasks)
     if min_losses is not None:

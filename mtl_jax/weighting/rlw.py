@@ -11,7 +11,7 @@ https://arxiv.org/abs/2111.10603.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,7 @@ def rlw(seed: int = 0) -> _base.Weighting:
   seed = _checks.integer(seed, "seed", "rlw",
                          hint="It seeds jax.random.PRNGKey(seed).")
 
-  def init_state(num_tasks: int, key: Optional[jax.Array]) -> RLWState:
+  def init_state(num_tasks: int, key: jax.Array | None) -> RLWState:
     key = jax.random.PRNGKey(seed) if key is None else key
     return RLWState(key, jnp.zeros((num_tasks,), jnp.int8))
 

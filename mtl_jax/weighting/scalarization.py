@@ -11,7 +11,7 @@ the simplex, keeping the best on validation.
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +58,7 @@ def scalarization_grid(num_tasks: int, step: float = 0.1) -> np.ndarray:
   rows = []
   for cuts in itertools.combinations(range(1, n), num_tasks - 1):
     bounds = (0,) + cuts + (n,)
-    rows.append([b - a for a, b in zip(bounds[:-1], bounds[1:])])
+    rows.append([b - a for a, b in itertools.pairwise(bounds)])
   counts = np.array(sorted(rows, reverse=True), dtype=np.float64)
   return counts / n
 

@@ -14,7 +14,8 @@ Multi-Objective Optimization", ICML 2024, https://arxiv.org/abs/2402.19078.
 from __future__ import annotations
 
 import numbers
-from typing import Any, NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,7 @@ def _check_mu(mu: Any, method: str) -> None:
       "mean; the paper and LibMTL use 1.")
 
 
-def _check_vector(name: str, value: Optional[jax.Array], num_tasks: int,
+def _check_vector(name: str, value: jax.Array | None, num_tasks: int,
                   method: str) -> None:
   if value is not None and np.shape(value) != (num_tasks,):
     raise ValueError(
@@ -79,8 +80,8 @@ def _stch(losses, mu, weights, reference):
 
 
 def stch_loss(losses: jax.Array, mu: float,
-              weights: Optional[jax.Array] = None,
-              reference: Optional[jax.Array] = None) -> jax.Array:
+              weights: jax.Array | None = None,
+              reference: jax.Array | None = None) -> jax.Array:
   r"""The smooth Tchebycheff scalarization of the task losses.
 
   .. math::
@@ -127,10 +128,10 @@ class STCHState(NamedTuple):
   loss_sum: jax.Array  # (K,) sum of the losses of the nadir epoch (W)
 
 
-def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
-         reference: Optional[Sequence[float]] = None,
-         warmup_epochs: Optional[int] = None,
-         steps_per_epoch: Optional[int] = None) -> _base.Weighting:
+def stch(mu: float = 1.0, *, weights: Sequence[float] | None = None,
+         reference: Sequence[float] | None = None,
+         warmup_epochs: int | None = None,
+         steps_per_epoch: int | None = None) -> _base.Weighting:
   r"""STCH as a :class:`~mtl_jax.weighting.Weighting`, in two forms.
 
   ``warmup_epochs=None`` (TorchJD's stateless ``STCH``): the total is
@@ -196,7 +197,7 @@ def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
           "warmup_epochs (LibMTL's form); pass warmup_epochs=4 for LibMTL's "
           "default, or drop steps_per_epoch for the stateless form.")
 
-    def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+    def init(num_tasks: int, *, key: jax.Array | None = None):
       num_tasks = _base.check_num_tasks(num_tasks)
       _check_vector("weights", weights, num_tasks, "stch")
       _check_vector("reference", reference, num_tasks, "stch")
@@ -239,7 +240,7 @@ def stch(mu: float = 1.0, *, weights: Optional[Sequence[float]] = None,
     # The default float dtype, as DWA's: float64 losses keep their precision.
     return STCHState(jnp.zeros((), jnp.int32), jnp.zeros((num_tasks,)))
 
-  def init(num_tasks: int, *, key: Optional[jax.Array] = None):
+  def init(num_tasks: int, *, key: jax.Array | None = None):
     return {}, init_state(_base.check_num_tasks(num_tasks), key)
 
   def apply(params, state: STCHState, losses):

@@ -11,7 +11,7 @@ for Scene Geometry and Semantics", CVPR 2018, https://arxiv.org/abs/1705.07115.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -43,7 +43,7 @@ def _as_task_types(task_types: Sequence[str]) -> tuple[str, ...]:
   return task_types
 
 
-def task_type_factors(task_types: Optional[Sequence[str]],
+def task_type_factors(task_types: Sequence[str] | None,
                       num_tasks: int) -> np.ndarray:
   """The factor ``c_k`` of each task: 0.5 (regression) or 1 (classification).
 
@@ -61,7 +61,7 @@ def task_type_factors(task_types: Optional[Sequence[str]],
 
 
 def uncertainty_loss(losses: jax.Array, log_vars: jax.Array,
-                     task_types: Optional[Sequence[str]] = None
+                     task_types: Sequence[str] | None = None
                      ) -> tuple[jax.Array, jax.Array]:
   r"""Kendall et al.'s uncertainty-weighted total loss.
 
@@ -115,7 +115,7 @@ def uncertainty_loss(losses: jax.Array, log_vars: jax.Array,
   return total, jax.lax.stop_gradient(factors * precision)
 
 
-def uw(task_types: Optional[Sequence[str]] = None,
+def uw(task_types: Sequence[str] | None = None,
        init_log_var: float = 0.0) -> _base.Weighting:
   """UW as a :class:`~mtl_jax.weighting.Weighting`.
 

@@ -2,13 +2,13 @@
 dtypes, a stable state (no retrace), jit and vmap, no gradient, bad input."""
 import functools
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 import mtl_jax
 from mtl_jax import aggregation
 
@@ -25,7 +25,7 @@ def _hparams(name, k=3):
   return hparams
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _method(name, k=3):
   return aggregation.get(name, **_hparams(name, k))
 

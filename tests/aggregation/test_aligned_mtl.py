@@ -1,11 +1,11 @@
 """Aligned-MTL: aligned principal components, the three scale modes."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl_weights
 

@@ -1,13 +1,13 @@
 """CAGrad: TorchJD's pinned values and properties, a scipy reference, LibMTL's
 rescale conventions."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
 
-import _asserts
-import _inputs
 from mtl_jax.aggregation.cagrad import cagrad, cagrad_weights
 
 # c is traced, so each Gramian shape and dtype compiles once (about 2 s for

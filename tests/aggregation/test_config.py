@@ -1,11 +1,11 @@
 """ConFIG: the Gramian form against the Jacobian form, TorchJD's properties."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
 from mtl_jax.aggregation.config import config_weights
 

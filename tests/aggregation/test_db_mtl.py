@@ -1,14 +1,13 @@
 """DB-MTL: the recurrence against numpy over several steps, a value by hand,
 loss-scale invariance, the factory's state and head weights, its errors."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.db_mtl import db_mtl
-from mtl_jax.aggregation.db_mtl import db_mtl_direction
+from mtl_jax.aggregation.db_mtl import db_mtl, db_mtl_direction
 
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 

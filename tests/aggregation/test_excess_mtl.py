@@ -2,15 +2,14 @@
 several steps (with and without warm-up), the simplex, overflow, errors."""
 import math
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.excess_mtl import excess_mtl
-from mtl_jax.aggregation.excess_mtl import excess_mtl_weights
+from mtl_jax.aggregation.excess_mtl import excess_mtl, excess_mtl_weights
 
 E = math.e
 

@@ -1,14 +1,13 @@
 """FairGrad: the equation G w = w^(-1/alpha), TorchJD's properties, limits."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax.aggregation import _barrier
-from mtl_jax.aggregation.fairgrad import fairgrad
-from mtl_jax.aggregation.fairgrad import fairgrad_weights
+from mtl_jax.aggregation.fairgrad import fairgrad, fairgrad_weights
 
 # alpha traced: one compile per Gramian shape and dtype.
 _weights = jax.jit(fairgrad_weights)

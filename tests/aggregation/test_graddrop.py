@@ -1,14 +1,13 @@
 """GradDrop: the sign rule against numpy, the pinned TorchJD value, the leak,
 the factory's draws and its errors."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.graddrop import graddrop
-from mtl_jax.aggregation.graddrop import graddrop_direction
+from mtl_jax.aggregation.graddrop import graddrop, graddrop_direction
 
 _direction = jax.jit(graddrop_direction)
 _with_leak = jax.jit(lambda j, u, leak: graddrop_direction(j, u, leak))

@@ -1,16 +1,15 @@
 """GradNorm: weights K softmax(s), the balancing loss and its gradient, and a
 hand-computed recurrence (numpy) over several calls with both conventions
 for L(0)."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
-from mtl_jax.aggregation import gradnorm_loss
-from mtl_jax.aggregation import gradnorm_weights
+from mtl_jax.aggregation import gradnorm_loss, gradnorm_weights
 from mtl_jax.aggregation._base import apply_with_grads
 
 

@@ -1,13 +1,12 @@
 """GradVac: the Gramian form against the rule on the explicit gradients."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.gradvac import gradvac
-from mtl_jax.aggregation.gradvac import gradvac_weights
+from mtl_jax.aggregation.gradvac import gradvac, gradvac_weights
 from mtl_jax.aggregation.pcgrad import pcgrad_weights
 
 # beta and eps as traced arguments: one compile per Gramian shape and dtype.

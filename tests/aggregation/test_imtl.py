@@ -1,15 +1,14 @@
 """IMTL (LibMTL's IMTL-L + IMTL-G): IMTL-G at s = 0, LibMTL's linear system on
 the scaled gradients, the head weights and the gradient of the loss scales."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
-from mtl_jax.aggregation import imtl_g_weights
-from mtl_jax.aggregation import imtl_weights
+from mtl_jax.aggregation import imtl_g_weights, imtl_weights
 from mtl_jax.aggregation._base import apply_with_grads
 
 _weights = jax.jit(imtl_weights)

@@ -1,11 +1,11 @@
 """IMTL-G: equal projections on the unit gradients, any rank."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
 from mtl_jax.aggregation.imtl_g import imtl_g_weights
 

@@ -1,12 +1,12 @@
 """MGDA: Frank-Wolfe on the simplex, TorchJD's properties and KKT conditions."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
 from mtl_jax.aggregation import mgda_weights
 

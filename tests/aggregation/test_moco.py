@@ -1,14 +1,13 @@
 """MoCo: the recurrence against numpy over several steps, a value by hand,
 invariances, the factory's state and its errors."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.moco import moco
-from mtl_jax.aggregation.moco import moco_direction
+from mtl_jax.aggregation.moco import moco, moco_direction
 
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
 DEFAULTS = {"beta": 0.5, "beta_sigma": 0.5, "gamma": 0.1, "gamma_sigma": 0.5,

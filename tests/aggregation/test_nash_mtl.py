@@ -1,18 +1,16 @@
 """Nash-MTL: G alpha = 1/alpha, the clipping, the warm start and the state."""
 import itertools
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax.aggregation import _barrier
 from mtl_jax.aggregation.fairgrad import fairgrad_weights
-from mtl_jax.aggregation.nash_mtl import NashMTLState
-from mtl_jax.aggregation.nash_mtl import nash_mtl
-from mtl_jax.aggregation.nash_mtl import nash_mtl_weights
+from mtl_jax.aggregation.nash_mtl import NashMTLState, nash_mtl, nash_mtl_weights
 
 # max_norm traced: one compile per Gramian shape and dtype (inf: the
 # unclipped alpha, as max_norm=None gives).

@@ -2,15 +2,14 @@
 import importlib
 from fractions import Fraction
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
-from mtl_jax.aggregation.pcgrad import pcgrad
-from mtl_jax.aggregation.pcgrad import pcgrad_weights
+from mtl_jax.aggregation.pcgrad import pcgrad, pcgrad_weights
 
 _weights = jax.jit(pcgrad_weights)
 # The (K, K) coefficients of the projected gradients, g_i^PC = J^T c_i.

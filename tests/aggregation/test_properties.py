@@ -31,7 +31,7 @@ SETTINGS = settings(deadline=None, max_examples=12, derandomize=True)
 NUM_TASKS = (2, 3, 5)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fn(name, **hparams):
   factories = {
       "upgrad": lambda g: aggregation.upgrad_weights(g, **hparams),

@@ -1,13 +1,13 @@
 """The QP solver of UPGrad, DualProj and MGDA, against an exact reference."""
 import functools
 
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
 
-import _inputs
 from mtl_jax.aggregation import _qp
 
 

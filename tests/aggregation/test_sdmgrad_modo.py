@@ -9,10 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax.aggregation.modo import modo
-from mtl_jax.aggregation.modo import modo_weights
-from mtl_jax.aggregation.sdmgrad import sdmgrad
-from mtl_jax.aggregation.sdmgrad import sdmgrad_weights
+from mtl_jax.aggregation.modo import modo, modo_weights
+from mtl_jax.aggregation.sdmgrad import sdmgrad, sdmgrad_weights
 
 
 def _simplex(v):

@@ -5,18 +5,15 @@ permutation-invariant (Mean, Sum), linear under scaling (Mean, Sum,
 Constant), strongly stationary (all four); Random's weights lie on the
 simplex and depend only on the key.
 """
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
-import _inputs
 from mtl_jax import aggregation
-from mtl_jax.aggregation import constant_weights
-from mtl_jax.aggregation import mean_weights
-from mtl_jax.aggregation import random_weights
-from mtl_jax.aggregation import sum_weights
+from mtl_jax.aggregation import constant_weights, mean_weights, random_weights, sum_weights
 
 G_BASE = jnp.array([[18.0, -22.0], [-22.0, 38.0]])
 

@@ -1,17 +1,15 @@
 """UPGrad: TorchJD's pinned value and properties, float64 reference, hparams."""
 import contextlib
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_qp import normalize_regularize, reference_projection
 
-import _asserts
-import _inputs
-from test_qp import normalize_regularize
-from test_qp import reference_projection
-from mtl_jax.aggregation.upgrad import upgrad
-from mtl_jax.aggregation.upgrad import upgrad_weights
+from mtl_jax.aggregation.upgrad import upgrad, upgrad_weights
 
 # One compile per (K, dtype) for the whole module: reg_eps is always passed,
 # so that it is traced and the same executable serves 1e-4 and 0.

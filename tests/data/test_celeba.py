@@ -14,7 +14,7 @@ def test_batches_from_mock_data(tmp_path):
   assert len(batches) == 2
   for b in batches:
     assert b["image"].shape == (3, 64, 64, 3) and b["image"].dtype == np.float32
-    assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0 and b["image"].std() > 0
+    assert b["image"].min() >= 0.0 and b["image"].max() <= 1.0 and b["image"].std() > 0
     assert b["attributes"].shape == (3, celeba.NUM_TASKS) and b["attributes"].dtype == np.int32
     assert set(np.unique(b["attributes"])) <= {0, 1}
 

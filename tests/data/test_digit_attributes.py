@@ -5,10 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mtl_jax import losses
-from mtl_jax import metrics
-from mtl_jax.data import digit_attributes
-from mtl_jax.data import digit_scenes
+from mtl_jax import losses, metrics
+from mtl_jax.data import digit_attributes, digit_scenes
 
 SIZES = dict(num_train=40, num_validation=12, num_test=12)
 
@@ -58,7 +56,7 @@ def _key(img):
 def test_batch_shapes_dtypes_and_ranges(data_dir):
   batch = next(iter(_load(data_dir)))
   expected = {"image": ((4, 8, 24, 1), np.float32), "digits": ((4, 3), np.int32),
-              **{t: ((4,), np.int32) for t in digit_attributes.TASKS}}
+              **dict.fromkeys(digit_attributes.TASKS, ((4,), np.int32))}
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
   x = _all(_load(data_dir, batch_size=40))
   assert x["image"].min() == 0.0 and x["image"].max() == 1.0
@@ -185,8 +183,8 @@ def test_centre_and_sum_targets_follow_the_stored_digits(data_dir):
       assert x["left_smaller"][i] == int(l < c)
   # The heads start at these means: those of uniform digit classes.
   d = np.arange(10.0)
-  assert digit_attributes.TARGET_MEANS == {
-      "sum": 3 * d.mean(), "number": 11 * d.mean(), "product": d.mean() ** 2}
+  assert {
+      "sum": 3 * d.mean(), "number": 11 * d.mean(), "product": d.mean() ** 2} == digit_attributes.TARGET_MEANS
 
 
 def test_trivial_metrics_are_constant_predictors(data_dir):

@@ -42,7 +42,7 @@ def test_batch_shapes_and_dtypes(data_dir):
 
 def test_value_ranges_and_masks(data_dir):
   x = _all(_load(data_dir, batch_size=40))
-  assert 0.0 <= x["image"].min() and x["image"].max() <= 1.0
+  assert x["image"].min() >= 0.0 and x["image"].max() <= 1.0
   seg = x["segmentation"]
   assert seg.min() == 0 and seg.max() <= 10 and len(np.unique(seg)) > 5
   depth = x["depth"][..., 0]
@@ -51,7 +51,7 @@ def test_value_ranges_and_masks(data_dir):
   assert depth.max() < 450.0 and depth.min() > 50.0
   np.testing.assert_allclose(np.linalg.norm(x["normal"], axis=-1), 1.0, atol=1e-5)
   assert (x["normal"][..., 2] > 0).all()  # every surface faces the camera
-  assert ((1 <= x["count"]) & (x["count"] <= digit_scenes.DEFAULT_MAX_DIGITS)).all()
+  assert ((x["count"] >= 1) & (x["count"] <= digit_scenes.DEFAULT_MAX_DIGITS)).all()
   assert len(np.unique(x["count"])) > 1
   # At least as many visible digits as distinct classes on the canvas.
   classes = [len(np.unique(s[s > 0])) for s in seg]

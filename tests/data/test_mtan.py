@@ -1,14 +1,11 @@
 """NYUv2 and Cityscapes from tiny fixtures in MTAN's exact .npy layout."""
 import hashlib
 
+import data_fixtures
 import numpy as np
 import pytest
 
-import data_fixtures
-from mtl_jax.data import _augment
-from mtl_jax.data import cityscapes
-from mtl_jax.data import LayoutError
-from mtl_jax.data import nyuv2
+from mtl_jax.data import LayoutError, _augment, cityscapes, nyuv2
 
 NYU_SIZE = (12, 16)
 CS_SIZE = (8, 16)

@@ -13,13 +13,8 @@ import pytest
 from absl import logging as absl_logging
 
 import mtl_jax
-from experiments import common
-from experiments import compare
-from experiments import protocol
-from experiments import report
+from experiments import common, compare, protocol, report, scalarization, temperature_sweep
 from experiments import run as run_lib
-from experiments import scalarization
-from experiments import temperature_sweep
 from experiments.configs import default
 from mtl_jax import weighting as mw
 
@@ -101,12 +96,12 @@ def _fake_row(label, kind, tests):
 
 def test_delta_m_from_single_task_rows_by_hand():
   spec = common.dataset_spec(default.get_config().data)
-  base = {name: 1.0 for name in spec.higher_is_better}
+  base = dict.fromkeys(spec.higher_is_better, 1.0)
   stl = [_fake_row(f"stl_{t}", "single_task",
                    [{k: (2.0 if common.metric_task(k) == t else 9.0)
                      for k in base}]) for t in spec.tasks]
   b = report.baselines_from_rows(stl, spec, "test")
-  assert b == {k: 2.0 for k in base}  # each metric from its own task's run
+  assert b == dict.fromkeys(base, 2.0)  # each metric from its own task's run
   # miou 2.2 (+10% better), depth abs_err 2.2 (10% worse), rest equal.
   run = dict(b, **{"segmentation/miou": 2.2, "depth/abs_err": 2.2})
   d = report.delta_ms(run, b, spec)

@@ -3,17 +3,13 @@ benchmark's checks and the constant predictor, on hand-made inputs and on
 the smoke config."""
 import json
 import math
-import os
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
-from experiments import evidence
-from experiments import protocol
+from experiments import common, evidence, protocol, trivial
 from experiments import run as run_lib
-from experiments import trivial
 from experiments.configs import default
 from mtl_jax import train
 
@@ -177,7 +173,7 @@ def _row(label, kind, values, run_dirs=None):
 
 def test_transfer_and_spread_checks_by_hand():
   spec = common.dataset_spec(default.get_config().data)
-  base = {k: 1.0 for k in spec.higher_is_better}
+  base = dict.fromkeys(spec.higher_is_better, 1.0)
   stl = [_row(f"stl_{t}", "single_task", [base, base, base])
          for t in spec.tasks]
   stl[3] = _row("stl_count", "single_task",
@@ -189,7 +185,7 @@ def test_transfer_and_spread_checks_by_hand():
   far = _row("b", "method", [dict(base, **{"count/accuracy": a})
                              for a in (0.75, 0.85, 0.95)])
   assert evidence.transfer_check(stl + [far], spec)["passed"]
-  b_test = {k: 1.0 for k in spec.higher_is_better}
+  b_test = dict.fromkeys(spec.higher_is_better, 1.0)
   # Delta_m of a row whose miou is m: -100 (m - 1) / 10 metrics.
   good = _row("good", "method", [dict(base, **{"segmentation/miou": m})
                                  for m in (1.9, 2.0, 2.1)])

@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mtl_jax import models
-from mtl_jax import train
+from mtl_jax import models, train
 
 KEY = jax.random.PRNGKey(0)
 

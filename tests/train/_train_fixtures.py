@@ -7,7 +7,7 @@ second on CPU.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -90,7 +90,7 @@ def default_optimizer() -> optax.GradientTransformation:
 
 
 def init_state(name: str, seed: int = 0,
-               optimizer: Optional[optax.GradientTransformation] = None):
+               optimizer: optax.GradientTransformation | None = None):
   w = get_weighting(name)
   tx = optimizer or default_optimizer()
   # (K, P) buffers (MoCo, DB-MTL, ExcessMTL) are sized by the shared params.
@@ -101,7 +101,7 @@ def init_state(name: str, seed: int = 0,
   return state, w, tx
 
 
-def make_step(name: str, *, axis_name: Optional[str] = None,
+def make_step(name: str, *, axis_name: str | None = None,
               compute_dtype=None, optimizer=None, model_apply=None, **jacobian):
   """The train step of method ``name``; a gradient-space method gets TinyMLP's
   heads as its task parameters unless ``jacobian`` says otherwise."""
@@ -114,7 +114,7 @@ def make_step(name: str, *, axis_name: Optional[str] = None,
                                compute_dtype=compute_dtype, **jacobian)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted_step(name: str, donate: bool = True):
   """``jax.jit(make_step(name))``, one per method in a test process.
 

@@ -2,13 +2,13 @@
 computation, across devices, and the errors."""
 import functools
 
+import _train_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 from mtl_jax.aggregation.modo import modo
 from mtl_jax.aggregation.sdmgrad import sdmgrad
@@ -23,7 +23,7 @@ FACTORIES = {"sdmgrad": sdmgrad, "modo": lambda: modo(gamma=0.05)}
 EXACT = {"sdmgrad": lambda: sdmgrad(lr=0.5), "modo": lambda: modo(gamma=0.05)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _single(kind, name):
   """``(method, jitted one-device step)`` of ``FACTORIES`` or ``EXACT``: one
   compilation per method, shared by the tests that run it."""

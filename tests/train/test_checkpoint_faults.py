@@ -13,12 +13,12 @@ import os
 import subprocess
 import warnings
 
+import _train_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 from mtl_jax.train import checkpoint as ckpt_lib
 

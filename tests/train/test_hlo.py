@@ -4,11 +4,11 @@ The gradients must be all-reduced exactly once: the all-reduced elements sum
 to (number of params) + K (the loss vector), whatever way XLA combines them.
 The compiled step must hold no host transfer (send/recv/callbacks).
 """
+import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 
 _SYNTHETIC = """

@@ -9,16 +9,15 @@ and the errors.
 """
 import functools
 
+import _train_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import _train_fixtures as fx
 import mtl_jax
-from mtl_jax import aggregation
-from mtl_jax import train
+from mtl_jax import aggregation, train
 
 TOL = 1e-5
 # SDMGrad and MoDo split the batch: tests/train/test_batch_splits.py.
@@ -72,7 +71,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
     direction = np.asarray(out.direction, np.float64)
     offsets = np.cumsum([0] + [np.size(flat[0][i][1]) for i in shared])
   leaves = []
-  for i, path in enumerate(paths):
+  for i, _path in enumerate(paths):
     if i in shared:
       if reads_jacobian:
         j = shared.index(i)
@@ -93,7 +92,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
   return optax.apply_updates(state.params, updates), w, out.state
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name, heads, mode, chunk_size=None):
   return jax.jit(fx.make_step(name, task_params=fx.HEADS if heads else None,
                               jacobian_mode=mode, chunk_size=chunk_size))
@@ -161,7 +160,7 @@ def test_heads_get_their_own_unweighted_gradient():
   new, _ = step(state, batch)
   model = fx.TinyMLP()
   for k, head in enumerate(fx.HEADS):
-    g = jax.grad(lambda p: fx.task_losses(
+    g = jax.grad(lambda p, k=k: fx.task_losses(
         model.apply({"params": p}, batch["image"], train=True), batch)[k])(
             state.params["model"])
     moved = jax.tree.map(lambda a, b: a - b, state.params["model"][head],

@@ -2,10 +2,10 @@
 import json
 import os
 
+import _train_fixtures as fx
 import numpy as np
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 
 
@@ -25,7 +25,7 @@ def test_smoke_writes_one_line_per_step_and_keeps_n_checkpoints(tmp_path):
   records = train.read_metrics(tmp_path)
   assert [r["step"] for r in records] == list(range(1, 8))
   assert set(records[0]["weights"]) == set(fx.TASK_NAMES)
-  assert all(r["weights"] == {n: 1.0 for n in fx.TASK_NAMES} for r in records[:4])
+  assert all(r["weights"] == dict.fromkeys(fx.TASK_NAMES, 1.0) for r in records[:4])
   assert records[-1]["weights"] != records[0]["weights"]   # DWA's epoch 2+
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["6", "7"]
   assert any(f.startswith("events") for f in os.listdir(tmp_path / "tensorboard"))

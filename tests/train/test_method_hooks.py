@@ -8,16 +8,14 @@ the train state, sized at init).
 """
 from typing import NamedTuple
 
+import _train_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-import _train_fixtures as fx
-from mtl_jax import aggregation
-from mtl_jax import train
-from mtl_jax import weighting
+from mtl_jax import aggregation, train, weighting
 from mtl_jax.aggregation import _base
 
 SGD = optax.sgd(1.0)
@@ -227,7 +225,7 @@ def test_a_jacobian_method_is_exact_across_devices(wrap):
   ref, step = state, _step(method)   # one compilation for the three steps
   for b in batches:
     ref, _ = step(ref, b)
-  make = lambda axis: train.make_train_step(  # noqa: E731
+  make = lambda axis: train.make_train_step(
       train.module_apply_fn(fx.TinyMLP()), fx.task_losses, method, SGD,
       axis_name=axis, task_params=fx.HEADS)
   if wrap == "pmap":

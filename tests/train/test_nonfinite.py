@@ -1,10 +1,10 @@
 """The non-finite guard: skip the update, count, warn, stop; never checkpoint NaN."""
+import _train_fixtures as fx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 
 

@@ -7,12 +7,13 @@ batch (GSPMD) give the params, weighting state and metrics of the
 single-device step on the whole batch, to 1e-5 in float32. DWA's 5 steps with
 steps_per_epoch=2 cross two epoch boundaries and reach the ratio rule.
 """
+import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import _train_fixtures as fx
 import mtl_jax
 from mtl_jax import train
 

@@ -1,4 +1,5 @@
 """The train and eval steps on one device: no retrace, bf16, model state, eval."""
+import _train_fixtures as fx
 import chex
 import flax.linen as nn
 import jax
@@ -7,13 +8,11 @@ import numpy as np
 import optax
 import pytest
 
-import _train_fixtures as fx
-from mtl_jax import train
-from mtl_jax import weighting
+from mtl_jax import train, weighting
 
 
 def test_step_is_traced_once():
-  state, w, tx = fx.init_state("uw")
+  state, _w, _tx = fx.init_state("uw")
   step = fx.make_step("uw")
   counted = jax.jit(chex.assert_max_traces(step, n=1), donate_argnums=0)
   state = jax.device_put(state)
@@ -144,7 +143,7 @@ def test_task_loss_fn_must_return_a_vector():
 
 def test_custom_gradient_fn_is_used():
   """The seam: a gradient_fn replaces 'grad of the weighted total'."""
-  state, w, tx = fx.init_state("ew")
+  state, w, _tx = fx.init_state("ew")
   default = train.weighted_sum_gradients(w)
   calls = []
 

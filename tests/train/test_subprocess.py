@@ -10,11 +10,11 @@ import subprocess
 import sys
 import time
 
+import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
 
-import _train_fixtures as fx
 from mtl_jax import train
 
 WORKER = os.path.join(os.path.dirname(__file__), "train_worker.py")

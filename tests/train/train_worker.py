@@ -39,9 +39,9 @@ def main():
   if args.num_processes > 1:
     train.initialize_distributed(f"127.0.0.1:{args.port}", args.num_processes,
                                  args.process_id)
+  import _train_fixtures as fx
   import jax
   import numpy as np
-  import _train_fixtures as fx
   if args.hidden:
     class Wide(fx.TinyMLP):
       hidden: int = args.hidden

@@ -1,4 +1,6 @@
 """DWA: weights 1 for two epochs, then K softmax of the loss ratios."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
 from mtl_jax.weighting import dwa_weights
 

@@ -1,4 +1,6 @@
 """FAMO: c sum_k z_k log L_k, and one Adam step on the logits after update."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,11 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
-from mtl_jax.weighting import famo_loss
-from mtl_jax.weighting import famo_weights
+from mtl_jax.weighting import famo_loss, famo_weights
 
 SETTINGS = settings(deadline=None, max_examples=30)
 _loss = jax.jit(famo_loss)

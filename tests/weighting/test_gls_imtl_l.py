@@ -1,4 +1,6 @@
 """GLS (geometric mean) and IMTL-L (learnable log-scales)."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,12 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
-from mtl_jax.weighting import gls_loss
-from mtl_jax.weighting import imtl_l_loss
-from mtl_jax.weighting import uw_o_weights
+from mtl_jax.weighting import gls_loss, imtl_l_loss, uw_o_weights
 
 SETTINGS = settings(deadline=None, max_examples=30)
 # Jitted once per module: one compile per number of tasks.

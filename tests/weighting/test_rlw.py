@@ -1,10 +1,10 @@
 """RLW: a fresh softmax of a standard normal draw at every step."""
+import _asserts
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
 from mtl_jax import weighting
 from mtl_jax.weighting import rlw_weights
 

@@ -1,11 +1,11 @@
 """Scalarization: fixed weights, and the simplex grid to search them."""
 import math
 
+import _asserts
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import _asserts
 from mtl_jax import weighting
 from mtl_jax.weighting import scalarization_grid
 

@@ -1,6 +1,8 @@
 """STCH: mu logsumexp(lambda (L - z) / mu), stateless or LibMTL's warm-up."""
 import math
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
 from mtl_jax.weighting import stch_loss
 

@@ -1,6 +1,8 @@
 """UW: Kendall et al.'s learnable log-variances, and their optimum."""
 import functools
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,11 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
-from mtl_jax.weighting import uncertainty_loss
-from mtl_jax.weighting import uw_o_weights
+from mtl_jax.weighting import uncertainty_loss, uw_o_weights
 
 SETTINGS = settings(deadline=None, max_examples=30)
 _uncertainty_loss = jax.jit(uncertainty_loss, static_argnames="task_types")

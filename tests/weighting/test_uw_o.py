@@ -1,4 +1,6 @@
 """UW-O: inverse-loss weights, every weighted term equal to 1."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +8,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
 from mtl_jax.weighting import uw_o_weights
 

@@ -1,4 +1,6 @@
 """UW-SO: softmax of the inverse losses over a temperature."""
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,8 +8,6 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
 from mtl_jax.weighting import uw_so_weights
 

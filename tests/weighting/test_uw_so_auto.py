@@ -2,6 +2,8 @@
 import functools
 import math
 
+import _asserts
+import _inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,12 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import optimize
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
-from mtl_jax.weighting import uw_so_entropy_weights
-from mtl_jax.weighting import uw_so_rel_weights
-from mtl_jax.weighting import uw_so_weights
+from mtl_jax.weighting import uw_so_entropy_weights, uw_so_rel_weights, uw_so_weights
 
 SETTINGS = settings(deadline=None, max_examples=30)
 # Jitted with traced hyperparameters: one compile per number of tasks.

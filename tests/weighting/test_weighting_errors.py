@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from mtl_jax import weighting
-from mtl_jax.weighting import dwa_weights
-from mtl_jax.weighting import imtl_l_loss
-from mtl_jax.weighting import uncertainty_loss
-from mtl_jax.weighting import uw_o_weights
-from mtl_jax.weighting import uw_so_weights
+from mtl_jax.weighting import (
+  dwa_weights,
+  imtl_l_loss,
+  uncertainty_loss,
+  uw_o_weights,
+  uw_so_weights,
+)
 
 L2 = jnp.asarray([0.5, 2.0])
 L3 = jnp.asarray([0.5, 2.0, 1.0])
@@ -63,16 +65,16 @@ def test_init_rejects_bad_num_tasks(name, num_tasks):
 def test_scalarization_rejects_other_number_of_losses():
   method = weighting.scalarization((0.5, 0.5))
   params, state = method.init(2)
-  with pytest.raises(ValueError, match="got 3 losses .* 2 tasks"):
+  with pytest.raises(ValueError, match=r"got 3 losses .* 2 tasks"):
     method.apply(params, state, L3)
 
 
 def test_dwa_rejects_other_number_of_losses():
   method = weighting.dwa(steps_per_epoch=2)
   params, state = method.init(2)
-  with pytest.raises(ValueError, match="got 3 losses .* 2 tasks"):
+  with pytest.raises(ValueError, match=r"got 3 losses .* 2 tasks"):
     method.apply(params, state, L3)
-  with pytest.raises(ValueError, match="got 3 losses .* 2 tasks"):
+  with pytest.raises(ValueError, match=r"got 3 losses .* 2 tasks"):
     jax.jit(method.apply)(params, state, L3)  # shapes are checked at trace time
 
 
@@ -80,7 +82,7 @@ def test_dwa_rejects_other_number_of_losses():
 def test_learned_methods_reject_other_number_of_losses(name):
   method = weighting.get(name)
   params, state = method.init(2)
-  with pytest.raises(ValueError, match="got 3 losses .* 2 tasks"):
+  with pytest.raises(ValueError, match=r"got 3 losses .* 2 tasks"):
     method.apply(params, state, L3)
 
 
@@ -96,9 +98,9 @@ def test_imtl_l_loss_rejects_mismatched_log_scales():
 
 def test_uw_rejects_task_types_of_other_length():
   method = weighting.uw(task_types=("regression", "classification"))
-  with pytest.raises(ValueError, match="task_types has 2 entries .* 3 tasks"):
+  with pytest.raises(ValueError, match=r"task_types has 2 entries .* 3 tasks"):
     method.init(3)
-  with pytest.raises(ValueError, match="task_types has 2 entries .* 3 tasks"):
+  with pytest.raises(ValueError, match=r"task_types has 2 entries .* 3 tasks"):
     uncertainty_loss(L3, jnp.zeros(3), ("regression", "classification"))
 
 
@@ -115,9 +117,9 @@ def test_losses_must_be_a_vector(name):
 # --- task types ----------------------------------------------------------------
 
 def test_unknown_task_type():
-  with pytest.raises(ValueError, match="unknown task type.*segmentation"):
+  with pytest.raises(ValueError, match=r"unknown task type.*segmentation"):
     uncertainty_loss(L2, jnp.zeros(2), ("regression", "segmentation"))
-  with pytest.raises(ValueError, match="unknown task type.*depth"):
+  with pytest.raises(ValueError, match=r"unknown task type.*depth"):
     weighting.uw(task_types=("depth", "regression"))  # at construction
 
 

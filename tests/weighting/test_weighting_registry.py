@@ -6,6 +6,8 @@ each other.
 """
 import functools
 
+import _asserts
+import _inputs
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,18 +17,18 @@ from absl.testing import parameterized
 from hypothesis import given, settings
 from scipy import optimize
 
-import _asserts
-import _inputs
 from mtl_jax import weighting
-from mtl_jax.weighting import dwa_weights
-from mtl_jax.weighting import gls_loss
-from mtl_jax.weighting import imtl_l_loss
-from mtl_jax.weighting import rlw_weights
-from mtl_jax.weighting import uncertainty_loss
-from mtl_jax.weighting import uw_o_weights
-from mtl_jax.weighting import uw_so_entropy_weights
-from mtl_jax.weighting import uw_so_rel_weights
-from mtl_jax.weighting import uw_so_weights
+from mtl_jax.weighting import (
+  dwa_weights,
+  gls_loss,
+  imtl_l_loss,
+  rlw_weights,
+  uncertainty_loss,
+  uw_o_weights,
+  uw_so_entropy_weights,
+  uw_so_rel_weights,
+  uw_so_weights,
+)
 
 K = 3
 RTOL = {jnp.float32: 1e-5, jnp.float64: 1e-12}
@@ -229,7 +231,7 @@ class FunctionTest(chex.TestCase):
       _check_function(actual, expected, dtype, (4,))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _built(name, num_tasks):
   """One (method, params, state) per method and K, so jit caches hold."""
   return _inputs.build(name, num_tasks)
