@@ -48,13 +48,37 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
     rows.append(protocol.run_row(config, workdir, f"T={t:g}", "method",
                                  program_for, reference=reference,
                                  rate_label="uw_so"))
-  for name in common.parse_list(config.sweep.get("variants", "")):
+  for entry in common.parse_list(config.sweep.get("variants", "")):
+    fields = parse_variant(entry, config)
     program_for = functools.lru_cache(maxsize=None)(
-        lambda rate, n=name: run_lib.build_program(run_lib.override(
-            config, weighting__name=n, optim__learning_rate=rate)))
-    rows.append(protocol.run_row(config, workdir, name, "variant",
+        lambda rate, f=fields: run_lib.build_program(run_lib.override(
+            config, optim__learning_rate=rate, **f)))
+    rows.append(protocol.run_row(config, workdir, entry, "variant",
                                  program_for, reference=reference))
   return rows, stl
+
+
+def parse_variant(entry: str, config) -> dict[str, object]:
+  """``"uw_so_rel:uw_so_tau=4"`` -> the config overrides of that row.
+
+  A variant is a method name, optionally followed by ``:field=value`` pairs
+  that override ``config.weighting`` fields for that row only (the row's
+  label, and so its run directory, is the whole entry).
+  """
+  name, *pairs = entry.split(":")
+  fields: dict[str, object] = {"weighting__name": name.strip()}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    key = key.strip()
+    if not sep or key not in config.weighting:
+      raise ValueError(
+          f"sweep.variants entry {entry!r}: {pair!r} is not field=value with "
+          "a field of config.weighting; write e.g. "
+          "'uw_so_rel:uw_so_tau=4'.")
+    current = config.weighting[key]
+    fields[f"weighting__{key}"] = type(current)(value) if current is not None \
+        else float(value)
+  return fields
 
 
 def summaries(rows, stl, spec) -> list[dict]:

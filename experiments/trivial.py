@@ -10,7 +10,9 @@ metric the runs are scored with (``spec.metric``):
 * ``"binary"`` tasks (binary attributes, one logit each): each attribute's
   majority value;
 * ``"mean"`` tasks (depth): the mean train target;
-* ``"unit_mean"`` tasks (surface normals): the mean train normal, normalised.
+* ``"unit_mean"`` tasks (surface normals): the mean train normal, normalised;
+* ``"array_mean"`` (the synthetic regression, whose one ``(B, K, D)`` target
+  ``"y"`` holds every task): the mean train target of every task and output.
 
 ``kinds(spec)`` says which kind each task is; :func:`trivial_metrics`
 returns the metrics of that constant predictor. :func:`clearly_above`
@@ -52,6 +54,8 @@ def kinds(spec: Any) -> dict[str, str]:
   """``{task: kind}`` of ``spec``'s dataset (``"binary"`` for attributes)."""
   if spec.name in KINDS:
     return dict(KINDS[spec.name])
+  if spec.name == "synthetic":  # one target array holds every task
+    return {"y": "array_mean"}
   if spec.name == "digit_attributes":  # digit attributes and digit strips
     from mtl_jax.data import digit_attributes  # pylint: disable=g-import-not-at-top
     kind = {"binary": "binary", "class": "class", "regression": "mean"}
@@ -75,6 +79,9 @@ def fit(spec: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         n = max(len(prev), len(c))
         counts[task] = np.pad(prev, (0, n - len(prev))) + np.pad(
             c, (0, n - len(c)))
+      elif kind == "array_mean":
+        sums[task] = sums.get(task, 0.0) + y.astype(np.float64).sum(0)
+        sizes[task] = sizes.get(task, 0) + y.shape[0]
       else:  # binary: per attribute (last axis); mean / unit_mean: channels
         flat = y.reshape(-1, y.shape[-1] if y.ndim > 1 and kind != "mean"
                          else 1).astype(np.float64)
@@ -90,6 +97,8 @@ def fit(spec: Any, batches: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
       out[task] = (sums[task] / sizes[task] >= 0.5).astype(np.float32)
     elif kind == "mean":
       out[task] = float(sums[task][0] / sizes[task])
+    elif kind == "array_mean":
+      out[task] = (sums[task] / sizes[task]).astype(np.float32)
     else:
       mean = sums[task] / sizes[task]
       out[task] = (mean / np.linalg.norm(mean)).astype(np.float32)
@@ -111,7 +120,7 @@ def constant_outputs(spec: Any, constants: Mapping[str, Any],
           jnp.where(jnp.asarray(constants[task]) > 0.5, 10.0, -10.0), y.shape)
     elif kind == "mean":
       out[task] = jnp.full(y.shape, constants[task], jnp.float32)
-    elif kind == "unit_mean":
+    elif kind in ("unit_mean", "array_mean"):
       out[task] = jnp.broadcast_to(jnp.asarray(constants[task]), y.shape)
     else:
       out[task] = y

@@ -5,6 +5,7 @@ import json
 import math
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -165,6 +166,21 @@ def test_constant_predictor_by_hand():
 # --------------------------------------------------------------- the checks
 
 
+def test_constant_predictor_of_the_synthetic_regression_by_hand():
+  # One (B, K, D) target holds every task: the constant is its mean over the
+  # examples, per task and output; its MSE is each task's target variance.
+  spec = common.dataset_spec(ml_collections.ConfigDict(
+      {"name": "synthetic", "num_tasks": 2}))
+  y = np.array([[[1.0, 2.0], [10.0, 0.0]], [[3.0, 2.0], [30.0, 4.0]]],
+               np.float32)  # (B=2, K=2, D=2)
+  batch = {"x": np.zeros((2, 3), np.float32), "y": y}
+  consts = trivial.fit(spec, [batch, batch])
+  np.testing.assert_allclose(consts["y"], [[2.0, 2.0], [20.0, 2.0]])
+  m = trivial.trivial_metrics(spec, consts, [batch], {"y": (2, 2)})
+  assert m["task_0/mse"] == pytest.approx((1 + 0 + 1 + 0) / 4)
+  assert m["task_1/mse"] == pytest.approx((100 + 4 + 100 + 4) / 4)
+
+
 def _row(label, kind, values, run_dirs=None):
   results = [{"seed": s, "test": dict(v), "validation": dict(v)}
              for s, v in enumerate(values)]
@@ -203,3 +219,19 @@ def test_scale_check_reads_the_first_step(tmp_path):
   row = _row("ew", "method", [{}], [str(tmp_path)])
   out = evidence.scale_check([row], SPEC)
   assert out["passed"] and "267x" in out["lines"][0]
+
+
+def test_sweep_variants_take_weighting_overrides():
+  from experiments import temperature_sweep  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  assert temperature_sweep.parse_variant("ew", config) == {
+      "weighting__name": "ew"}
+  fields = temperature_sweep.parse_variant(
+      "uw_so_entropy:uw_so_tau=4:uw_so_entropy_target=0.9", config)
+  assert fields == {"weighting__name": "uw_so_entropy",
+                    "weighting__uw_so_tau": 4.0,
+                    "weighting__uw_so_entropy_target": 0.9}
+  with pytest.raises(ValueError, match=r"not field=value.*uw_so_tau=4"):
+    temperature_sweep.parse_variant("uw_so_rel:tau=4", config)
+  with pytest.raises(ValueError, match="not field=value"):
+    temperature_sweep.parse_variant("uw_so_rel:uw_so_tau", config)
