@@ -37,7 +37,8 @@ def _fn(name, **hparams):
       "upgrad": lambda g: aggregation.upgrad_weights(g, **hparams),
       "dualproj": lambda g: aggregation.dualproj_weights(g, **hparams),
       "mgda": aggregation.mgda_weights,
-      "cagrad": lambda g: aggregation.cagrad_weights(g, **hparams),
+      # c is an argument (traced): c = 1 and c = 2 share a compilation.
+      "cagrad": lambda g, c: aggregation.cagrad_weights(g, c),
       "imtl_g": aggregation.imtl_g_weights,
       "aligned_mtl": aggregation.aligned_mtl_weights,
       "config": aggregation.config_weights,
@@ -58,9 +59,10 @@ def jacobians(draw, scales=(0.0, 1e-3, 1.0, 1e3), dtypes=("float32", "float64"))
 
 
 def _direction(name, jac, dtype, **hparams):
+  traced = {"c": hparams.pop("c")} if name == "cagrad" else {}
   with jax.enable_x64(dtype == "float64"):
     j = jnp.asarray(jac, dtype)
-    w = _fn(name, **hparams)(j @ j.T)
+    w = _fn(name, **hparams)(j @ j.T, **traced)
     return np.asarray(w @ j, np.float64)
 
 

@@ -38,14 +38,16 @@ def _single(name, **jacobian):
   return _run(step, jax.device_put(state), lambda b: b, train.to_host)
 
 
-def _assert_same(ref, got):
+def _assert_same(ref, got, what=""):
   (ref_state, ref_metrics), (state, metrics) = ref, got
-  assert fx.max_abs_diff(ref_state.params, state.params) < TOL
-  assert fx.max_abs_diff(ref_state.weighting_state, state.weighting_state) < TOL
-  assert fx.max_abs_diff(ref_state.opt_state, state.opt_state) < TOL
+  assert fx.max_abs_diff(ref_state.params, state.params) < TOL, what
+  assert fx.max_abs_diff(ref_state.weighting_state,
+                         state.weighting_state) < TOL, what
+  assert fx.max_abs_diff(ref_state.opt_state, state.opt_state) < TOL, what
   for key in ("total", "losses", "weights", "grad_norm"):
     np.testing.assert_allclose([m[key] for m in metrics],
-                               [m[key] for m in ref_metrics], rtol=TOL, atol=TOL)
+                               [m[key] for m in ref_metrics], rtol=TOL, atol=TOL,
+                               err_msg=f"{what} {key}")
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +61,23 @@ def _reference(cache, name):
   return cache[name]
 
 
+# pmap and the mesh in one test per method: its single-device reference is
+# then compiled and run once (the two xdist workers keep a reference each).
 @pytest.mark.parametrize("name", METHODS)
-def test_pmap_equals_single_device(name, single_runs):
+def test_pmap_and_mesh_shard_map_equal_single_device(name, single_runs):
   assert jax.local_device_count() == 4
+  ref = _reference(single_runs, name)
   state, _, _ = fx.init_state(name)
   step = train.pmap_step(fx.make_step(name, axis_name="batch"), "batch")
   got = _run(step, train.replicate(state), train.shard_batch, train.unreplicate)
-  ref = _reference(single_runs, name)
-  _assert_same(ref, got)
+  _assert_same(ref, got, "pmap")
   initial = train.to_host(state)
   assert fx.max_abs_diff(initial.params["model"], got[0].params["model"]) > 1e-3
-
-
-@pytest.mark.parametrize("name", METHODS)
-def test_mesh_shard_map_equals_single_device(name, single_runs):
   mesh = train.make_mesh("data")
-  state, _, _ = fx.init_state(name)
   step = train.mesh_step(fx.make_step(name, axis_name="data"), mesh, "data")
-  got = _run(step, train.replicate_on_mesh(train.to_host(state), mesh),
+  got = _run(step, train.replicate_on_mesh(initial, mesh),
              lambda b: train.global_batch(b, mesh, "data"), train.to_host)
-  _assert_same(_reference(single_runs, name), got)
+  _assert_same(ref, got, "mesh")
 
 
 @pytest.mark.parametrize("name", ["mgda", "config"])
