@@ -25,7 +25,7 @@ if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (after XLA_FLAGS)
+import jax
 
 _CACHE_DIR = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the caller's cache wins
