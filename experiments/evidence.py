@@ -198,20 +198,30 @@ def paired_rows(config, rows: Sequence[Row], spec, base_test,
   return out
 
 
+def paired_against(rows: Sequence[Row], reference: Row | None, spec,
+                   base_test) -> dict[str, dict[str, Any]]:
+  """``{label: protocol.paired(row, reference)}``: every row against
+  ``reference``, paired over seeds on test Delta_m (row minus reference)."""
+  if reference is None:
+    return {}
+  ref = _delta_values(reference, spec, base_test)
+  return {row.label: protocol.paired(_delta_values(row, spec, base_test), ref)
+          for row in rows}
+
+
+def verdict_text(res: Mapping[str, Any]) -> str:
+  """``"better (t=-3.2)"``, ``"worse (t=+5.1)"`` or the paired verdict."""
+  return {"a lower": f"better (t={res['t']:+.1f})",
+          "a higher": f"worse (t={res['t']:+.1f})"}.get(
+              res["verdict"], res["verdict"])
+
+
 def verdicts_against(rows: Sequence[Row], reference: Row | None, spec,
                      base_test) -> dict[str, str]:
   """``{label: verdict}`` of every row against ``reference`` (the grid point
   chosen on validation), paired over seeds on test Delta_m."""
-  if reference is None:
-    return {}
-  ref = _delta_values(reference, spec, base_test)
-  out = {}
-  for row in rows:
-    res = protocol.paired(_delta_values(row, spec, base_test), ref)
-    out[row.label] = {"a lower": f"better (t={res['t']:+.1f})",
-                      "a higher": f"worse (t={res['t']:+.1f})"}.get(
-                          res["verdict"], res["verdict"])
-  return out
+  return {label: verdict_text(res) for label, res in
+          paired_against(rows, reference, spec, base_test).items()}
 
 
 def paired_markdown(pairs: Sequence[Mapping[str, Any]]) -> str:

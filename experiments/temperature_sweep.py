@@ -8,7 +8,9 @@ each) and the single-task baselines under the papers' protocol
 ``temperature_sweep.md``/``.csv`` (validation and test Delta_m, final
 weights per T) and ``temperature_sweep.png`` (Delta_m against T, and each
 task's share of the weight at the end of training against T, which shows the
-saturation of small T). Choose T on the **validation** column; the test
+saturation of small T) and ``temperature_sweep_weights.png`` (every UW-SO
+row's task weights over training). The table's paired column is each row's
+test Delta_m minus the best T's, seed by seed (mean and std). Choose T on the **validation** column; the test
 column is for reporting only.
 """
 from __future__ import annotations
@@ -88,14 +90,17 @@ def summaries(rows, stl, spec) -> list[dict]:
   fixed = [r for r in rows if r.kind == "method"]
   best = min(fixed, key=lambda r: report.validation_delta(r, spec, base_val),
              default=None)
-  verdicts = evidence.verdicts_against(rows, best, spec, base_test)
+  pairs = evidence.paired_against(rows, best, spec, base_test)
   out = []
   for row in rows:
     s = {"temperature": (float(row.label[2:]) if row.kind == "method"
                          else math.nan),
          "val_delta_m_metric": report.validation_delta(row, spec, base_val)}
     s.update(report.summarize(row, spec, base_test))
-    s["vs_best"] = "-" if row is best else verdicts.get(row.label, "")
+    res = pairs.get(row.label)
+    s["vs_best"] = "-" if row is best or res is None else evidence.verdict_text(res)
+    s["vs_best_mean"] = (res["mean"] if res and row is not best else math.nan)
+    s["vs_best_std"] = (res["std"] if res and row is not best else math.nan)
     s["max_share"] = report.max_share(row, spec.tasks)
     out.append(s)
   return out
@@ -155,16 +160,19 @@ def markdown(config, sums) -> str:
            "Max share: the largest share of the total weight any task reached "
            "at any logged step of any seed.\n",
            "| T | validation Δm % | test Δm % (metrics) | test Δm % (tasks) | "
-           "final weights | max share | lr | vs best T |",
-           "|---:|---:|---:|---:|---|---:|---:|---|"]
+           "final weights | max share | lr | paired Δ vs best T | vs best T |",
+           "|---:|---:|---:|---:|---|---:|---:|---:|---|"]
   for s in sums:
     t = (f"{s['temperature']:g}" if math.isfinite(s["temperature"])
          else f"{s['method']} (automatic)" if s["method"].startswith("uw_so")
          else s["method"])
+    paired = ("-" if not math.isfinite(s["vs_best_mean"]) else
+              report.fixed_text(s["vs_best_mean"], s["vs_best_std"]))
     lines.append(f"| {t} | {s['val_delta_m_metric']:+.2f} | "
-                 f"{s['delta_m_metric_mean']:+.2f} | "
-                 f"{s['delta_m_task_mean']:+.2f} | {s['final_weights']} | "
-                 f"{s['max_share']:.3f} | {s['learning_rate']:g} | "
+                 f"{report.fixed_text(s['delta_m_metric_mean'], s['delta_m_metric_std'])} | "
+                 f"{report.fixed_text(s['delta_m_task_mean'], s['delta_m_task_std'])} | "
+                 f"{s['final_weights']} | "
+                 f"{s['max_share']:.3f} | {s['learning_rate']:g} | {paired} | "
                  f"{s['vs_best']} |")
   return "\n".join(lines) + "\n"
 
@@ -196,6 +204,9 @@ def main(argv):
   sums = summaries(rows, stl, spec)
   report.write_csv(os.path.join(workdir, "temperature_sweep.csv"), sums)
   plot(os.path.join(workdir, "temperature_sweep.png"), sums, spec)
+  report.plot_weights(os.path.join(workdir, "temperature_sweep_weights.png"),
+                      [r for r in rows if r.label.startswith(("T=", "uw_so"))],
+                      spec.tasks)
   text = markdown(config, sums)
   with open(os.path.join(workdir, "temperature_sweep.md"), "w") as f:
     f.write(text)

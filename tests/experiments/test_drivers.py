@@ -196,6 +196,11 @@ def test_temperature_sweep_end_to_end(config, tmp_path):
   # Paired verdicts against the best T (1 seed here: too few to test; the
   # paired test itself runs with 2 seeds in the compare test).
   assert {s["vs_best"] for s in sums} == {"-", "too few seeds"}
+  text = temperature_sweep.markdown(config, sums)
+  assert "| paired Δ vs best T |" in text
+  best = next(s for s in sums if s["vs_best"] == "-")
+  assert math.isnan(best["vs_best_mean"])
+  assert f"{best['delta_m_metric_mean']:+.2f} ± " in text
   temperature_sweep.plot(os.path.join(workdir, "t.png"), sums, spec)
   assert os.path.getsize(os.path.join(workdir, "t.png")) > 0
   assert "Best T on validation" in temperature_sweep.markdown(config, sums)
