@@ -12,6 +12,8 @@
   functions of the Gramian; GradDrop, MoCo, DB-MTL, ExcessMTL of the
   Jacobian) as pure functions, factories and a registry.
 * :mod:`mtl_jax.flax`: Flax modules holding weighting parameters.
+* :mod:`mtl_jax.nnx`: the same for Flax NNX, and the train engine on an NNX
+  model.
 * :mod:`mtl_jax.train`: the jitted, data-parallel train step, optimiser,
   checkpointing and the training loop.
 * :mod:`mtl_jax.data`: input pipelines (TFDS array_record + Grain, no
@@ -31,7 +33,7 @@ from mtl_jax._registry import family, get, names
 
 __version__ = "0.1.0"
 
-_LAZY = ("data", "flax", "losses", "metrics", "models", "train")
+_LAZY = ("data", "flax", "losses", "metrics", "models", "nnx", "train")
 
 __all__ = (
     "__version__",
@@ -44,6 +46,7 @@ __all__ = (
     "metrics",
     "models",
     "names",
+    "nnx",
     "train",
     "weighting",
 )

@@ -208,8 +208,9 @@ def _gradient_path(method: Method, model_apply: ModelApply,
     raise ValueError(
         "jacobian_mode='features' needs a model_apply that can list the "
         "shared features the model marks with self.perturb(name, x): build "
-        "it with mtl_jax.train.module_apply_fn(module), or give model_apply "
-        "an init_perturbations(variables, batch) attribute.")
+        "it with mtl_jax.train.module_apply_fn(module) (linen) or "
+        "mtl_jax.nnx.model_apply_fn(model) (NNX), or give model_apply an "
+        "init_perturbations(variables, batch) attribute.")
   return None, needs_perturbations
 
 
@@ -248,7 +249,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 
   Args:
     model_apply: see :data:`ModelApply`; :func:`module_apply_fn` adapts a
-      Flax linen module.
+      Flax linen module, :func:`mtl_jax.nnx.model_apply_fn` an NNX model.
     task_loss_fn: ``(outputs, batch) -> (K,)`` batch-mean task losses,
       computed in float32 (outputs arrive as float32).
     method: a method of either family, from :func:`mtl_jax.get`.
