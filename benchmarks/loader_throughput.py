@@ -11,7 +11,7 @@ Usage::
 
   python benchmarks/loader_throughput.py [--workers 0 1 2] [--batches 50]
 
-Prints one markdown table (paste it into README.md, Datasets with the date and
+Prints one markdown table (paste it into docs/datasets.md, Loader throughput, with the date and
 machine).
 """
 from __future__ import annotations

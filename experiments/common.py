@@ -100,7 +100,7 @@ def _mtan_kwargs(data: Config, split: str) -> dict[str, Any]:
   if not data.root:
     raise ValueError(
         f"config.data.root is not set: pass the folder holding train/ and val/ "
-        f"of MTAN's preprocessed {data.name} (README.md, Datasets), e.g. "
+        f"of MTAN's preprocessed {data.name} (docs/datasets.md), e.g. "
         f"--config.data.root=/data/{data.name}.")
   return {"data_dir": data.data_dir, "image_size": tuple(data.image_hw),
           "augment": bool(data.augment) and split == data.train_split}
@@ -123,7 +123,7 @@ def _load_celeba(data: Config, split: str, **kwargs) -> Any:
   from mtl_jax.data import celeba
   if not data.data_dir:
     raise ValueError("config.data.data_dir is not set: pass the TFDS data_dir "
-                     "holding celeb_a in array_record (README.md, Datasets).")
+                     "holding celeb_a in array_record (docs/datasets.md).")
   return celeba.load(data.data_dir, split, **_pipeline_kwargs(data), **kwargs)
 
 

@@ -43,6 +43,12 @@ def get(name: str, **hparams: Any) -> Method:
 
   Raises:
     ValueError: for an unknown name or hyperparameter (listing the valid ones).
+
+  Example:
+    >>> type(get("uw_so", temperature=2.0)).__name__, family("uw_so")
+    ('Weighting', 'weighting')
+    >>> type(get("upgrad")).__name__, family("upgrad")
+    ('Aggregator', 'aggregation')
   """
   if family(name) == "weighting":
     return weighting.get(name, **hparams)

@@ -237,16 +237,16 @@ def binary_task_losses(outputs: Outputs, batch: Batch,
 def digit_attribute_losses(outputs: Outputs, batch: Batch,
                            tasks: Sequence[str] = DIGIT_ATTRIBUTE_TASKS
                            ) -> jax.Array:
-  """Digit-attribute and digit-strip losses, (K,), in ``tasks`` order.
+  r"""Digit-attribute and digit-strip losses, (K,), in ``tasks`` order.
 
   A binary attribute's loss is a sigmoid BCE (:func:`binary_task_losses`),
   the centre digit's class (``centre``, (B, 10) logits) a softmax CE and the
   sum of the three digits (``sum``, (B,) predictions) an MSE:
 
   .. math::
-    L_{\text{centre}} = \frac{1}{B} \\sum_b -\\log
-    \\mathrm{softmax}(z_b)_{c_b}, \\qquad
-    L_{\text{sum}} = \frac{1}{B} \\sum_b (\\hat s_b - s_b)^2
+    L_{\text{centre}} = \frac{1}{B} \sum_b -\log
+    \mathrm{softmax}(z_b)_{c_b}, \qquad
+    L_{\text{sum}} = \frac{1}{B} \sum_b (\hat s_b - s_b)^2
 
   ``tasks`` is :data:`DIGIT_ATTRIBUTE_TASKS` (all ten binary tasks), or the
   subset the data was loaded with (:mod:`mtl_jax.data.digit_attributes`),

@@ -378,11 +378,11 @@ class ErrorState(NamedTuple):
 
 
 def regression_error_metric() -> Metric:
-  """Mean absolute and root mean squared error of a real-valued target.
+  r"""Mean absolute and root mean squared error of a real-valued target.
 
   .. math::
-    \\mathrm{MAE} = \frac{1}{n} \\sum_b |\\hat y_b - y_b|, \\quad
-    \\mathrm{RMSE} = \\sqrt{\frac{1}{n} \\sum_b (\\hat y_b - y_b)^2}
+    \mathrm{MAE} = \frac{1}{n} \sum_b |\hat y_b - y_b|, \quad
+    \mathrm{RMSE} = \sqrt{\frac{1}{n} \sum_b (\hat y_b - y_b)^2}
 
   Returns:
     A :class:`Metric`; ``update(state, pred, target)`` (same shapes);

@@ -4,9 +4,10 @@ The quickstart (linen) runs as CI runs it: a handful of steps
 (``MTL_JAX_NOTEBOOK_STEPS``), tiny digit scenes generated into a temporary
 directory (``MTL_JAX_DATA_DIR``, ``MTL_JAX_NOTEBOOK_NUM_TRAIN``), the
 repository root as working directory (so the notebook's first cell uses the
-local checkout and installs nothing), XLA at its cheapest compile level. The NNX quickstart runs the same way on its
-in-memory data; unlike the quickstart it is committed executed, with its
-outputs, so that it reads on GitHub without running.
+local checkout and installs nothing), XLA at its cheapest compile level. The
+NNX quickstart runs the same way on its in-memory data. Both are committed
+executed, with the outputs of one full run, so that they read on GitHub and on
+the docs site without running.
 """
 import os
 import pathlib
@@ -43,16 +44,22 @@ def test_notebook_is_colab_ready(path):
   first = nb.cells[1].source
   assert "google.colab" in first and "%pip install" in first
   assert nb.metadata["kernelspec"]["name"] == "python3"
+  # Both are stored with the outputs of one full run, top to bottom (GitHub
+  # and the docs site show them; nothing re-executes them there): every code
+  # cell ran in order, none failed, and the run is the full one, not the
+  # tests' shrunk one.
   code = [cell for cell in nb.cells if cell.cell_type == "code"]
+  assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+  assert not _outputs(nb, "error")
+  text = "".join(out.get("text", "") for out in _outputs(nb, "stream"))
+  images = [out for out in _outputs(nb, "display_data")
+            if "image/png" in out.get("data", {})]
   if path == NOTEBOOK:
-    # Stored without outputs: the executed copy is never committed.
-    assert not any(cell.get("outputs") for cell in code)
+    assert "200 steps in" in text and "UW-SO weights:" in text
+    assert len(images) >= 2  # the scenes and the weight curves
   else:
-    # Stored executed, top to bottom in one run, without errors.
-    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
-    assert not _outputs(nb, "error")
-    text = "".join(out.get("text", "") for out in _outputs(nb, "stream"))
     assert "engine's first weights == the layer's: True" in text
+    assert len(images) == 1  # the weight and loss curves
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 r"""CelebA: 40 binary attributes, ResNet-18 trunk with one linear head each.
 
 Command (TFDS celeb_a prepared as array_record in /data/tfds, see
-README.md, Datasets):
+docs/datasets.md):
 
   python -m experiments.train --config experiments/configs/celeba_resnet18.py \
       --config.data.data_dir=/data/tfds --config.weighting.name=uw_so \

@@ -1,6 +1,6 @@
 r"""NYUv2 (13-class segmentation, depth, normals) with a shared SegNet.
 
-Command (MTAN's preprocessed NYUv2 in /data/nyuv2, see README.md, Datasets):
+Command (MTAN's preprocessed NYUv2 in /data/nyuv2, see docs/datasets.md):
 
   python -m experiments.train --config experiments/configs/nyuv2_segnet.py \
       --config.data.root=/data/nyuv2 --config.weighting.name=uw_so \

@@ -87,7 +87,7 @@ class ApplyFn(Protocol):
 
 
 class Aggregator(NamedTuple):
-  """A gradient-space method as a pair of pure functions (optax style).
+  r"""A gradient-space method as a pair of pure functions (optax style).
 
   ``inputs`` says what ``apply`` reads: ``"gramian"`` (the default, and
   every method of part 1): ``apply(params, state, G, *, losses)``;

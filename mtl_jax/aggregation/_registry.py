@@ -77,5 +77,16 @@ def get(name: str, **hparams: Any) -> _base.Aggregator:
     ValueError: for an unknown name (listing the valid ones), or for a
       hyperparameter the method does not take (listing the ones it takes), or
       a required one that is missing.
+
+  Example:
+    >>> method = get("mgda")
+    >>> params, state = method.init(2)
+    >>> gram = jnp.array([[18., -22.], [-22., 38.]])  # G = J J^T
+    >>> method.apply(params, state, gram, losses=jnp.ones(2)).weights
+    Array([0.6, 0.4], dtype=float32)
+    >>> get("cagrad")
+    Traceback (most recent call last):
+    ...
+    ValueError: gradient-space method 'cagrad' needs the hyperparameter(s) ['c'], ...
   """
   return _factory.build(_FACTORIES, "gradient-space", name, hparams)

@@ -58,7 +58,7 @@ def aligned_mtl_weights(gramian: jax.Array, pref_vector: Any | None = None,
     ``(K,)`` weights.
 
   Example:
-    >>> aligned_mtl_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> aligned_mtl_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([0.5591, 0.4083], dtype=float32)
 
   References:

@@ -117,7 +117,7 @@ def cagrad_weights(gramian: jax.Array, c: float, *, norm_eps: float = 1e-4,
     no gradient flows through them.
 
   Example:
-    >>> cagrad_weights(jnp.array([[18., -22.], [-22., 38.]]), c=0.5)  # doctest: +SKIP
+    >>> cagrad_weights(jnp.array([[18., -22.], [-22., 38.]]), c=0.5)
     Array([0.7041, 0.5   ], dtype=float32)
 
   References:

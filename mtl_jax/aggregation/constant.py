@@ -62,7 +62,7 @@ def constant_weights(gramian: jax.Array, weights: Any) -> jax.Array:
     ``(K,)`` weights :math:`c`, in the Gramian's dtype, with no gradient.
 
   Example:
-    >>> constant_weights(jnp.array([[18., -22.], [-22., 38.]]), [1., 2.])  # doctest: +SKIP
+    >>> constant_weights(jnp.array([[18., -22.], [-22., 38.]]), [1., 2.])
     Array([1., 2.], dtype=float32)
 
   References:

@@ -68,8 +68,8 @@ def dualproj_weights(gramian: jax.Array, pref_vector: Any = None, *,
 
   Example:
     >>> g = jnp.array([[18., -22.], [-22., 38.]])
-    >>> dualproj_weights(g)  # doctest: +SKIP
-    Array([0.6109, 0.5], dtype=float32)
+    >>> dualproj_weights(g)
+    Array([0.6109, 0.5   ], dtype=float32)
 
   References:
     Lopez-Paz, Ranzato, "Gradient Episodic Memory for Continual Learning",

@@ -97,7 +97,6 @@ def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,
 
   Example:
     >>> fairgrad_weights(jnp.array([[18., -22.], [-22., 38.]]), 1.0)
-    ... # doctest: +SKIP
     Array([0.5915, 0.4071], dtype=float32)
 
   References:

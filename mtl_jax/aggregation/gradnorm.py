@@ -133,8 +133,12 @@ def gradnorm(alpha: float = 1.5,
   Example:
     >>> method = gradnorm(alpha=1.5)
     >>> params, state = method.init(2)
-    >>> out = method.apply(params, state, G, losses=L)  # doctest: +SKIP
-    >>> out.weights, out.aux_loss  # [1, 1] and |w||g|| - mean| summed
+    >>> out = method.apply(params, state, jnp.diag(jnp.array([4., 1.])),
+    ...                    losses=jnp.array([1., 2.]))
+    >>> out.weights  # all 1 at the start
+    Array([1., 1.], dtype=float32)
+    >>> out.aux_loss  # gradient norms 2 and 1, mean 1.5: |2 - 1.5| + |1 - 1.5|
+    Array(1., dtype=float32)
 
   References:
     Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss

@@ -47,7 +47,7 @@ def imtl_weights(gramian: jax.Array, log_scales: jax.Array) -> jax.Array:
 
   Example:
     >>> g = jnp.array([[18., -22.], [-22., 38.]])
-    >>> imtl_weights(g, jnp.zeros(2))  # doctest: +SKIP
+    >>> imtl_weights(g, jnp.zeros(2))
     Array([0.5923, 0.4077], dtype=float32)
 
   References:

@@ -44,7 +44,7 @@ def imtl_g_weights(gramian: jax.Array) -> jax.Array:
     ``(K,)`` weights summing to 1 (or all 0), with no gradient.
 
   Example:
-    >>> imtl_g_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> imtl_g_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([0.5923, 0.4077], dtype=float32)
 
   References:

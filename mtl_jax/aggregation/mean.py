@@ -39,7 +39,7 @@ def mean_weights(gramian: jax.Array) -> jax.Array:
     ``(K,)`` weights :math:`1/K`, in the Gramian's dtype, with no gradient.
 
   Example:
-    >>> mean_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> mean_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([0.5, 0.5], dtype=float32)
 
   References:

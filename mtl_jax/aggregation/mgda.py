@@ -62,7 +62,7 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
     ``(K,)`` weights on the simplex.
 
   Example:
-    >>> mgda_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> mgda_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([0.6, 0.4], dtype=float32)
 
   References:

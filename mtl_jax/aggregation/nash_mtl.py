@@ -122,7 +122,6 @@ def nash_mtl_weights(gramian: jax.Array, *, max_norm: float | None = 1.0,
 
   Example:
     >>> nash_mtl_weights(jnp.array([[18., -22.], [-22., 38.]]))
-    ... # doctest: +SKIP
     Array([0.4182, 0.2878], dtype=float32)
 
   References:

@@ -72,8 +72,8 @@ def sdmgrad_weights(cross_gramian: jax.Array, w: jax.Array, *,
   Example:
     >>> c, w = sdmgrad_weights(jnp.diag(jnp.array([1., .25, 0.])),
     ...                        jnp.full((3,), 1 / 3), n_iter=1)
-    >>> c  # doctest: +SKIP
-    Array([0.0769, 0.0769, 0.8462], dtype=float32)    # 1/13, 1/13, 11/13
+    >>> c  # 1/13, 1/13, 11/13
+    Array([0.0769, 0.0769, 0.8462], dtype=float32)
 
   References:
     Xiao, Ban, Ji, "Direction-oriented Multi-objective Learning: Simple and

@@ -39,7 +39,7 @@ def sum_weights(gramian: jax.Array) -> jax.Array:
     ``(K,)`` ones, in the Gramian's dtype, with no gradient.
 
   Example:
-    >>> sum_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> sum_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([1., 1.], dtype=float32)
 
   References:

@@ -68,7 +68,7 @@ def upgrad_weights(gramian: jax.Array, pref_vector: Any = None, *,
     ``(K,)`` weights :math:`w`, >= :math:`p` entrywise.
 
   Example:
-    >>> upgrad_weights(jnp.array([[18., -22.], [-22., 38.]]))  # doctest: +SKIP
+    >>> upgrad_weights(jnp.array([[18., -22.], [-22., 38.]]))
     Array([1.1109, 0.7894], dtype=float32)
 
   References:
@@ -105,6 +105,14 @@ def upgrad(pref_vector: Any = None, norm_eps: float = 1e-4,
 
   Returns:
     An ``Aggregator`` with no parameters and a state that only records K.
+
+  Example:
+    >>> method = upgrad()
+    >>> params, state = method.init(2)
+    >>> out = method.apply(params, state, jnp.array([[18., -22.], [-22., 38.]]),
+    ...                    losses=jnp.array([1., 1.]))
+    >>> out.weights  # upgrad_weights of the Gramian
+    Array([1.1109, 0.7894], dtype=float32)
   """
   _qp.check_projection_hparams(pref_vector, norm_eps, reg_eps, max_iters,
                                None, "upgrad")

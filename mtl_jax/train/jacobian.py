@@ -240,8 +240,8 @@ def scattered_gramian(rows: Sequence[jax.Array], weights_fn: Callable,
 
   Each device holds its local Jacobian :math:`J_n` (K x P). A
   reduce-scatter leaves device :math:`n` with a slice of the columns of the
-  global mean :math:`ar J`; the partial Gramians of the slices are summed
-  (a K x K all-reduce) into :math:`G = ar J ar J^	op`; every device
+  global mean :math:`\bar J`; the partial Gramians of the slices are summed
+  (a K x K all-reduce) into :math:`G = \bar J \bar J^\top`; every device
   computes the same weights from it, combines its slice, and an all-gather
   rebuilds the update. Per device this sends about :math:`(K + 1) P` values
   instead of the :math:`2 K P` of an all-reduce of :math:`J`, and the same

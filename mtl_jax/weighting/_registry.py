@@ -59,5 +59,15 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
   Raises:
     ValueError: for an unknown name (listing the valid ones), or for a
       hyperparameter the method does not take (listing the ones it takes).
+
+  Example:
+    >>> method = get("uw")  # learnable log-variances, one per task
+    >>> params, state = method.init(num_tasks=2)
+    >>> params
+    {'log_vars': Array([0., 0.], dtype=float32)}
+    >>> get("uw_so", temprature=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: weighting method 'uw_so' takes no hyperparameter(s) ['temprature']; ...
   """
   return _factory.build(_FACTORIES, "weighting", name, hparams)

@@ -88,8 +88,8 @@ def famo_loss(losses: jax.Array, logits: jax.Array,
     ``(...)`` the total, differentiable in ``losses``.
 
   Example:
-    >>> famo_loss(jnp.array([1.0, 2.0]), jnp.zeros(2))  # doctest: +SKIP
-    Array(0.46209812, dtype=float32)
+    >>> famo_loss(jnp.array([1.0, 2.0]), jnp.zeros(2))
+    Array(0.4621, dtype=float32)
 
   References:
     Liu et al., "FAMO: Fast Adaptive Multitask Optimization", NeurIPS 2023,

@@ -94,7 +94,7 @@ def uncertainty_loss(losses: jax.Array, log_vars: jax.Array,
 
   Example:
     >>> total, w = uncertainty_loss(jnp.array([1.0, 2.0]), jnp.zeros(2))
-    >>> float(total), w  # doctest: +SKIP
+    >>> float(total), w
     (1.5, Array([0.5, 0.5], dtype=float32))
 
   References:

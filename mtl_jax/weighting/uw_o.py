@@ -48,7 +48,7 @@ def uw_o_weights(losses: jax.Array, eps: float = 1e-8) -> jax.Array:
 
   Example:
     >>> losses = jnp.array([0.5, 2.0])
-    >>> uw_o_weights(losses)  # doctest: +SKIP
+    >>> uw_o_weights(losses)
     Array([2. , 0.5], dtype=float32)
 
   References:

@@ -54,8 +54,8 @@ def uw_so_weights(losses: jax.Array, temperature: float,
     ``(..., K)`` weights on the simplex, with no gradient attached.
 
   Example:
-    >>> uw_so_weights(jnp.array([0.5, 2.0]), temperature=2.0)  # doctest: +SKIP
-    Array([0.679, 0.321], dtype=float32)
+    >>> uw_so_weights(jnp.array([0.5, 2.0]), temperature=2.0)
+    Array([0.6792, 0.3208], dtype=float32)
 
   References:
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
@@ -80,6 +80,15 @@ def uw_so(temperature: float, eps: float = 1e-8, *,
   Returns:
     A ``Weighting`` with no learnable parameters and a
     :class:`~mtl_jax.weighting.StatelessState`.
+
+  Example:
+    >>> method = uw_so(temperature=2.0)
+    >>> params, state = method.init(num_tasks=2)
+    >>> out = method.apply(params, state, jnp.array([0.5, 2.0]))
+    >>> out.weights  # uw_so_weights: the smaller loss weighs more
+    Array([0.6792, 0.3208], dtype=float32)
+    >>> out.total  # sum_k w_k L_k
+    Array(0.9812, dtype=float32)
   """
   _base.check_temperature(temperature, "uw_so")
   _base.check_eps(eps, "uw_so")
