@@ -350,10 +350,14 @@ def build_weighting(config: Config, spec: DatasetSpec,
   if name == "uw_so":
     return mw.get("uw_so", temperature=w.temperature, eps=w.eps)
   if name == "uw_so_rel":
-    return mw.get("uw_so_rel", tau=w.uw_so_tau, eps=w.eps, ema=w.uw_so_ema)
+    return mw.get("uw_so_rel", tau=w.uw_so_tau or None, eps=w.eps,
+                  ema=w.uw_so_ema)
+  if name == "uw_so_norm":
+    return mw.get("uw_so_norm", eps=w.eps)
   if name == "uw_so_entropy":
-    return mw.get("uw_so_entropy", target=w.uw_so_entropy_target,
-                  tau=w.uw_so_tau, eps=w.eps, ema=w.uw_so_ema)
+    tau = {"tau": w.uw_so_tau} if w.uw_so_tau else {}  # 0: its default
+    return mw.get("uw_so_entropy", target=w.uw_so_entropy_target, eps=w.eps,
+                  ema=w.uw_so_ema, **tau)
   if name == "dwa":
     per_epoch = w.dwa_steps_per_epoch or steps_per_epoch
     return mw.get("dwa", temperature=w.dwa_temperature,

@@ -55,8 +55,12 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
     program_for = functools.lru_cache(maxsize=None)(
         lambda rate, f=fields: run_lib.build_program(run_lib.override(
             config, optim__learning_rate=rate, **f)))
-    rows.append(protocol.run_row(config, workdir, entry, "variant",
-                                 program_for, reference=reference))
+    # Without the search, UW-SO's variants train at UW-SO's committed rate,
+    # as every T does: the comparison is then about the weights alone.
+    name = str(fields["weighting__name"])
+    rows.append(protocol.run_row(
+        config, workdir, entry, "variant", program_for, reference=reference,
+        rate_label="uw_so" if name.startswith("uw_so") else name))
   return rows, stl
 
 

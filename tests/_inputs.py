@@ -35,7 +35,7 @@ def hparams(name: str, num_tasks: int) -> dict[str, Any]:
 
 
 METHODS = ("dwa", "ew", "famo", "gls", "imtl_l", "rlw", "scalarization", "stch",
-           "uw", "uw_o", "uw_so", "uw_so_entropy", "uw_so_rel")
+           "uw", "uw_o", "uw_so", "uw_so_entropy", "uw_so_norm", "uw_so_rel")
 
 
 def positive_losses(seed: int, num_tasks: int, *, low: float = 1e-2,
@@ -89,6 +89,11 @@ def build(name: str, num_tasks: int, *, seed: int = 0, warm: bool = True,
   if name == "famo":  # logits off 0: weights other than 1/K
     state = state._replace(logits=jnp.asarray(
         rng.uniform(-1.0, 1.0, (num_tasks,)), state.logits.dtype))
+  if name == "uw_so_norm":  # a first step on record, other than these losses
+    state = state._replace(
+        initial=jnp.asarray(positive_losses(seed + 7, num_tasks, low=0.5,
+                                            high=4.0), state.initial.dtype),
+        count=jnp.ones_like(state.count))
   if name == "dwa":
     for step in range(2 * hparams(name, num_tasks)["steps_per_epoch"]):
       losses = positive_losses(seed + step, num_tasks, low=0.5, high=2.0)

@@ -48,6 +48,7 @@ from mtl_jax.weighting import (
   uncertainty_loss,
   uw_o_weights,
   uw_so_entropy_weights,
+  uw_so_norm_weights,
   uw_so_rel_weights,
   uw_so_weights,
 )
@@ -80,7 +81,7 @@ ROWS = [
     # The saturation example: 1/L = [20, 2], T = 1: [1/(1+e^-18), e^-18/(...)]
     # = [1 - 1.523e-8, 1.523e-8].
     (uw_so_weights, {"temperature": 1.0}, ([0.05, 0.5],), [1.0, 1.523e-8]),
-    # Relative temperature, tau = 1: u = 1/L = [2, 0.5], shares p = u / sum u
+    # Relative temperature, default tau = K / 2 = 1 for K = 2: u = 1/L = [2, 0.5], shares p = u / sum u
     # = [0.8, 0.2], logits (K / tau) p = [1.6, 0.4]: [1, e^-1.2] / (1 + e^-1.2)
     # = [1, 0.3011942] / 1.3011942.
     (uw_so_rel_weights, {}, ([0.5, 2.0],), [0.7685248, 0.2314752]),
@@ -109,16 +110,32 @@ ROWS = [
     (uw_so_entropy_weights, {"target": 0.9}, ([0.1, 1.0, 1.0],),
      [ENTROPY_BOUND_K3, (1.0 - ENTROPY_BOUND_K3) / 2,
       (1.0 - ENTROPY_BOUND_K3) / 2]),
-    # The default rho = 0.5 on the same losses: entropy 0.583 >= 0.5 ln 3 =
-    # 0.5493, the relative weights stay.
-    (uw_so_entropy_weights, {}, ([0.1, 1.0, 1.0],),
+    # rho = 0.5 on the same losses: entropy 0.583 >= 0.5 ln 3 = 0.5493, the
+    # relative weights stay.
+    (uw_so_entropy_weights, {"target": 0.5}, ([0.1, 1.0, 1.0],),
      [0.8259013, 0.0870494, 0.0870494]),
     # rho = 0.5, L = [0.01, 1, 1]: u = [100, 1, 1], logits 3 [100, 1, 1] / 102,
     # relative weights [0.9019, 0.0490, 0.0490] of entropy 0.389 < 0.5493:
     # raised to (a, (1 - a) / 2).
-    (uw_so_entropy_weights, {}, ([0.01, 1.0, 1.0],),
+    (uw_so_entropy_weights, {"target": 0.5}, ([0.01, 1.0, 1.0],),
      [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
       (1.0 - ENTROPY_BOUND_K3_HALF) / 2]),
+    # The default rho = 0.9 on [0.1, 1, 1]: the rho = 0.9 row above.
+    (uw_so_entropy_weights, {}, ([0.1, 1.0, 1.0],),
+     [ENTROPY_BOUND_K3, (1.0 - ENTROPY_BOUND_K3) / 2,
+      (1.0 - ENTROPY_BOUND_K3) / 2]),
+    # uw_so_norm, losses over the first step's: L = [0.5, 20], L1 = [1, 40]:
+    # ratios [0.5, 0.5], equal, so v = [1/2, 1/2]; v / L1 = [0.5, 0.0125]
+    # normalised: [40, 1] / 41.
+    (uw_so_norm_weights, {}, ([0.5, 20.0], [1.0, 40.0]),
+     [40 / 41, 1 / 41]),
+    # K = 3, L = [0.5, 1, 8], L1 = [1, 1, 4]: ratios [0.5, 1, 2], inverse
+    # [2, 1, 0.5], shares [4, 2, 1] / 7; tau = K / 2, logits 2 p = [8, 4, 2]
+    # / 7: [e^1.142857, e^0.571429, e^0.285714] = [3.135715, 1.770795,
+    # 1.330712] / 6.237222 = v; v / L1 = [0.502742, 0.283908, 0.053337]
+    # normalised: [0.5985116, 0.3379904, 0.0634980].
+    (uw_so_norm_weights, {}, ([0.5, 1.0, 8.0], [1.0, 1.0, 4.0]),
+     [0.5985116, 0.3379904, 0.0634980]),
     # target = 0: no floor, the uw_so_rel row; target = 1: equal weights.
     (uw_so_entropy_weights, {"target": 0.0}, ([0.5, 2.0],),
      [0.7685248, 0.2314752]),
@@ -199,15 +216,23 @@ ROWS = [
     # = 0.9740290.
     ("uw_so_entropy", {"target": 0.9}, ([0.5, 2.0],),
      (0.9740290, [ENTROPY_BOUND_K2, 1.0 - ENTROPY_BOUND_K2])),
-    # The default rho = 0.5 on [0.01, 1, 1] (the row above): total
+    # rho = 0.5 on [0.01, 1, 1] (the row above): total
     # a * 0.01 + (1 - a) * 1 = 1 - 0.99 a = 0.1678669.
-    ("uw_so_entropy", {}, ([0.01, 1.0, 1.0],),
+    ("uw_so_entropy", {"target": 0.5}, ([0.01, 1.0, 1.0],),
      (0.1678669, [ENTROPY_BOUND_K3_HALF, (1.0 - ENTROPY_BOUND_K3_HALF) / 2,
                   (1.0 - ENTROPY_BOUND_K3_HALF) / 2])),
     # ema = 0.5 on [1, 2] then [2, 1]: the uw_so_rel ema row, whose entropy
-    # (0.687) is above the floor: the same weights and total.
+    # (0.687) is above the default floor 0.9 ln 2 = 0.624: the same weights
+    # and total.
     ("uw_so_entropy", {"ema": 0.5}, ([1.0, 2.0], [2.0, 1.0]),
      (1.4446719, [0.4446719, 0.5553281])),
+    # uw_so_norm: the first step [1, 40] is stored; at [0.5, 40] the ratios
+    # are [0.5, 1], shares [2/3, 1/3], logits 2 p = [4/3, 2/3], v = [1,
+    # e^(-2/3)] / (1 + e^(-2/3)) = [0.6607564, 0.3392436]; v / L1 = [0.6607564,
+    # 0.0084811] normalised: [0.9873272, 0.0126728]; total 0.9873272 * 0.5 +
+    # 0.0126728 * 40 = 1.0005743.
+    ("uw_so_norm", {}, ([1.0, 40.0], [0.5, 40.0]),
+     (1.0005743, [0.9873272, 0.0126728])),
     # First step of epoch 0: weights 1, total 0.5 + 2 = 2.5.
     ("dwa", {"steps_per_epoch": 2}, ([0.5, 2.0],), (2.5, [1.0, 1.0])),
     # Epoch 1 (steps 2, 3) still weights 1: total of step 3 = 0.4 + 0.8.

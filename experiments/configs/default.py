@@ -70,8 +70,9 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.weighting.eps = 1e-8                 # UW-O / UW-SO: 1 / (L + eps)
   # UW-SO without a temperature grid (mtl_jax.weighting.uw_so_rel_weights):
   # T = tau * mean_k 1/L_k, so the weights ignore a common loss scale.
-  config.weighting.uw_so_tau = 1.0            # uw_so_rel / uw_so_entropy: tau
-  config.weighting.uw_so_entropy_target = 0.5  # uw_so_entropy: H(w) >= target * log K
+  # uw_so_norm (the recommended one) takes none of these fields.
+  config.weighting.uw_so_tau = 0.0            # uw_so_rel / uw_so_entropy: tau; 0: each one's default (K/2; 1)
+  config.weighting.uw_so_entropy_target = 0.9  # uw_so_entropy: H(w) >= target * log K
   config.weighting.uw_so_ema = 0.0            # both: loss moving-average decay; 0: current losses
   config.weighting.init_log_var = 0.0         # UW: s_k at step 0 (paper: 0)
   config.weighting.uw_task_types = "auto"     # UW: "auto" per-task forms; "regression": all 0.5
@@ -153,15 +154,22 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.scalarization.lanes = 1    # weight vectors per vmapped program (GPU/TPU: more)
   config.sweep = config_dict.ConfigDict()  # experiments.temperature_sweep
   config.sweep.temperatures = "0.5,1,2,5,10,20,50"
-  config.sweep.seeds = 1
-  # Automatic-temperature variants, one row each (issue: UW-SO without a grid).
-  config.sweep.variants = "uw_so_rel,uw_so_entropy"
+  config.sweep.seeds = 3
+  # The rows besides the T grid: the automatic variants at their defaults,
+  # uw_so_rel and uw_so_entropy at their earlier defaults, UW-O and EW
+  # (docs/results/uw_so_auto.md; "name:field=value" overrides a
+  # config.weighting field for one row).
+  config.sweep.variants = VARIANTS
 
   if arg == "smoke":
     smoke(config)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use '' or 'smoke'.")
   return config
+
+
+VARIANTS = ("uw_so_norm,uw_so_rel,uw_so_entropy,uw_so_rel:uw_so_tau=1,"
+            "uw_so_entropy:uw_so_entropy_target=0.5,uw_o,ew")
 
 
 def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:

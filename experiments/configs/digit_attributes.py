@@ -64,11 +64,16 @@ def get_config(arg: str = ""):
   config.weighting.temperature = TEMPERATURE
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
-  config.compare.methods += ",uw_so_rel,uw_so_entropy"
+  config.compare.methods += ",uw_so_norm,uw_so_rel,uw_so_entropy"
   # Vmapped lanes pay for this MLP on a 2-core CPU (1.2-1.7x for 4 lanes;
   # docs/experiments.md, "Vmapped lanes").
   config.scalarization.lanes = 4
-  config.compare.paired += ",uw_so_rel:uw_so,uw_so_entropy:uw_so,uw_so_rel:ew"
+  config.compare.paired += ",uw_so_norm:uw_so,uw_so_norm:ew"
+  # The temperature sweep (docs/results/uw_so_auto.md), at the committed
+  # learning rates: python -m experiments.temperature_sweep --config \
+  #   experiments/configs/digit_attributes.py --config.protocol.lr_search=False \
+  #   --config.protocol.learning_rates=docs/results/digit_attributes/learning_rates.json
+  config.sweep.temperatures = "1,2,5,10,20,50,100,1000"
   # EW, 1 seed, mean validation accuracy: 0.9503 here; 0.9502 without the
   # decay; 0.9484 (5e-3), 0.9437 (3e-3) and 0.9465 (3e-3, no decay).
   config.optim.learning_rate = 1e-2

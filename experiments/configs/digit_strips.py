@@ -71,14 +71,14 @@ def get_config(arg: str = ""):
   config.weighting.temperature = TEMPERATURE
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
-  config.compare.methods += ",uw_so_rel,uw_so_entropy"
+  config.compare.methods += ",uw_so_norm,uw_so_rel,uw_so_entropy"
   # Vmapped lanes pay for this MLP on a 2-core CPU (1.2-1.7x for 4 lanes;
   # docs/experiments.md, "Vmapped lanes").
   config.scalarization.lanes = 4
-  config.compare.paired += ",uw_so_rel:uw_so,uw_so_entropy:uw_so,uw_so_rel:ew"
+  config.compare.paired += ",uw_so_norm:uw_so,uw_so_norm:ew"
   # The temperature sweep's rows besides the T grid (the UW-SO issue's
   # evaluation): the automatic variants, UW-O and EW.
-  config.sweep.variants = "uw_so_rel,uw_so_entropy,uw_o,ew"
+  config.sweep.variants = default.VARIANTS
   config.sweep.temperatures = "1,2,5,10,20,50,100,1000"
   config.sweep.seeds = 3
   config.optim.learning_rate = 1e-2

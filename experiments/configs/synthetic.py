@@ -38,6 +38,10 @@ def get_config(arg: str = ""):
   config.train.num_steps = 5000                # 50 epochs
   config.train.eval_every = 500
   config.compare.scalarization_step = 0.0      # 10 tasks: no grid by default
+  # The temperature sweep (docs/results/uw_so_auto.md) ran 2000 steps
+  # (--config.train.num_steps=2000): 1/L spans 1e-4 to 1, so the grid
+  # reaches down to T = 0.01.
+  config.sweep.temperatures = "0.01,0.1,0.3,1,2,10,50"
   if arg == "smoke":
     default.smoke(config)
     config.data.num_train, config.data.num_validation = 64, 16

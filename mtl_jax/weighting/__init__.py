@@ -17,11 +17,13 @@ from mtl_jax.weighting.uw import uncertainty_loss, uw
 from mtl_jax.weighting.uw_o import uw_o, uw_o_weights
 from mtl_jax.weighting.uw_so import uw_so, uw_so_weights
 from mtl_jax.weighting.uw_so_entropy import uw_so_entropy, uw_so_entropy_weights
+from mtl_jax.weighting.uw_so_norm import InitialLossState, uw_so_norm, uw_so_norm_weights
 from mtl_jax.weighting.uw_so_rel import LossEMAState, uw_so_rel, uw_so_rel_weights
 
 __all__ = (
     "DWAState",
     "FAMOState",
+    "InitialLossState",
     "LossEMAState",
     "RLWState",
     "STCHState",
@@ -54,6 +56,8 @@ __all__ = (
     "uw_so",
     "uw_so_entropy",
     "uw_so_entropy_weights",
+    "uw_so_norm",
+    "uw_so_norm_weights",
     "uw_so_rel",
     "uw_so_rel_weights",
     "uw_so_weights",

@@ -18,6 +18,7 @@ from mtl_jax.weighting.uw import uw
 from mtl_jax.weighting.uw_o import uw_o
 from mtl_jax.weighting.uw_so import uw_so
 from mtl_jax.weighting.uw_so_entropy import uw_so_entropy
+from mtl_jax.weighting.uw_so_norm import uw_so_norm
 from mtl_jax.weighting.uw_so_rel import uw_so_rel
 
 _FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
@@ -33,6 +34,7 @@ _FACTORIES: dict[str, Callable[..., _base.Weighting]] = {
     "uw_o": uw_o,
     "uw_so": uw_so,
     "uw_so_entropy": uw_so_entropy,
+    "uw_so_norm": uw_so_norm,
     "uw_so_rel": uw_so_rel,
 }
 
@@ -48,7 +50,8 @@ def get(name: str, **hparams: Any) -> _base.Weighting:
   Args:
     name: one of :func:`names`: ``"dwa"``, ``"ew"``, ``"famo"``, ``"gls"``,
       ``"imtl_l"``, ``"rlw"``, ``"scalarization"``, ``"stch"``, ``"uw"``,
-      ``"uw_o"``, ``"uw_so"``, ``"uw_so_entropy"``, ``"uw_so_rel"``.
+      ``"uw_o"``, ``"uw_so"``, ``"uw_so_entropy"``, ``"uw_so_norm"``,
+      ``"uw_so_rel"``.
     **hparams: keyword arguments of that method's factory, for example
       ``temperature=2.0`` for ``"uw_so"`` or ``weights=(0.5, 0.5)`` for
       ``"scalarization"``.

@@ -23,17 +23,24 @@ import jax.numpy as jnp
 from mtl_jax import _checks
 from mtl_jax.weighting import _base
 
-# Chosen once on digit scenes and the synthetic regression (the figures are
-# in uw_so_rel_weights' docstring); not tuned per benchmark.
-DEFAULT_TAU = 1.0
+# None: tau = K / 2, chosen once on the four offline benchmarks (the figures
+# are in uw_so_rel_weights' docstring); not tuned per benchmark.
+DEFAULT_TAU = None
+
+
+def resolve_tau(tau: float | None, losses: jax.Array) -> float:
+  """``tau``, or its default :math:`K / 2` for ``(..., K)`` losses."""
+  return jnp.shape(losses)[-1] / 2.0 if tau is None else tau
 
 
 def check_tau(tau, method: str) -> None:
+  if tau is None:  # the default, K / 2
+    return
   _checks.number(
       tau, "tau", method, low=0, low_open=True, allow_inf=True,
       hint="T = tau * mean_k 1/(L_k + eps): the weights of two tasks differ "
-      "by at most a factor e^(K / tau); tau = 1 is the default, inf gives "
-      "equal weights.")
+      "by at most a factor e^(K / tau); None (the default) is K / 2, inf "
+      "gives equal weights.")
 
 
 def check_ema(ema, method: str) -> None:
@@ -44,7 +51,7 @@ def check_ema(ema, method: str) -> None:
       "0.9 averages over about 10 steps.")
 
 
-def relative_logits(losses: jax.Array, tau: float,
+def relative_logits(losses: jax.Array, tau: float | None,
                     eps: float = 1e-8) -> jax.Array:
   r"""The logits :math:`u_k / (\tau \bar u) = (K / \tau)\, p_k`, stop-gradient.
 
@@ -54,13 +61,14 @@ def relative_logits(losses: jax.Array, tau: float,
   \epsilon) \in (0, 1]`, which cannot overflow even with ``eps = 0`` and
   tiny losses.
   """
+  tau = resolve_tau(tau, losses)
   shifted = jax.lax.stop_gradient(losses) + eps
   ratio = jnp.min(shifted, axis=-1, keepdims=True) / shifted
   shares = ratio / jnp.sum(ratio, axis=-1, keepdims=True)
   return (jnp.shape(losses)[-1] / tau) * shares
 
 
-def uw_so_rel_weights(losses: jax.Array, tau: float = DEFAULT_TAU,
+def uw_so_rel_weights(losses: jax.Array, tau: float | None = DEFAULT_TAU,
                       eps: float = 1e-8) -> jax.Array:
   r"""UW-SO's softmax of the inverse losses at the temperature :math:`\tau \bar u`.
 
@@ -129,8 +137,10 @@ def uw_so_rel_weights(losses: jax.Array, tau: float = DEFAULT_TAU,
     ``(..., K)`` weights on the simplex, with no gradient attached.
 
   Example:
-    >>> uw_so_rel_weights(jnp.array([0.5, 2.0]))
+    >>> uw_so_rel_weights(jnp.array([0.5, 2.0]))  # K = 2: tau = 1
     Array([0.7685, 0.2315], dtype=float32)
+    >>> uw_so_rel_weights(jnp.array([0.5, 1.0, 2.0]))  # K = 3: tau = 1.5
+    Array([0.5027, 0.2839, 0.2134], dtype=float32)
 
   References:
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
@@ -183,7 +193,7 @@ def auto_weighting(weights_fn: Callable[[jax.Array], jax.Array], ema: float,
       num_tasks_of=lambda state: jnp.shape(state.mean)[-1])
 
 
-def uw_so_rel(tau: float = DEFAULT_TAU, eps: float = 1e-8, ema: float = 0.0,
+def uw_so_rel(tau: float | None = DEFAULT_TAU, eps: float = 1e-8, ema: float = 0.0,
               *, check_losses: bool = False) -> _base.Weighting:
   """UW-SO with a relative temperature as a :class:`~mtl_jax.weighting.Weighting`.
 

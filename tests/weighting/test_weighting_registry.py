@@ -90,10 +90,16 @@ def _reference(name, params, state, losses):
     w = 1.0 / (l + 1e-8)
   elif name == "uw_so":
     w = _softmax(1.0 / (l + 1e-8) / 2.0)
-  elif name == "uw_so_rel":
-    w = _softmax(_relative(l))
+  elif name == "uw_so_rel":  # tau = K / 2
+    w = _softmax(_relative(l, k / 2))
   elif name == "uw_so_entropy":
-    w = _entropy_floor(l)
+    w = _entropy_floor(l, 0.9)
+  elif name == "uw_so_norm":  # tau = K / 2 on the losses over the first ones
+    first = (np.asarray(state.initial, np.float64) if int(state.count) > 0
+             else l) + 1e-8
+    u = first / (l + 1e-8)  # the inverse relative losses
+    v = _softmax(2.0 * u / np.sum(u, axis=-1, keepdims=True))
+    w = v / first / np.sum(v / first, axis=-1, keepdims=True)
   elif name == "dwa":
     # The warm state sits at the first step of epoch 2: the epoch that just
     # ended is loss_sum / steps_per_epoch, the one before is state.prev.
@@ -164,7 +170,7 @@ FUNCTIONS = {
     "uw_so_rel_weights": (lambda l, a: uw_so_rel_weights(l, 2.0),
                           lambda l, a: _softmax(_relative(l, 2.0))),
     "uw_so_entropy_weights": (lambda l, a: uw_so_entropy_weights(l),
-                              lambda l, a: _entropy_floor(l)),
+                              lambda l, a: _entropy_floor(l, 0.9)),
     "uncertainty_loss": (
         uncertainty_loss,
         lambda l, a: (np.sum(0.5 * np.exp(-a) * l + 0.5 * a, axis=-1),
@@ -282,7 +288,7 @@ def test_degenerate_losses_stay_finite(name, case):
 def test_names():
   assert weighting.names() == ("dwa", "ew", "famo", "gls", "imtl_l", "rlw",
                                "scalarization", "stch", "uw", "uw_o", "uw_so",
-                               "uw_so_entropy", "uw_so_rel")
+                               "uw_so_entropy", "uw_so_norm", "uw_so_rel")
   assert set(_inputs.METHODS) == set(weighting.names())
 
 
