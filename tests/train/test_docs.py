@@ -3,6 +3,7 @@ import os
 import pathlib
 import re
 
+import jax.numpy as jnp
 import pytest
 
 import mtl_jax
@@ -57,6 +58,18 @@ def test_training_loop_example_runs(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("path,title", [(TRAINING, "Multi-host")])
 def test_other_snippets_compile(path, title):
   compile(_first_python_block(path, title), str(path), "exec")
+
+
+def test_readme_nnx_example_trains_the_nnx_model():
+  code = _first_python_block(README, "Flax NNX")
+  namespace = {"__name__": "__doc_example__"}
+  exec(compile(code, str(README), "exec"), namespace)
+  net, state = namespace["net"], namespace["state"]
+  assert int(state.step) == 1
+  # The model now holds the trained kernel, moved off its initial value.
+  trained = state.params["model"]["kernel"]
+  assert jnp.allclose(net.kernel[...], trained)
+  assert jnp.asarray(namespace["metrics"]["weights"]).shape == (2,)
 
 
 def test_ten_line_example_runs():
