@@ -31,11 +31,12 @@ Command (the main job: the whole protocol, about 10 minutes on 2 CPU cores):
   python -m experiments.train --config experiments/configs/digit_strips.py \
       --config.weighting.name=uw_so --workdir runs/digit_strips_uw_so
 
-Runtime: 7.7 min for the main job from a fresh clone on a 2-core CPU
-(install excluded; 156 runs). A run is 1000 steps of batch 64 through a
+Runtime: 6.1 min for the main job from a fresh clone on a quiet 2-core CPU
+(install excluded, 24 s; 162 runs; 7.7 min for 156 runs under load). A run is 1000 steps of batch 64 through a
 128x128 MLP: 2-6 s in-process once compiled, gradient-space methods 1.5-3x.
 Expected result: docs/results/digit_strips/results.md (all four checks pass;
-FAMO, CAGrad and Nash-MTL lowest Delta_m, MGDA highest).
+FAMO, CAGrad and Nash-MTL lowest Delta_m, then Aligned-MTL and uw_so_norm;
+MGDA highest).
 """
 from experiments.configs import default
 
