@@ -118,7 +118,11 @@ def plot(path: str, sums, spec) -> None:
   variants = [s for s in sums if not math.isfinite(s["temperature"])]
   sums = [s for s in sums if math.isfinite(s["temperature"])]
   t = [s["temperature"] for s in sums]
-  fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+  # The legend gets a panel of its own: with several automatic variants it
+  # would cover the curves.
+  fig, (a, legend, b) = plt.subplots(
+      1, 3, figsize=(14, 4.2), gridspec_kw={"width_ratios": [3, 1.5, 3]})
+  legend.axis("off")
   a.plot(t, [s["val_delta_m_metric"] for s in sums], "o-", label="validation")
   a.plot(t, [s["delta_m_metric_mean"] for s in sums], "s--", label="test")
   for i, v in enumerate(variants):
@@ -130,7 +134,7 @@ def plot(path: str, sums, spec) -> None:
   a.set_xscale("log")
   a.set_xlabel("temperature T")
   a.set_ylabel("Δm % (metrics) ↓")
-  a.legend(fontsize=7)
+  legend.legend(*a.get_legend_handles_labels(), fontsize=7, loc="center")
   a.grid(alpha=0.3, which="both")
   shares = np.array([[float(x) for x in s["final_weights"].split()]
                      for s in sums])

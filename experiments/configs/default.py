@@ -184,6 +184,7 @@ def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:
   config.compare.methods = "ew,uw_so"
   config.compare.scalarization_step = 0.0  # no grid (digit scenes: one point)
   config.sweep.temperatures = "1,10"
+  config.sweep.seeds = 1
   config.sweep.variants = "uw_so_rel"
   if config.data.name == "digit_scenes":
     config.data.num_train, config.data.num_validation = 16, 8
