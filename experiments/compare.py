@@ -393,16 +393,18 @@ def define_flags() -> None:
                                   lock_config=True)
 
 
-def embed(doc_path: str, text: str) -> None:
-  """Replaces the block between BEGIN and END in ``doc_path`` by ``text``."""
+def embed(doc_path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces the block between ``begin`` and ``end`` in ``doc_path`` by
+  ``text`` (by default the main job's summary markers)."""
   with open(doc_path) as f:
     doc = f.read()
-  if BEGIN not in doc or END not in doc:
-    raise ValueError(f"{doc_path} has no {BEGIN} ... {END} block.")
-  head, rest = doc.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
+  if begin not in doc or end not in doc:
+    raise ValueError(f"{doc_path} has no {begin} ... {end} block; add the two "
+                     "markers where the block goes.")
+  head, rest = doc.split(begin, 1)
+  tail = rest.split(end, 1)[1]
   with open(doc_path, "w") as f:
-    f.write(f"{head}{BEGIN}\n{text.strip()}\n{END}{tail}")
+    f.write(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
 def main(argv):

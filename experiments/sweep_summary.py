@@ -28,6 +28,8 @@ from typing import Any
 
 from absl import app, flags
 
+from experiments import compare, report
+
 BEGIN, END = "<!-- sweep_summary:begin -->", "<!-- sweep_summary:end -->"
 # The paper's best T values: 2 to 3 on NYUv2, 20 to 48 on Cityscapes; the
 # sweeps' grids hold 2 and 50.
@@ -86,7 +88,7 @@ def markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
                  f"(tuned on validation)** | {_pm(t)} | - | - | "
                  f"{t['max_share']:.3f} |")
     for r in s["shown"]:
-      paired = (f"{r['vs_best_mean']:+.2f} ± {r['vs_best_std']:.2f}"
+      paired = (report.fixed_text(r["vs_best_mean"], r["vs_best_std"])
                 if math.isfinite(r["vs_best_mean"]) else "-")
       lines.append(f"| | {_label(r)} | {_pm(r)} | {paired} | {_verdict(r)} | "
                    f"{r['max_share']:.3f} |")
@@ -111,20 +113,12 @@ def markdown(summaries: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _pm(row: Mapping[str, Any]) -> str:
-  return f"{row['delta_m_metric_mean']:+.2f} ± {row['delta_m_metric_std']:.2f}"
+  return report.fixed_text(row["delta_m_metric_mean"], row["delta_m_metric_std"])
 
 
 def embed(path: str, block: str) -> None:
   """Replaces the text between ``BEGIN`` and ``END`` in ``path``."""
-  with open(path) as f:
-    text = f.read()
-  if BEGIN not in text or END not in text:
-    raise ValueError(f"{path} has no {BEGIN} ... {END} block; add the two "
-                     "markers where the table goes.")
-  head, rest = text.split(BEGIN, 1)
-  _, tail = rest.split(END, 1)
-  with open(path, "w") as f:
-    f.write(f"{head}{BEGIN}\n{block}{END}{tail}")
+  compare.embed(path, block, BEGIN, END)
 
 
 def define_flags() -> None:

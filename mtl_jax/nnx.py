@@ -75,7 +75,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, traverse_util
 
 from mtl_jax import _checks
 from mtl_jax.train.state import TrainState, init_train_state
@@ -231,17 +231,6 @@ def _collection(variable_type: type) -> str:
     return variable_type.__name__
 
 
-def _nest(flat: Mapping[Path, Any]) -> dict[Any, Any]:
-  """``{("a", "b"): x}`` -> ``{"a": {"b": x}}`` (``nnx.to_pure_dict``'s layout)."""
-  out: dict[Any, Any] = {}
-  for path, value in flat.items():
-    node = out
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return out
-
-
 def _flat(state: nnx.State) -> dict[Path, nnx.Variable]:
   return dict(nnx.to_flat_state(state))
 
@@ -278,9 +267,10 @@ class _Layout:
 
   def variables(self, model: nnx.Module) -> dict[str, Any]:
     values = {p: v.get_value() for p, v in _flat(nnx.state(model)).items()}
-    out = {"params": _nest({p: values[p] for p in self.param_paths})}
+    nest = traverse_util.unflatten_dict
+    out = {"params": nest({p: values[p] for p in self.param_paths})}
     for name, paths in self.collections.items():
-      out[name] = _nest({p: values[p] for p in paths})
+      out[name] = nest({p: values[p] for p in paths})
     return out
 
   def merge(self, variables: Mapping[str, Any]) -> nnx.Module:
@@ -400,7 +390,8 @@ def model_apply_fn(model: nnx.Module, *, input_key: str = "image",
       net, args = build(variables, False)
       _, perturbations = nnx.capture(net, nnx.Perturbation)(batch[input_key],
                                                              **args)
-      return _nest({p: v.get_value() for p, v in _flat(perturbations).items()})
+      return traverse_util.unflatten_dict(
+          {p: v.get_value() for p, v in _flat(perturbations).items()})
 
     template = jax.eval_shape(shapes)
     if not jax.tree.leaves(template):

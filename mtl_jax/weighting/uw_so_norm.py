@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from mtl_jax import _checks
 from mtl_jax.weighting import _base
-from mtl_jax.weighting.uw_so_rel import check_tau, resolve_tau, uw_so_rel_weights
+from mtl_jax.weighting.uw_so_rel import check_tau, uw_so_rel_weights
 
 
 class InitialLossState(NamedTuple):
@@ -122,13 +122,12 @@ def uw_so_norm_weights(losses: jax.Array, initial: jax.Array,
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
-  if tau is not None:
-    check_tau(tau, "uw_so_norm_weights")
+  check_tau(tau, "uw_so_norm_weights")  # None (K / 2) passes
   _base.check_eps(eps, "uw_so_norm_weights")
   losses = jax.lax.stop_gradient(losses)
   first = jax.lax.stop_gradient(initial).astype(losses.dtype) + eps
   ratio = (losses + eps) / first
-  v = uw_so_rel_weights(ratio, resolve_tau(tau, ratio), 0.0)
+  v = uw_so_rel_weights(ratio, tau, 0.0)
   raw = v / first
   return raw / jnp.sum(raw, axis=-1, keepdims=True)
 
@@ -157,8 +156,7 @@ def uw_so_norm(tau: float | None = None, eps: float = 1e-8, *,
     >>> out.weights.round(4)  # task 0 has halved its loss: more weight
     Array([0.9873, 0.0127], dtype=float32)
   """
-  if tau is not None:
-    check_tau(tau, "uw_so_norm")
+  check_tau(tau, "uw_so_norm")
   _base.check_eps(eps, "uw_so_norm")
   check_losses = _checks.flag(check_losses, "check_losses", "uw_so_norm")
   check = ((lambda l: _base.check_positive_losses(l, "uw_so_norm"))
