@@ -127,6 +127,53 @@ def _load_celeba(data: Config, split: str, **kwargs) -> Any:
   return celeba.load(data.data_dir, split, **_pipeline_kwargs(data), **kwargs)
 
 
+def _load_qm9(data: Config, split: str, **kwargs) -> Any:
+  from mtl_jax.data import qm9
+  ds = qm9.load(split, data_dir=data.data_dir, source_dir=data.root or None,
+                perception_table=data.get("perception_table") or None,
+                edges=data.edges, split_seed=data.split_seed,
+                num_train=data.num_train or None, num_validation=data.num_validation,
+                num_test=data.num_test, **_pipeline_kwargs(data), **kwargs)
+  return ds.map(functools.partial(qm9_inputs, layout=data.layout,
+                                  max_edges=QM9_MAX_EDGES[data.edges]))
+
+
+def qm9_inputs(batch: Mapping[str, np.ndarray], layout: str = "dense",
+               max_edges: int = 0) -> dict[str, Any]:
+  """A QM9 batch as the engine reads it: the model's ``graph`` (in the padded
+  dense or the edge-list layout, :class:`mtl_jax.models.QM9Net`), the
+  standardised ``targets`` (B, 11), and each target as its own (B,) column
+  (for the constant predictor of :mod:`experiments.trivial`)."""
+  from mtl_jax.data import qm9
+  graph = {k: batch[k] for k in ("nodes", "node_mask", "edges", "edge_mask")}
+  if layout == "edges":
+    graph = models.qm9_edge_list(graph, max_edges)
+  elif layout != "dense":
+    raise ValueError(f"data.layout must be 'dense' or 'edges', got {layout!r}.")
+  targets = np.asarray(batch["targets"])
+  return {"graph": graph, "targets": targets,
+          **{t: targets[:, k] for k, t in enumerate(qm9.TARGETS)}}
+
+
+# Edges per molecule in the edge-list layout: the complete graph of QM9's
+# largest molecule (29 atoms), and the most bonds of any molecule, counted
+# both ways (56, measured on all 130,831; the layout checks it per batch).
+QM9_MAX_EDGES = {"complete": 29 * 28, "bonded": 56}
+
+
+def qm9_spec(data: Config) -> DatasetSpec:
+  """QM9's 11 targets: MSE on standardised targets, MAE in the papers' units,
+  the published single-task MAEs."""
+  from mtl_jax.data import qm9
+  _, std = qm9.statistics(data.data_dir, source_dir=data.root or None,
+                          perception_table=data.get("perception_table") or None)
+  return DatasetSpec(
+      "qm9", qm9.TARGETS, ("regression",) * qm9.NUM_TASKS, mtl_losses.qm9_losses,
+      mtl_metrics.qm9_metrics(std), {f"{t}/mae": False for t in qm9.TARGETS},
+      {f"{t}/mae": v for t, v in qm9.STL_BASELINES.items()}, _load_qm9,
+      input_key="graph")
+
+
 def synthetic_metric(num_tasks: int) -> mtl_metrics.Metric:
   """Per-task mean squared error ``task_k/mse`` of the synthetic regression."""
 
@@ -187,6 +234,8 @@ def dataset_spec(data: Config) -> DatasetSpec:
         mtl_losses.cityscapes_losses,
         mtl_metrics.cityscapes_metrics(data.num_classes),
         mtl_metrics.CITYSCAPES_HIGHER_IS_BETTER, published, _load_cityscapes)
+  if name == "qm9":
+    return qm9_spec(data)
   if name == "celeba":
     from mtl_jax.data import celeba
     return DatasetSpec(
@@ -194,7 +243,7 @@ def dataset_spec(data: Config) -> DatasetSpec:
         mtl_losses.celeba_losses, mtl_metrics.celeba_metrics(),
         mtl_metrics.CELEBA_HIGHER_IS_BETTER, None, _load_celeba)
   raise ValueError(f"unknown dataset {name!r}; expected one of digit_scenes, "
-                   "digit_attributes, synthetic, nyuv2, cityscapes, celeba.")
+                   "digit_attributes, synthetic, nyuv2, cityscapes, celeba, qm9.")
 
 
 def metric_task(metric_name: str) -> str:
@@ -259,11 +308,14 @@ def _build_net(config: Config) -> nn.Module:
     return cls(heads=heads, filters=tuple(m.filters))
   if m.name == "resnet18":
     return models.ResNet18(num_attributes=40, width=m.width)
+  if m.name == "qm9_net":
+    return models.QM9Net(dim=m.dim, edge_hidden_size=m.edge_hidden,
+                         message_steps=m.message_steps, set2set_steps=m.set2set_steps)
   if m.name == "mlp":
     return models.MLPTrunk(num_tasks=data.num_tasks, width=m.width,
                            depth=m.depth)
   raise ValueError(f"unknown model {m.name!r}; expected digit_scene_net, "
-                   "digit_attribute_net, segnet, mtan, resnet18 or mlp.")
+                   "digit_attribute_net, segnet, mtan, resnet18, mlp or qm9_net.")
 
 
 # ---------------------------------------------------------------- weightings
@@ -425,12 +477,50 @@ def learning_rate(config: Config) -> optax.Schedule:
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
-  """Adam(W) with step decay on the model; Adam on the weighting parameters."""
+  """Adam(W) with step decay on the model; Adam on the weighting parameters.
+
+  With ``optim.plateau_factor > 0`` every update is then multiplied by a
+  scale held in the optimiser state (``optax.inject_hyperparams(optax.scale)``),
+  which the run loop lowers on validation plateaus (:func:`plateau`), as
+  PyTorch's ReduceLROnPlateau lowers every parameter group's rate.
+  """
   o = config.optim
   wlr = o.weighting_learning_rate or o.learning_rate
-  return train.make_optimizer(learning_rate(config),
-                              weighting_learning_rate=wlr,
-                              weight_decay=o.weight_decay)
+  tx = train.make_optimizer(learning_rate(config),
+                            weighting_learning_rate=wlr,
+                            weight_decay=o.weight_decay)
+  if plateau(config) is not None:
+    tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  return tx
+
+
+def plateau(config: Config) -> optax.GradientTransformationExtraArgs | None:
+  """``optax.contrib.reduce_on_plateau`` stepped once per evaluation on the
+  validation selection score (``None`` when ``optim.plateau_factor`` is 0).
+
+  PyTorch's ``ReduceLROnPlateau(mode="min", factor, patience,
+  threshold=rtol, min_lr)``: the scale drops by ``factor`` after more than
+  ``patience`` evaluations without a relative improvement of ``rtol``, down
+  to ``min_lr / learning_rate``.
+  """
+  o = config.optim
+  factor = float(o.get("plateau_factor", 0.0))
+  if not factor:
+    return None
+  if not 0.0 < factor < 1.0 or o.plateau_patience < 0:
+    raise ValueError(f"optim.plateau_factor must be in (0, 1) and plateau_patience >= 0, "
+                     f"got {factor} and {o.plateau_patience}.")
+  return optax.contrib.reduce_on_plateau(
+      factor=factor, patience=int(o.plateau_patience), rtol=float(o.plateau_rtol),
+      min_scale=float(o.plateau_min_lr) / float(o.learning_rate))
+
+
+def with_update_scale(state: train.TrainState, scale: Any) -> train.TrainState:
+  """``state`` whose plateau scale (the last transformation of
+  :func:`build_optimizer`'s chain) is ``scale``."""
+  *inner, scaled = state.opt_state
+  hyper = {**scaled.hyperparams, "step_size": jnp.asarray(scale, jnp.float32)}
+  return state.replace(opt_state=(*inner, scaled._replace(hyperparams=hyper)))
 
 
 def compute_dtype(config: Config) -> jnp.dtype | None:

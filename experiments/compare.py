@@ -407,15 +407,20 @@ def embed(doc_path: str, text: str, begin: str = BEGIN, end: str = END) -> None:
     f.write(f"{head}{begin}\n{text.strip()}\n{end}{tail}")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
-  config = FLAGS.config
-  workdir = FLAGS.workdir or os.path.join("runs", f"compare_{config.name}")
+def run_and_report(config, workdir: str, results_dir: str | None = None,
+                   docs: str | None = None, verbose: bool = False):
+  """The whole comparison of ``config`` (the body of ``main``): prints its
+  cost, runs every row, writes the outputs into ``workdir`` (and copies them
+  to ``results_dir``, embeds the summary into ``docs``).
+
+  Returns:
+    ``(out, rows, wall_s)``: :func:`write_outputs`' summaries, the rows and
+    the wall time of the command.
+  """
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
-  log = protocol.log_to_file(workdir, FLAGS.verbose)
+  log = protocol.log_to_file(workdir, verbose)
   print(textwrap.fill(f"{config.name}: {cost_text(config)}", width=100),
         flush=True)
   if log:
@@ -435,15 +440,25 @@ def main(argv):
     with open(timing, "w") as f:
       json.dump({"wall_s": wall_s}, f)
   out = write_outputs(config, workdir, rows, wall_s, regenerated=regenerated)
-  if FLAGS.results_dir:
-    copy_outputs(workdir, FLAGS.results_dir)
-  if FLAGS.docs:
-    for doc in FLAGS.docs.split(","):
+  if results_dir:
+    copy_outputs(workdir, results_dir)
+  if docs:
+    for doc in docs.split(","):
       link = ""
-      if FLAGS.results_dir:
-        link = os.path.relpath(os.path.join(FLAGS.results_dir, "results.md"),
+      if results_dir:
+        link = os.path.relpath(os.path.join(results_dir, "results.md"),
                                os.path.dirname(os.path.abspath(doc)))
       embed(doc, summary_markdown(config, out, wall_s, link))
+  return out, rows, wall_s
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  config = FLAGS.config
+  workdir = FLAGS.workdir or os.path.join("runs", f"compare_{config.name}")
+  out, _, wall_s = run_and_report(config, workdir, FLAGS.results_dir, FLAGS.docs,
+                                  FLAGS.verbose)
   print(summary(out, wall_s, workdir))
 
 

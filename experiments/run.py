@@ -343,6 +343,38 @@ class _Selector:
 BEST = "best.msgpack"
 
 
+class _Plateau:
+  """ReduceLROnPlateau on the validation score (``optim.plateau_factor``).
+
+  Stepped after each evaluation with the record's selection score; the
+  resulting scale goes into the optimiser state (:func:`common.with_update_scale`)
+  and into the record (``lr_scale``). A resumed run replays the scores of
+  its restored records, so the schedule needs no state of its own on disk.
+  """
+
+  def __init__(self, config: Config, records: Sequence[dict[str, Any]]):
+    self.tx = common.plateau(config)
+    self.state = self.tx.init(None) if self.tx is not None else None
+    for record in records:
+      self._update(record)
+
+  def _update(self, record: dict[str, Any]) -> None:
+    _, self.state = self.tx.update(jnp.zeros(()), self.state,
+                                   value=jnp.asarray(record["score"], jnp.float32))
+    record["lr_scale"] = float(self.state.scale)
+
+  def apply(self, state: train.TrainState) -> train.TrainState:
+    if self.tx is None:
+      return state
+    return common.with_update_scale(state, self.state.scale)
+
+  def step(self, record: dict[str, Any], state: train.TrainState) -> train.TrainState:
+    if self.tx is None:
+      return state
+    self._update(record)
+    return self.apply(state)
+
+
 def run(program: Program, workdir: str, *, seed: int,
         weights: Sequence[float] | None = None,
         reference: Mapping[str, float] | None = None) -> dict[str, Any]:
@@ -372,6 +404,8 @@ def run(program: Program, workdir: str, *, seed: int,
                        config.train.get("patience", 0),
                        config.train.get("select", "best"))
   selector.restore(records, workdir, state)
+  schedule = _Plateau(config, records)
+  state = schedule.apply(state)
   batches = train_batches(program, seed)
   split = config.data.eval_split
   stopped = False
@@ -387,6 +421,7 @@ def run(program: Program, workdir: str, *, seed: int,
     values = evaluate(program, state, split)
     record = {"step": end, "split": split, **values}
     stopped = selector.add(record, state)
+    state = schedule.step(record, state)
     records.append(record)
     if ckpt > 0 and selector.best is record:
       selector.save(workdir)

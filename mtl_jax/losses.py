@@ -276,3 +276,20 @@ def synthetic_losses(outputs: Outputs, batch: Batch) -> jax.Array:
   err = jnp.square(outputs["y"].astype(jnp.float32)
                    - batch["y"].astype(jnp.float32))
   return jnp.mean(err, axis=(0, 2))
+
+
+# QM9's 11 targets, in the papers' order (mtl_jax.data.qm9.TARGETS).
+QM9_TASKS = ("mu", "alpha", "homo", "lumo", "r2", "zpve", "u0", "u", "h", "g", "cv")
+
+
+def qm9_losses(outputs: Outputs, batch: Batch,
+               tasks: Sequence[str] = QM9_TASKS) -> jax.Array:
+  r"""QM9: per-target MSE on standardised targets, (K,), as the papers train.
+
+  .. math:: L_k = \frac{1}{B} \sum_b (\hat y_{bk} - y_{bk})^2
+
+  Reads ``outputs[task]`` (B,) and column k of ``batch["targets"]`` (B, K),
+  standardised by :func:`mtl_jax.data.qm9.statistics`.
+  """
+  y = batch["targets"].astype(jnp.float32)
+  return jnp.stack([mse(outputs[t], y[:, k]) for k, t in enumerate(tasks)])

@@ -616,3 +616,44 @@ def delta_m(metrics: Mapping[str, Any], baselines: Mapping[str, float],
     per_task.setdefault(task_of(name), []).append(term)
   return 100.0 * sum(sum(v) / len(v) for v in per_task.values()) / len(
       per_task)
+
+
+class QM9State(NamedTuple):
+  abs_sum: jax.Array  # (K,) float32, sum of |pred - target| in standardised units
+  count: jax.Array    # () int32
+
+
+def qm9_metrics(scale: Sequence[float], tasks: Sequence[str] | None = None) -> Metric:
+  r"""QM9: each target's MAE in the papers' units, ``<target>/mae``.
+
+  .. math:: \mathrm{MAE}_k = \frac{\sigma_k}{n} \sum_b |\hat y_{bk} - y_{bk}|
+
+  where predictions and targets are standardised and :math:`\sigma_k` is
+  target k's standard deviation in the papers' units (``scale``: D, a0^3,
+  meV, a0^2, cal/mol K; :func:`mtl_jax.data.qm9.statistics`).
+
+  Args:
+    scale: (K,) standard deviations, in the order of ``tasks``.
+    tasks: target names (default: the papers' 11, ``losses.QM9_TASKS``).
+  """
+  from mtl_jax.losses import QM9_TASKS
+  tasks = tuple(tasks or QM9_TASKS)
+  scale_arr = jnp.asarray(scale, jnp.float32)
+  if scale_arr.shape != (len(tasks),):
+    raise ValueError(f"qm9_metrics needs one scale per task ({len(tasks)}), got shape "
+                     f"{scale_arr.shape}.")
+
+  def init() -> QM9State:
+    return QM9State(jnp.zeros((len(tasks),), jnp.float32), jnp.zeros((), jnp.int32))
+
+  def update(state: QM9State, outputs: Mapping[str, jax.Array],
+             batch: Mapping[str, jax.Array]) -> QM9State:
+    pred = jnp.stack([outputs[t].astype(jnp.float32) for t in tasks], axis=-1)
+    err = jnp.abs(pred - batch["targets"].astype(jnp.float32))
+    return QM9State(state.abs_sum + err.sum(axis=0), state.count + err.shape[0])
+
+  def compute(state: QM9State) -> dict[str, jax.Array]:
+    mae = scale_arr * _ratio(state.abs_sum, state.count)
+    return {f"{t}/mae": mae[k] for k, t in enumerate(tasks)}
+
+  return Metric(init, update, compute)

@@ -109,6 +109,12 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.optim.weighting_learning_rate = 0.0  # UW / IMTL-L params; 0: same as the model
   config.optim.decay_every_epochs = 1.6       # step decay; 0: constant learning rate
   config.optim.decay_factor = 0.5
+  # ReduceLROnPlateau on the validation selection score, stepped at each
+  # evaluation (experiments.run); 0: off. The QM9 papers: 0.7, 5, 1e-5.
+  config.optim.plateau_factor = 0.0
+  config.optim.plateau_patience = 5
+  config.optim.plateau_rtol = 1e-4            # PyTorch's threshold (relative)
+  config.optim.plateau_min_lr = 1e-5
 
   # --------------------------------------------------------------- train
   config.train = config_dict.ConfigDict()

@@ -12,6 +12,8 @@ from mtl_jax.models.digit_attribute import DigitAttributeNet
 from mtl_jax.models.digit_scene import DigitSceneNet
 from mtl_jax.models.mlp import MLPTrunk
 from mtl_jax.models.mtan import MTAN
+from mtl_jax.models.qm9 import QM9Net
+from mtl_jax.models.qm9 import edge_list as qm9_edge_list
 from mtl_jax.models.resnet import ResNet18
 from mtl_jax.models.segnet import CITYSCAPES_HEADS, NYUV2_HEADS, SegNet
 
@@ -19,11 +21,13 @@ __all__ = (
     "CITYSCAPES_HEADS",
     "MTAN",
     "NYUV2_HEADS",
+    "QM9Net",
     "DigitAttributeNet",
     "DigitSceneNet",
     "MLPTrunk",
     "ResNet18",
     "SegNet",
     "mark_features",
+    "qm9_edge_list",
     "task_params",
 )

@@ -125,7 +125,8 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
   Args:
     rng: a PRNG key.
     model: a linen Module whose ``__call__(x, train)`` returns the outputs.
-    sample_batch: a batch (dict) holding the model input under ``input_key``.
+    sample_batch: a batch (dict) holding the model input under ``input_key``
+      (an array, or a pytree of arrays such as a graph's).
     weighting: a method from :func:`mtl_jax.weighting.get`.
     optimizer: see :func:`make_optimizer`.
     num_tasks: K.
@@ -139,7 +140,7 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
   """
   init_rng, params_rng, dropout_rng = jax.random.split(rng, 3)
   variables = model.init({"params": params_rng, "dropout": dropout_rng},
-                         jnp.asarray(sample_batch[input_key]), train=False,
+                         jax.tree.map(jnp.asarray, sample_batch[input_key]), train=False,
                          **dict(init_kwargs or {}))
   return init_train_state(init_rng, variables, weighting, optimizer, num_tasks,
                           task_params=task_params)
