@@ -188,6 +188,39 @@ def test_jacobian_memory_smoke(tmp_path):
   assert "| mgda, chunk_size=2 |" in out.stdout
 
 
+# Runs the script in argv[1] with the modules the lent GPU machine lacks
+# (and what imports them: mtl_jax.data, experiments) made unimportable.
+_DEVICE_IMAGE = (
+    "import runpy, sys\n"
+    "class Lacks:\n"
+    "  def find_spec(self, name, path=None, target=None):\n"
+    "    if (name.split('.')[0] in ('grain', 'tensorflow_datasets',\n"
+    "        'array_record', 'ml_collections', 'experiments')\n"
+    "        or name.startswith('mtl_jax.data')):\n"
+    "      raise ModuleNotFoundError(f'not on the device image: {name}')\n"
+    "sys.meta_path.insert(0, Lacks())\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+@pytest.mark.slow
+def test_qm9_epoch_quick_smoke(tmp_path):
+  path = tmp_path / "qm9.json"
+  out = _run(["-c", _DEVICE_IMAGE, str(BENCH / "qm9_epoch.py"), "--quick",
+              "--steps", "2", "--json", str(path)])
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())
+  assert result["setup"]["generated_molecules"]
+  rows = result["rows"]
+  assert set(rows) == {"eval forward (batch 24)", "ew (train step)",
+                       "nash_mtl (params mode, train step)"}
+  assert all(r["ms"] > 0 and r["compile_s"] > 0 for r in rows.values())
+  ew = rows["ew (train step)"]
+  assert ew["run_h"] == pytest.approx(300 * ew["epoch_min"] / 60, rel=1e-2)
+  assert "GENERATED" in out.stdout and "PROJECTION" in out.stdout
+  assert "| nash_mtl (params mode, train step) |" in out.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_GRADIENT_BENCH,
                     reason="needs the bench extra (torch, LibMTL, torchjd)")
