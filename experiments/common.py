@@ -510,17 +510,19 @@ def plateau(config: Config) -> optax.GradientTransformationExtraArgs | None:
   if not 0.0 < factor < 1.0 or o.plateau_patience < 0:
     raise ValueError(f"optim.plateau_factor must be in (0, 1) and plateau_patience >= 0, "
                      f"got {factor} and {o.plateau_patience}.")
+  # PyTorch lowers the rate when the count of bad evaluations exceeds its
+  # patience, optax when the count reaches it: optax's patience is one more.
   return optax.contrib.reduce_on_plateau(
-      factor=factor, patience=int(o.plateau_patience), rtol=float(o.plateau_rtol),
+      factor=factor, patience=int(o.plateau_patience) + 1, rtol=float(o.plateau_rtol),
       min_scale=float(o.plateau_min_lr) / float(o.learning_rate))
 
 
-def with_update_scale(state: train.TrainState, scale: Any) -> train.TrainState:
-  """``state`` whose plateau scale (the last transformation of
-  :func:`build_optimizer`'s chain) is ``scale``."""
-  *inner, scaled = state.opt_state
+def with_update_scale(opt_state: Any, scale: Any) -> Any:
+  """``opt_state`` of :func:`build_optimizer` whose plateau scale (the last
+  transformation of its chain) is ``scale``."""
+  *inner, scaled = opt_state
   hyper = {**scaled.hyperparams, "step_size": jnp.asarray(scale, jnp.float32)}
-  return state.replace(opt_state=(*inner, scaled._replace(hyperparams=hyper)))
+  return (*inner, scaled._replace(hyperparams=hyper))
 
 
 def compute_dtype(config: Config) -> jnp.dtype | None:

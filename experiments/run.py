@@ -366,7 +366,8 @@ class _Plateau:
   def apply(self, state: train.TrainState) -> train.TrainState:
     if self.tx is None:
       return state
-    return common.with_update_scale(state, self.state.scale)
+    return state.replace(opt_state=common.with_update_scale(state.opt_state,
+                                                            self.state.scale))
 
   def step(self, record: dict[str, Any], state: train.TrainState) -> train.TrainState:
     if self.tx is None:

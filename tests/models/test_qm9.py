@@ -1,5 +1,7 @@
 """QM9Net: the official parameter count, the factored NNConv against per-edge
 matrices, both layouts, padding and atom order, the heads for the gradient family."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,9 +87,9 @@ def test_factored_nnconv_equals_per_edge_matrices(bonded):
 def test_edge_list_layout_equals_dense(bonded):
   g = _graphs(3, 7, bonded=bonded, seed=3)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
-  variables = net.init(KEY, g)
-  dense = net.apply(variables, g)
-  sparse = net.apply(variables, models.qm9_edge_list(g, 7 * 6))
+  variables = jax.jit(net.init)(KEY, g)
+  dense = jax.jit(net.apply)(variables, g)
+  sparse = jax.jit(net.apply)(variables, models.qm9_edge_list(g, 7 * 6))
   for t in net.tasks:
     np.testing.assert_allclose(sparse[t], dense[t], rtol=1e-5, atol=1e-5)
 
@@ -101,8 +103,8 @@ def test_edge_list_refuses_too_many_edges():
 def test_padding_atoms_and_atom_order_do_not_change_the_outputs():
   g = _graphs(2, 6, seed=4)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
-  variables = net.init(KEY, g)
-  base = net.apply(variables, g)
+  variables = jax.jit(net.init)(KEY, g)
+  base = jax.jit(net.apply)(variables, g)
   # Garbage in the padding rows, and two more padding atoms.
   padded = {k: np.array(v) for k, v in g.items()}
   padded["nodes"][padded["node_mask"] == 0] = 1e3
@@ -116,7 +118,7 @@ def test_padding_atoms_and_atom_order_do_not_change_the_outputs():
              "edges": g["edges"][:, perm][:, :, perm],
              "edge_mask": g["edge_mask"][:, perm][:, :, perm]}
   for other in (wide, flipped):
-    out = net.apply(variables, other)
+    out = jax.jit(net.apply)(variables, other)
     for t in net.tasks:
       np.testing.assert_allclose(out[t], base[t], rtol=1e-5, atol=1e-5)
 
@@ -124,9 +126,9 @@ def test_padding_atoms_and_atom_order_do_not_change_the_outputs():
 def test_molecules_do_not_see_each_other():
   g = _graphs(3, 6, seed=5)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
-  variables = net.init(KEY, g)
-  whole = net.apply(variables, g)
-  alone = net.apply(variables, jax.tree.map(lambda a: a[1:2], g))
+  variables = jax.jit(net.init)(KEY, g)
+  whole = jax.jit(net.apply)(variables, g)
+  alone = jax.jit(net.apply)(variables, jax.tree.map(lambda a: a[1:2], g))
   np.testing.assert_allclose(alone["mu"], whole["mu"][1:2], rtol=1e-5, atol=1e-6)
 
 
@@ -134,16 +136,16 @@ def test_heads_are_the_task_parameters_and_the_features_are_marked():
   assert models.task_params(models.QM9Net()) == ("head_*",)
   g = _graphs(2, 5)
   net = models.QM9Net(dim=8, edge_hidden_size=4, tasks=("a", "b", "c"))
-  variables = net.init(KEY, g)
+  variables = jax.jit(net.init)(KEY, g)
   heads = sorted(k for k in variables["params"] if k.startswith("head_"))
   assert heads == ["head_a", "head_b", "head_c"]
-  _, state = net.apply(variables, g, mutable=["perturbations"])
+  _, state = jax.jit(functools.partial(net.apply, mutable=["perturbations"]))(variables, g)
   assert state["perturbations"]["features"].shape == (2, 8)
 
 
 def test_torch_initialisation_bounds():
   g = _graphs(1, 5)
-  params = models.QM9Net().init(KEY, g)["params"]
+  params = jax.jit(models.QM9Net().init)(KEY, g)["params"]
   lin0 = params["lin0"]["linear"]["kernel"]          # fan-in 11
   assert float(jnp.max(jnp.abs(lin0))) <= 1 / np.sqrt(11)
   assert float(jnp.max(jnp.abs(lin0))) > 0.8 / np.sqrt(11)
@@ -165,7 +167,7 @@ def test_gradients_are_finite_with_an_atomless_row():
   g["node_mask"][1] = 0
   g["edge_mask"][1] = 0
   net = models.QM9Net(dim=8, edge_hidden_size=4)
-  variables = net.init(KEY, g)
+  variables = jax.jit(net.init)(KEY, g)
   loss = lambda v: sum(jnp.sum(o) for o in net.apply(v, g).values())
-  grads = jax.grad(loss)(variables)
+  grads = jax.jit(jax.grad(loss))(variables)
   assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(grads))
