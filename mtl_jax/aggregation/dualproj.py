@@ -38,7 +38,9 @@ def dualproj_weights(gramian: jax.Array, pref_vector: Any = None, *,
   :math:`\{x : J x \ge 0\}`, the closest direction that conflicts with no
   task. With the ridge, :math:`d = J^\top w` only satisfies
   :math:`J d \ge -\epsilon_{reg} \operatorname{tr}(G) \, w`, as in TorchJD;
-  ``reg_eps=0`` makes it exact.
+  ``reg_eps=0`` makes it exact, on singular Gramians too, up to rounding
+  (see :func:`~mtl_jax.aggregation.upgrad.upgrad_weights` for the scale of
+  the rounding and the condition on ``norm_eps``).
 
   Solver (written here, :mod:`mtl_jax.aggregation._qp`, shared with UPGrad;
   no kept JAX library solves an inequality-constrained QP, TorchJD calls

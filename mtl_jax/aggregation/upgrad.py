@@ -37,7 +37,14 @@ def upgrad_weights(gramian: jax.Array, pref_vector: Any = None, *,
   the dual cone :math:`\{x : J x \ge 0\}` (Proposition 1 of the paper), so
   :math:`d = J^\top w` conflicts with no task: :math:`J d \ge 0`. With the
   ridge this holds up to :math:`J d \ge -\epsilon_{reg} \operatorname{tr}(G)
-  \, w`, as in TorchJD; ``reg_eps=0`` makes it exact.
+  \, w`, as in TorchJD; ``reg_eps=0`` makes it exact, on singular Gramians
+  too (K > P, duplicate, opposite or zero rows; TorchJD's quadprog needs a
+  positive definite matrix there). Both hold when
+  :math:`\operatorname{tr}(G)` >= ``norm_eps``, up to rounding: a few
+  machine epsilons of :math:`\operatorname{tr}(G) \lVert w \rVert_1`,
+  the scale of :math:`J d = G w`. At K > P the exact projection is often
+  :math:`d = 0`, and then :math:`J d` is all rounding: measure a conflict
+  against that scale, not against :math:`\max_k |(J d)_k|`.
 
   Solver (written here, :mod:`mtl_jax.aggregation._qp`; no kept JAX library
   solves an inequality-constrained QP, TorchJD calls quadprog on the host):

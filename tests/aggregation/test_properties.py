@@ -6,6 +6,8 @@ for the properties TorchJD asserts for it (REFERENCE 8.6):
 
 * non-conflicting, ``J A(J) >= 0``: UPGrad and DualProj (without their ridge,
   which only bounds the conflict by ``reg_eps``), MGDA, CAGrad (c = 1, 2);
+  and the dual-cone methods' documented bound at K > P (singular Gramians,
+  duplicate, opposite and zero rows), with and without the ridge;
 * permutation-invariant: UPGrad, DualProj, MGDA, IMTL-G, Aligned-MTL, ConFIG;
 * linear under scaling: UPGrad (TorchJD's tolerance 6e-2), ConFIG;
 * strongly stationary (``||A(J)|| > 0`` where some task can improve): UPGrad,
@@ -22,6 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import scipy.optimize
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -83,6 +87,70 @@ def _non_conflicting(name, jac, dtype, **hparams):
 def test_non_conflicting_dual_cone_methods(case):
   for name in ("upgrad", "dualproj"):
     _non_conflicting(name, *case, reg_eps=0.0)
+
+
+# The methods that project onto the dual cone {x : J x >= 0} (the registry's
+# others do not: MGDA and CAGrad are tested above for their own reasons).
+PROJECTIONS = ("upgrad", "dualproj")
+
+
+@functools.cache
+def _projection(name):
+  """One compilation per (K, dtype): reg_eps is traced."""
+  weights = {"upgrad": aggregation.upgrad_weights,
+             "dualproj": aggregation.dualproj_weights}[name]
+  return jax.jit(lambda g, reg_eps: weights(g, reg_eps=reg_eps))
+
+
+@st.composite
+def wide_jacobians(draw):
+  """J with K > P, so G is singular; the last row may repeat the first,
+  oppose it or be zero. Scaled so that trace(G) >= norm_eps."""
+  k = draw(st.sampled_from((3, 5)))
+  p = draw(st.integers(1, k - 1))
+  jac = np.random.default_rng(draw(st.integers(0, 2**31 - 1))).normal(
+      size=(k, p))
+  last = {"random": jac[-1], "duplicate": jac[0], "opposite": -jac[0],
+          "zero": 0.0}
+  jac[-1] = last[draw(st.sampled_from(sorted(last)))]
+  jac = jac * draw(st.sampled_from((0.1, 1.0, 1e3)))
+  assume(np.sum(jac * jac) >= 1e-4)
+  return jac
+
+
+def _reference_direction(name, jac):
+  """The exact float64 projection(s) onto the dual cone: min ||J^T v||,
+  v >= u, as non-negative least squares (scipy's active set)."""
+  k = jac.shape[0]
+  lowers = np.eye(k) / k if name == "upgrad" else np.full((1, k), 1 / k)
+  return sum(jac.T @ (u + scipy.optimize.nnls(jac.T, -jac.T @ u,
+                                              maxiter=10_000)[0])
+             for u in lowers)
+
+
+@pytest.mark.parametrize("reg_eps", [0.0, 1e-4])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", PROJECTIONS)
+@SETTINGS
+@given(jac=wide_jacobians())
+def test_dual_cone_bound_when_k_exceeds_p(name, dtype, reg_eps, jac):
+  """The docstrings' bound J d >= -reg_eps tr(G) w, up to rounding (16 eps
+  of tr(G) ||w||_1, the scale of J d = G w). Where the exact projection is
+  d = 0 (often, at K > P), J d is pure rounding, so a test against max |J d|
+  would count noise as conflicts. With reg_eps = 0, d is the exact
+  projection too."""
+  with jax.enable_x64(dtype == "float64"):
+    j = jnp.asarray(jac, dtype)
+    w = np.asarray(_projection(name)(j @ j.T, reg_eps), np.float64)
+  jac = np.asarray(j, np.float64)  # the J the method saw
+  trace = np.trace(jac @ jac.T)
+  jd = jac @ (w @ jac)
+  rounding = 16 * np.finfo(dtype).eps * trace * np.abs(w).sum()
+  assert np.all(jd >= -(reg_eps * trace * w + rounding)), (jd, w)
+  if reg_eps == 0.0:
+    atol = (1e-3 if dtype == "float32" else 1e-10) * np.sqrt(trace)
+    np.testing.assert_allclose(w @ jac, _reference_direction(name, jac),
+                               atol=atol)
 
 
 @SETTINGS
