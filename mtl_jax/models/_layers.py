@@ -80,11 +80,27 @@ class ConvStack(nn.Module):
     return x
 
 
+def facing_camera(key: jax.Array, shape: Sequence[int],
+                  dtype: Dtype = jnp.float32) -> jax.Array:
+  """Bias init of a unit-normalised head: ``(0, ..., 0, 1)``, for normals
+  (0, 0, 1), facing the camera.
+
+  Not 0: where every input of the head is 0 (after a ReLU; a black image
+  gives many such pixels), a zero bias makes the output 0, whose
+  normalisation 0 / eps sends ~1/eps^2 = 1e24 back through it and the cosine
+  loss, and Adam's second moment of this bias overflows to Inf at the first
+  step (issue 14; the bias never moves again).
+  """
+  del key
+  return jnp.zeros(shape, dtype).at[-1].set(1)
+
+
 class DenseHead(nn.Module):
   """MTAN's prediction layer: 3x3 conv, then 1x1 conv to ``features``.
 
   The output is cast to float32; if ``unit_norm`` it is then divided by its
-  L2 norm over channels (surface normals).
+  L2 norm over channels (surface normals), and the 1x1 conv's bias starts
+  at :func:`facing_camera` instead of 0.
   """
   features: int
   unit_norm: bool = False
@@ -93,10 +109,12 @@ class DenseHead(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     init = nn.initializers.xavier_normal()
+    bias_init = facing_camera if self.unit_norm else nn.initializers.zeros
     x = nn.Conv(x.shape[-1], (3, 3), padding=((1, 1), (1, 1)),
                 dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init)(x)
     x = nn.Conv(self.features, (1, 1), dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=init)(x)
+                param_dtype=jnp.float32, kernel_init=init,
+                bias_init=bias_init)(x)
     x = x.astype(jnp.float32)
     return unit_normalize(x) if self.unit_norm else x
 

@@ -86,14 +86,10 @@ class DigitSceneNet(nn.Module):
     # the ReLU, a zero bias gives the normalisation 0 / eps, whose gradient
     # (~1/eps^2 through it and the cosine loss) overflowed Adam's second
     # moment of this bias to Inf at the first step and froze it.
-    def facing_camera(key, shape, dtype=jnp.float32):
-      del key
-      return jnp.zeros(shape, dtype).at[-1].set(1.0)
-
     return {
         "segmentation": head(self.num_classes, "head_segmentation", x),
         "depth": head(1, "head_depth", x),
         "normal": _layers.unit_normalize(head(3, "head_normal", x,
-                                              facing_camera)),
+                                              _layers.facing_camera)),
         "count": head(self.num_count_classes, "head_count", pooled),
     }

@@ -60,7 +60,9 @@ class MTAN(nn.Module):
   Attributes:
     heads: ``((task, channels), ...)``, as for :class:`SegNet`.
     filters: channels per level, as for :class:`SegNet`.
-    unit_norm_tasks: tasks whose output is divided by its L2 norm.
+    unit_norm_tasks: tasks whose output is divided by its L2 norm; their
+      head's last bias starts at (0, ..., 0, 1), not 0 (see
+      ``facing_camera`` in ``mtl_jax/models/_layers.py``).
     dtype: compute dtype; params and outputs are float32.
 
   ``__call__(x, train)`` returns ``{task: (B, H, W, c)}`` like SegNet.

@@ -105,7 +105,9 @@ class SegNet(nn.Module):
     filters: channels per level (default VGG-16's 64..512). Its length is the
       number of pooling levels, so H and W must be divisible by
       ``2**len(filters)``; ``(8, 16, 16)`` makes a tiny model for tests.
-    unit_norm_tasks: tasks whose output is divided by its L2 norm.
+    unit_norm_tasks: tasks whose output is divided by its L2 norm; their
+      head's last bias starts at (0, ..., 0, 1), not 0 (see
+      ``facing_camera`` in ``mtl_jax/models/_layers.py``).
     dtype: compute dtype (e.g. ``jnp.bfloat16``); params stay float32 and
       outputs are float32.
 

@@ -290,13 +290,23 @@ def test_eval_mode_uses_running_statistics():
   assert any(not np.allclose(u, v) for u, v in zip(before, after))
 
 
-def test_digit_scene_normals_have_a_bounded_gradient_at_init():
+NORMAL_HEADS = [
+    ("digit_scene", models.DigitSceneNet(), (2, 32, 32, 3)),
+    ("segnet", models.SegNet(filters=(4,)), (1, 2, 2, 3)),
+    ("mtan", models.MTAN(filters=(4,)), (1, 2, 2, 3)),
+]
+
+
+@pytest.mark.parametrize("model,shape", [c[1:] for c in NORMAL_HEADS],
+                         ids=[c[0] for c in NORMAL_HEADS])
+def test_normals_have_a_bounded_gradient_at_init(model, shape):
   """Pixels whose features are all 0 after the ReLU (a black image gives
-  many) must not send ~1/eps^2 through the normalisation and the cosine
-  loss: that overflowed Adam's second moment of the normal head's bias."""
+  many; in SegNet and MTAN every pixel) must not send ~1/eps^2 through the
+  normalisation and the cosine loss: that overflowed Adam's second moment
+  of the normal head's bias (issue 14; SegNet's and MTAN's heads sent 1e24
+  before they got the same fix, issue 23)."""
   from mtl_jax import losses  # pylint: disable=g-import-not-at-top
-  model = models.DigitSceneNet()
-  image = jnp.zeros((2, 32, 32, 3))
+  image = jnp.zeros(shape)
   key = jax.random.PRNGKey(0)
   # The model's own init, compiled once at LLVM's lowest level: eager, or at
   # the default level, compiling its truncated-normal draws takes most of
@@ -304,7 +314,7 @@ def test_digit_scene_normals_have_a_bounded_gradient_at_init():
   init = jax.jit(functools.partial(model.init, train=False)).lower(
       key, image).compile({"xla_backend_optimization_level": 0})
   variables = init(key, image)
-  target = jnp.zeros((2, 32, 32, 3)).at[..., 2].set(1.0)
+  target = jnp.zeros(shape).at[..., 2].set(1.0)
 
   def loss(params):
     out = model.apply({**variables, "params": params}, image, train=False)
