@@ -90,7 +90,7 @@ def test_non_conflicting_dual_cone_methods(case):
 
 
 # The methods that project onto the dual cone {x : J x >= 0} (the registry's
-# others do not: MGDA and CAGrad are tested above for their own reasons).
+# others do not: MGDA and CAGrad, non-conflicting too, are tested below).
 PROJECTIONS = ("upgrad", "dualproj")
 
 
