@@ -9,7 +9,7 @@ version changes"):
   split of 1,000 and a test split of 5,000 (of 10,000 each);
 * 3 epochs (180 steps of batch 120) instead of 300, validation every epoch;
   the plateau schedule is kept but never fires within 3 epochs;
-* the network at half width (d = 32, edge network 5 -> 64 -> d*d; 138k
+* the network at half width (d = 32, edge network 5 -> 64 -> d*d; 89,707
   parameters instead of 618k) on the bonded graph (each bond both ways,
   at most 56 edges per molecule) in the edge-list layout, instead of the
   complete graph (316 pairs per molecule on average): an EW step of batch
@@ -64,7 +64,10 @@ def get_config(arg: str = ""):
   c.baselines = "single_task"
   c.seconds_per_run = 40.0
   config.protocol.lr_search = True
-  config.protocol.lr_grid = "3e-3,1e-3"
+  # The search over {3e-3, 1e-3} chose 3e-3 for the first three single-task
+  # rows on validation; the committed run then searched 3e-3 alone, to fit
+  # its 90 minutes (docs/results/qm9/README.md). Set "3e-3,1e-3" to search.
+  config.protocol.lr_grid = "3e-3"
   config.protocol.search_seeds = 1
   if arg == "smoke":
     qm9.smoke(config)
