@@ -38,8 +38,8 @@ _HIDDEN = _hidden("torch", "LibMTL")
 _FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def _run(args, timeout=240, xla_flags="", **kwargs):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run(args, timeout=240, xla_flags="", env_extra=None, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
   if xla_flags:
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env,
@@ -300,3 +300,61 @@ def test_load_libmtl_source_keeps_the_tree_apart_from_the_release():
   assert module.np.alltrue is module.np.all  # NumPy 2 dropped alltrue
   with pytest.raises(FileNotFoundError, match="package directory"):
     vs_pytorch.load_libmtl_source(root.parent, {"ew": "EW"})
+
+
+HAVE_PYG = all(importlib.util.find_spec(m) is not None
+               for m in ("torch", "torch_geometric"))
+
+
+@pytest.mark.slow
+def test_qm9_layout_smoke(tmp_path):
+  # The test fixtures' molecules (no built dataset needed), a tiny network.
+  path = tmp_path / "layout.json"
+  out = _run([str(BENCH / "qm9_layout.py"), "--quick", "--fixtures",
+              "--json", str(path)], xla_flags=_FAST_COMPILE,
+             env_extra={"MTL_JAX_DATA_DIR": str(tmp_path / "data")})
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.loads(path.read_text())
+  assert [(r["edges"], r["layout"]) for r in rows] == [
+      ("complete", "dense"), ("complete", "edges"), ("bonded", "dense"),
+      ("bonded", "edges")]
+  for row in rows:
+    assert row["ms_per_step"] > 0 and row["temp_size_in_bytes"] > 0
+    if row["layout"] == "dense":
+      assert row["dense_over_edges"] > 0
+  assert "| complete | tiny (8/8) | dense |" in out.stdout
+
+
+def test_qm9_vs_pytorch_without_torch_geometric_says_what_is_missing():
+  out = _run(["-c", _hidden("torch", "torch_geometric"),
+              str(BENCH / "qm9_vs_pytorch.py")], timeout=60)
+  assert out.returncode != 0
+  assert "missing" in out.stderr
+  for package in ("torch", "torch-geometric", "bench"):
+    assert package in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_PYG, reason="needs torch and torch-geometric "
+                    "(the bench extra)")
+def test_qm9_vs_pytorch_smoke(tmp_path):
+  # Both cases (complete graphs in the dense layout, bonded ones as edge
+  # lists), each checked against the PyTorch model on the same weights.
+  path = tmp_path / "qm9_vs.json"
+  out = _run([str(BENCH / "qm9_vs_pytorch.py"), "--quick", "--fixtures",
+              "--threads", "1", "--json", str(path)],
+             xla_flags=_FAST_COMPILE,
+             env_extra={"MTL_JAX_DATA_DIR": str(tmp_path / "data")})
+  assert out.returncode == 0, out.stderr[-2000:]
+  result = json.loads(path.read_text())
+  methods = ({"ew", "mgda"} if importlib.util.find_spec("torchjd") is not None
+             else {"ew"})  # mgda's peer is TorchJD's
+  for case in ("papers", "cpu"):
+    assert set(result[case]) == methods
+    for row in result[case].values():
+      assert row["max_abs_output_difference"] < 1e-4
+      assert row["mtl_jax_steps_per_s"] > 0
+      assert row["ours_over_torch_1_threads"] > 0
+  assert result["papers"]["ew"]["layout"] == "dense"
+  assert result["cpu"]["ew"]["layout"] == "edges"
+  assert "| ew |" in out.stdout
