@@ -63,7 +63,7 @@ def test_cpu_config_changes_only_what_it_says():
   changed = {f"{s}.{k}" for s in ("data", "model", "weighting", "optim", "train")
              for k in full[s] if full[s][k] != cpu[s][k]}
   assert changed == {"data.edges", "data.layout", "data.num_train", "data.num_validation",
-                     "data.eval_batch_size", "model.dim", "model.edge_hidden",
+                     "data.num_test", "data.eval_batch_size", "model.dim", "model.edge_hidden",
                      "weighting.jacobian_mode", "train.num_epochs", "train.eval_every",
                      "train.log_every"}
   assert cpu.compare.baselines == "single_task" and cpu.protocol.lr_search
