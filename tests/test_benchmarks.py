@@ -343,7 +343,7 @@ def test_qm9_vs_pytorch_smoke(tmp_path):
   path = tmp_path / "qm9_vs.json"
   out = _run([str(BENCH / "qm9_vs_pytorch.py"), "--quick", "--fixtures",
               "--threads", "1", "--json", str(path)],
-             xla_flags=_FAST_COMPILE,
+             timeout=480, xla_flags=_FAST_COMPILE,
              env_extra={"MTL_JAX_DATA_DIR": str(tmp_path / "data")})
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.loads(path.read_text())
