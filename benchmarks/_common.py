@@ -262,13 +262,6 @@ def adjacent_pairs(runners: Mapping[str, Callable[[int], None]], ref: str, *,
   return ratios, times
 
 
-def paired_ratios(times: Mapping[str, Sequence[float]], ref: str
-                  ) -> dict[str, list[float]]:
-  """Per-repeat ratios ``times[name][r] / times[ref][r]``."""
-  return {name: [a / b for a, b in zip(t, times[ref])]
-          for name, t in times.items()}
-
-
 def median(xs: Sequence[float]) -> float:
   return float(statistics.median(xs))
 

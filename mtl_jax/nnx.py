@@ -78,8 +78,9 @@ import optax
 from flax import nnx, traverse_util
 
 from mtl_jax import _checks
+from mtl_jax._trees import first_difference
 from mtl_jax.train.state import TrainState, init_train_state
-from mtl_jax.train.step import PERTURBATIONS, ModelApply
+from mtl_jax.train.step import PERTURBATIONS, ModelApply, make_init_perturbations
 from mtl_jax.weighting.imtl_l import imtl_l_loss
 from mtl_jax.weighting.uw import task_type_factors, uncertainty_loss
 
@@ -383,26 +384,14 @@ def model_apply_fn(model: nnx.Module, *, input_key: str = "image",
     new_state.pop("params")
     return outputs, new_state
 
-  def init_perturbations(variables, batch):
-    variables = {k: v for k, v in variables.items() if k != PERTURBATIONS}
+  def perturbed(variables, batch):
+    net, args = build(variables, False)
+    _, perturbations = nnx.capture(net, nnx.Perturbation)(batch[input_key],
+                                                           **args)
+    return traverse_util.unflatten_dict(
+        {p: v.get_value() for p, v in _flat(perturbations).items()})
 
-    def shapes():
-      net, args = build(variables, False)
-      _, perturbations = nnx.capture(net, nnx.Perturbation)(batch[input_key],
-                                                             **args)
-      return traverse_util.unflatten_dict(
-          {p: v.get_value() for p, v in _flat(perturbations).items()})
-
-    template = jax.eval_shape(shapes)
-    if not jax.tree.leaves(template):
-      raise ValueError(
-          f"{type(model).__name__} marks no shared features: the Jacobian's "
-          "representation mode (jacobian_mode='features') differentiates the "
-          "outputs the model passes through self.perturb(name, x). Mark the "
-          "trunk's output that way, or use jacobian_mode='params'.")
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
-
-  model_apply.init_perturbations = init_perturbations
+  model_apply.init_perturbations = make_init_perturbations(perturbed, model)
   return model_apply
 
 
@@ -481,27 +470,25 @@ def update_model(model: nnx.Module, state: TrainState | Mapping[str, Any]
     raise ValueError(
         "mtl_jax.nnx.update_model takes a TrainState or engine variables "
         f"{{'params': ..., **collections}}, got {type(state).__name__}.")
-  expected = layout.variables(model)
-  got = jax.tree_util.tree_flatten_with_path(variables)[0]
-  want = jax.tree_util.tree_flatten_with_path(expected)[0]
-  got_paths = {jax.tree_util.keystr(p): np.shape(x) for p, x in got}
-  for path, leaf in want:
-    name = jax.tree_util.keystr(path)
-    if name not in got_paths:
-      raise ValueError(
-          f"update_model: the state has no leaf {name} of "
-          f"{type(model).__name__} (shape {np.shape(leaf)}); it was built "
-          "from another model.")
-    if got_paths[name] != np.shape(leaf):
-      raise ValueError(
-          f"update_model: leaf {name} has shape {got_paths[name]} but "
-          f"{type(model).__name__} has {np.shape(leaf)}. A pmapped state "
-          "still has its device axis: pass mtl_jax.train.unreplicate(state).")
-  if len(got) != len(want):
-    extra = sorted(set(got_paths) - {jax.tree_util.keystr(p) for p, _ in want})
+  shapes = lambda tree: {jax.tree_util.keystr(p): np.shape(x) for p, x in
+                         jax.tree_util.tree_flatten_with_path(tree)[0]}
+  diff = first_difference(shapes(variables), shapes(layout.variables(model)))
+  name = type(model).__name__
+  if diff is None:
+    pass
+  elif diff.got is None:
     raise ValueError(
-        f"update_model: the state has leaves {type(model).__name__} does not "
-        f"have, e.g. {extra[0]}; it was built from another model.")
+        f"update_model: the state has no leaf {diff.path} of {name} (shape "
+        f"{diff.want}); it was built from another model.")
+  elif diff.want is None:
+    raise ValueError(
+        f"update_model: the state has leaves {name} does not have, e.g. "
+        f"{diff.path}; it was built from another model.")
+  else:
+    raise ValueError(
+        f"update_model: leaf {diff.path} has shape {diff.got} but {name} has "
+        f"{diff.want}. A pmapped state still has its device axis: pass "
+        "mtl_jax.train.unreplicate(state).")
   # Copies: a step that donates the state must not delete the model's arrays.
   copy = lambda x: jnp.array(x, copy=True)
   nnx.update(model, *(jax.tree.map(copy, variables[name])

@@ -294,16 +294,28 @@ def apply_with_grads(method: Aggregator, params: Params, state: State,
   return out, grads
 
 
-def gramian(jacobian: jax.Array) -> jax.Array:
-  r"""``J J^T`` of a ``(K, ...)`` Jacobian (every axis after the first is
-  flattened)."""
-  flat = jnp.reshape(jacobian, (jnp.shape(jacobian)[0], -1))
-  return flat @ flat.T
+def gramian(jacobian: Any) -> jax.Array:
+  r"""``J J^T`` of a ``(K, ...)`` Jacobian, or of a pytree of ``(K, ...)``
+  blocks (one per parameter), summed block by block without concatenating
+  them; every axis after the first is flattened. Accumulated in float32 (or
+  float64)."""
+  leaves = jax.tree.leaves(jacobian)
+  num_tasks = jnp.shape(leaves[0])[0]
+  out = jnp.zeros((num_tasks, num_tasks),
+                  jnp.promote_types(jnp.result_type(leaves[0]), jnp.float32))
+  for leaf in leaves:
+    flat = jnp.reshape(leaf, (num_tasks, -1)).astype(out.dtype)
+    out = out + flat @ flat.T
+  return out
 
 
-def combine(jacobian: jax.Array, weights: jax.Array) -> jax.Array:
-  r"""The update direction :math:`d = J^\top w` of a ``(K, ...)`` Jacobian."""
-  return jnp.tensordot(weights, jacobian, axes=1)
+def combine(jacobian: Any, weights: jax.Array) -> Any:
+  r"""The update direction :math:`d = J^\top w` of a ``(K, ...)`` Jacobian,
+  or block by block of a pytree of them (each ``(K, ...)`` leaf becomes
+  ``(...)``, in its own dtype)."""
+  return jax.tree.map(
+      lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
+      jacobian)
 
 
 def gramian_aggregator(weights_fn: Callable[[State, jax.Array],

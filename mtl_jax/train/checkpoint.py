@@ -39,6 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from mtl_jax._trees import first_difference
+
 PyTree = Any
 _BYTES = "__bytes_b64__"
 
@@ -98,20 +100,17 @@ def checksum(state: PyTree) -> str:
 
 def _first_difference(saved: list, expected: list) -> str | None:
   """The first leaf where two manifests differ, as a sentence, or None."""
-  saved_by_path = {p: (shape, dtype) for p, shape, dtype in saved}
-  expected_paths = [p for p, _, _ in expected]
-  for path, shape, dtype in expected:
-    if path not in saved_by_path:
-      return f"leaf {path} is not in the checkpoint (expected shape " \
-             f"{tuple(shape)}, {dtype})"
-    s_shape, s_dtype = saved_by_path[path]
-    if list(s_shape) != list(shape) or s_dtype != dtype:
-      return (f"leaf {path}: saved {tuple(s_shape)} {s_dtype}, expected "
-              f"{tuple(shape)} {dtype}")
-  extra = [p for p in saved_by_path if p not in set(expected_paths)]
-  if extra:
-    return f"leaf {extra[0]} is in the checkpoint but not in this state"
-  return None
+  layout = lambda m: {p: (tuple(shape), dtype) for p, shape, dtype in m}
+  diff = first_difference(layout(saved), layout(expected))
+  if diff is None:
+    return None
+  if diff.got is None:
+    return (f"leaf {diff.path} is not in the checkpoint (expected shape "
+            f"{diff.want[0]}, {diff.want[1]})")
+  if diff.want is None:
+    return f"leaf {diff.path} is in the checkpoint but not in this state"
+  return (f"leaf {diff.path}: saved {diff.got[0]} {diff.got[1]}, expected "
+          f"{diff.want[0]} {diff.want[1]}")
 
 
 class Checkpointer:
@@ -204,6 +203,19 @@ class Checkpointer:
         f"({error}); {where}. Trying the next older step.", RuntimeWarning,
         stacklevel=2)
 
+  def _check_manifest(self, step: int, saved: list | None,
+                      expected: list) -> None:
+    """Raises :class:`CheckpointMismatchError` when ``step``'s saved
+    manifest (None for a checkpoint written without one) is not
+    ``expected``."""
+    difference = None if saved is None else _first_difference(saved, expected)
+    if difference is not None:
+      raise CheckpointMismatchError(
+          f"the checkpoint in {self.directory} (step {step}) does not match "
+          f"the state being resumed: {difference}. It was written by another "
+          "model, method or number of tasks. Use a new workdir, or the same "
+          "config as the run that wrote it.")
+
   def restore(self, template: PyTree, step: int | None = None
               ) -> tuple[PyTree, Any]:
     """Restores ``(state, data_state)`` of ``step`` (default: the newest
@@ -234,30 +246,15 @@ class Checkpointer:
     for candidate in steps:
       try:
         data = self._read_data(candidate)
-      except Exception as e:  # pylint: disable=broad-except
-        damaged.append(candidate)
-        if step is not None:
-          raise CheckpointError(
-              f"checkpoint step {candidate} in {self.directory} cannot be "
-              f"read ({type(e).__name__}: {e}).") from e
-        self._damaged(candidate, f"{type(e).__name__}: {e}")
-        continue
-      saved = data.get("manifest")
-      if saved is not None:
-        difference = _first_difference(saved, expected)
-        if difference is not None:
-          raise CheckpointMismatchError(
-              f"the checkpoint in {self.directory} (step {candidate}) does "
-              f"not match the state being resumed: {difference}. It was "
-              "written by another model, method or number of tasks. Use a "
-              "new workdir, or the same config as the run that wrote it.")
-      try:
+        self._check_manifest(candidate, data.get("manifest"), expected)
         restored = self._manager.restore(candidate, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template)))
         state = jax.tree.map(np.asarray, restored.state)
         if "sha256" in data and checksum(state) != data["sha256"]:
           raise ValueError("the state's bytes do not match the checksum "
                            "saved with them")
+      except CheckpointMismatchError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
         damaged.append(candidate)
         if step is not None:

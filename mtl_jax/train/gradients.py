@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl_jax.aggregation import Aggregator
+from mtl_jax.aggregation import Aggregator, combine, gramian
 from mtl_jax.aggregation._base import apply_with_grads
 from mtl_jax.train import jacobian as jac_lib
 from mtl_jax.weighting import Weighting
@@ -168,7 +168,7 @@ def jacobian_gradients(method: Aggregator, *,
   def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
                   axis_name: str | None) -> Gradients:
     mask = jac_lib.task_param_mask(params["model"], task_params)
-    split, merge = jac_lib._split(params["model"], mask)
+    split, merge = jac_lib.split_params(params["model"], mask)
     has_heads = bool(split.task)
 
     if splits > 1:
@@ -236,16 +236,16 @@ def jacobian_gradients(method: Aggregator, *,
             jac_lib.scattered_gramian(rows, run_method, axis_name))
       else:
         rows = pmean(rows, axis_name)
-        gram = jac_lib.isolate(jac_lib.gramian(rows))
+        gram = jac_lib.isolate(gramian(rows))
         weights, (out, method_grads) = run_method(gram)
-        shared_grads = jac_lib.combine(rows, weights)
+        shared_grads = combine(rows, weights)
         finite = jac_lib.rows_finite(gram)
     else:
       rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_rows,
                                  local.dtype, chunk_size)
       # dL/df_n = (1/N) dl_n/df_n on device n's examples: the Gramian of
       # the whole batch is the mean of the local ones over N.
-      gram = jac_lib.gramian(rows)
+      gram = gramian(rows)
       if axis_name is not None:
         gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
       gram = jac_lib.isolate(gram)

@@ -131,15 +131,20 @@ def task_param_mask(model_params: PyTree, rule: TaskParamRule) -> list[bool]:
   return mask
 
 
-class _Split(NamedTuple):
-  shared: list[jax.Array]
-  task: list[jax.Array]
+class ParamSplit(NamedTuple):
+  """The leaves of a model's parameters, in ``jax.tree.leaves`` order."""
+  shared: list[jax.Array]  # the leaves whose mask flag is False
+  task: list[jax.Array]    # the task-specific ones (True)
 
 
-def _split(model_params: PyTree, mask: Sequence[bool]):
+def split_params(model_params: PyTree, mask: Sequence[bool]
+                 ) -> tuple[ParamSplit, Callable[[Sequence[jax.Array],
+                                                  Sequence[jax.Array]], PyTree]]:
+  """``model_params`` split by :func:`task_param_mask`'s ``mask``, and
+  ``merge(shared, task)``, which puts such lists back into the tree."""
   leaves, treedef = jax.tree.flatten(model_params)
-  split = _Split([x for x, m in zip(leaves, mask) if not m],
-                 [x for x, m in zip(leaves, mask) if m])
+  split = ParamSplit([x for x, m in zip(leaves, mask) if not m],
+                     [x for x, m in zip(leaves, mask) if m])
 
   def merge(shared, task):
     shared_it, task_it = iter(shared), iter(task)
@@ -185,26 +190,6 @@ def isolate(gram: jax.Array) -> jax.Array:
   0.4 ms per step on a 3-task MLP on CPU). The K x K transposes are free.
   """
   return lax.optimization_barrier(gram.T).T
-
-
-def gramian(jacobian: PyTree) -> jax.Array:
-  r"""``J J^T`` of a pytree whose leaves are ``(K, ...)`` Jacobian blocks,
-  accumulated in float32 (or float64) without concatenating the blocks."""
-  leaves = jax.tree.leaves(jacobian)
-  num_tasks = leaves[0].shape[0]
-  out = jnp.zeros((num_tasks, num_tasks),
-                  jnp.promote_types(leaves[0].dtype, jnp.float32))
-  for leaf in leaves:
-    flat = leaf.reshape(num_tasks, -1).astype(out.dtype)
-    out = out + flat @ flat.T
-  return out
-
-
-def combine(jacobian: PyTree, weights: jax.Array) -> PyTree:
-  r"""``J^T w`` block by block: each leaf ``(K, ...)`` becomes ``(...)``."""
-  return jax.tree.map(
-      lambda leaf: jnp.tensordot(weights.astype(leaf.dtype), leaf, axes=1),
-      jacobian)
 
 
 def rows_finite(gram: jax.Array) -> jax.Array:

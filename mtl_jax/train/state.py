@@ -63,8 +63,7 @@ def init_method(method: Weighting, num_tasks: int, key: jax.Array,
     return method.init(num_tasks, key=key)
   from mtl_jax.train import jacobian as jac_lib  # pylint: disable=g-import-not-at-top
   mask = jac_lib.task_param_mask(model_params, task_params)
-  split, _ = jac_lib._split(model_params, mask)  # pylint: disable=protected-access
-  shared = split.shared
+  shared = jac_lib.split_params(model_params, mask)[0].shared
   num_params = sum(int(x.size) for x in jax.tree.leaves(shared))
   return method.init(num_tasks, key=key, num_params=num_params)
 

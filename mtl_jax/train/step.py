@@ -437,23 +437,38 @@ def module_apply_fn(module: Any, *, input_key: str = "image",
     outputs = module.apply(variables, x, train=train, rngs=rngs, **call_kwargs)
     return outputs, {name: variables[name] for name in collections}
 
+  def perturbed(variables, batch):
+    _, state = module.apply(variables, batch[input_key], train=False,
+                            mutable=[PERTURBATIONS], **call_kwargs)
+    return state.get(PERTURBATIONS, {})
+
+  model_apply.init_perturbations = make_init_perturbations(perturbed, module)
+  return model_apply
+
+
+def make_init_perturbations(perturbed: Callable[[PyTree, Batch], PyTree],
+                            model: Any) -> Callable[[PyTree, Batch], PyTree]:
+  """``init_perturbations(variables, batch)`` of a :data:`ModelApply`.
+
+  ``perturbed(variables, batch)`` runs the model (without the
+  ``perturbations`` collection) and returns the features it marks with
+  ``self.perturb(name, x)``; only their shapes are taken
+  (``jax.eval_shape``), so no forward pass runs.
+
+  Raises:
+    ValueError: the model marks no feature (at the call).
+  """
+
   def init_perturbations(variables, batch):
     variables = {k: v for k, v in variables.items() if k != PERTURBATIONS}
-
-    def shapes():
-      _, state = module.apply(variables, batch[input_key], train=False,
-                              mutable=[PERTURBATIONS], **call_kwargs)
-      return state.get(PERTURBATIONS, {})
-
-    template = jax.eval_shape(shapes)
+    template = jax.eval_shape(lambda: perturbed(variables, batch))
     if not jax.tree.leaves(template):
       raise ValueError(
-          f"{type(module).__name__} marks no shared features: the Jacobian's "
+          f"{type(model).__name__} marks no shared features: the Jacobian's "
           "representation mode (jacobian_mode='features') differentiates the "
           "outputs the model passes through self.perturb(name, x). Mark the "
-          "trunk's output that way (mtl_jax.models.mark_features), or use "
-          "jacobian_mode='params'.")
+          "trunk's output that way (a linen model: "
+          "mtl_jax.models.mark_features), or use jacobian_mode='params'.")
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
 
-  model_apply.init_perturbations = init_perturbations
-  return model_apply
+  return init_perturbations
