@@ -162,12 +162,12 @@ def segnet_problem(batch_size: int, height: int = 288, width: int = 384,
 
 def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
              weighting, num_tasks: int, *, learning_rate: float = 1e-3,
-             seed: int = 0, **step_kwargs):
+             seed: int = 0, **jacobian):
   """The engine's jitted train step with Adam, and its state at step 0.
 
-  ``weighting`` is a method of either family; ``step_kwargs`` go to
-  ``make_train_step`` (a gradient-space method's ``task_params``,
-  ``jacobian_mode``, ``chunk_size``); ``task_params`` also goes to
+  ``weighting`` is a method of either family; ``jacobian`` holds the fields
+  of a gradient-space method's ``mtl_jax.train.JacobianOptions``
+  (``task_params``, ``mode``, ``chunk_size``); ``task_params`` also goes to
   ``create_train_state``, which sizes the ``(K, P)`` buffers of the methods
   that read the Jacobian (MoCo, DB-MTL, ExcessMTL) from it. Returns
   ``(step, state, batch_on_device)``; the step is compiled.
@@ -180,10 +180,11 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
                                    weighting_learning_rate=learning_rate)
   state = train.create_train_state(
       jax.random.PRNGKey(seed), model, batch, weighting, optimizer,
-      num_tasks=num_tasks, task_params=step_kwargs.get("task_params"))
+      num_tasks=num_tasks, task_params=jacobian.get("task_params"))
+  options = train.JacobianOptions(**jacobian) if jacobian else None
   step = jax.jit(train.make_train_step(train.module_apply_fn(model),
                                        task_losses, weighting, optimizer,
-                                       **step_kwargs),
+                                       jacobian=options),
                  donate_argnums=0)
   batch = jax.device_put(dict(batch))
   state, _ = step(state, batch)  # compile, and leave the donated input behind

@@ -272,7 +272,7 @@ def main(argv=None) -> int:
                   else _common.make_gradient_method(name, num_tasks))
         runners[key] = _common.JaxRunner(*_common.jit_step(
             model, batches[size], task_losses, method, num_tasks,
-            task_params=task_params, jacobian_mode=mode, chunk_size=chunk))
+            task_params=task_params, mode=mode, chunk_size=chunk))
       except Exception as e:
         skipped.append(f"{key}: {type(e).__name__}: {str(e)[:200]}")
   counts = {name: hlo_counts(run) for name, run in runners.items()}

@@ -107,9 +107,10 @@ def child(args) -> dict:
                                    num_tasks=args.num_tasks,
                                    task_params=kwargs.get("task_params"))
   batch = jax.device_put(dict(batch))
-  step = jax.jit(train.make_train_step(train.module_apply_fn(model),
-                                       task_losses, method, optimizer,
-                                       **kwargs), donate_argnums=0)
+  step = jax.jit(train.make_train_step(
+      train.module_apply_fn(model), task_losses, method, optimizer,
+      jacobian=train.JacobianOptions(**kwargs) if kwargs else None),
+                 donate_argnums=0)
   start = time.perf_counter()
   compiled = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start

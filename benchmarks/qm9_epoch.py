@@ -358,15 +358,16 @@ def main(argv=None) -> int:
   for name in methods:
     gradient = name in mtl_jax.aggregation.names()
     method = mtl_jax.get(name, **QM9_HPARAMS.get(name, {}))
-    kwargs = ({"task_params": task_params, "jacobian_mode": "params",
+    kwargs = ({"task_params": task_params, "mode": "params",
                "chunk_size": None} if gradient else {})
     try:
       state = train.create_train_state(
           jax.random.PRNGKey(args.seed), model, train_batches[0], method,
           optimizer, num_tasks=NUM_TASKS, input_key="graph",
           task_params=kwargs.get("task_params"))
-      step = jax.jit(train.make_train_step(apply_fn, losses.qm9_losses,
-                                           method, optimizer, **kwargs),
+      step = jax.jit(train.make_train_step(
+          apply_fn, losses.qm9_losses, method, optimizer,
+          jacobian=train.JacobianOptions(**kwargs) if kwargs else None),
                      donate_argnums=0)
       t0 = time.perf_counter()
       compiled = step.lower(state, train_batches[0]).compile()

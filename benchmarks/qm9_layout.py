@@ -85,11 +85,11 @@ def engine_batch(batch, layout: str, edges: str):
 
 
 def compiled_step(model, batch, weighting, *, learning_rate=LEARNING_RATE,
-                  seed=0, **step_kwargs):
+                  seed=0, **jacobian):
   """The engine's train step with Adam, compiled once for ``batch``.
 
-  ``step_kwargs`` go to ``make_train_step`` (``task_params``,
-  ``jacobian_mode``, ``chunk_size``). Returns ``(runner, memory)``: a
+  ``jacobian`` holds the fields of ``mtl_jax.train.JacobianOptions``
+  (``task_params``, ``mode``, ``chunk_size``). Returns ``(runner, memory)``: a
   :class:`_common.JaxRunner` and XLA's memory analysis of the compiled step
   (a dict of bytes), plus ``compile_s``.
   """
@@ -103,10 +103,11 @@ def compiled_step(model, batch, weighting, *, learning_rate=LEARNING_RATE,
   state = train.create_train_state(
       jax.random.PRNGKey(seed), model, batch, weighting, optimizer,
       num_tasks=num_tasks, input_key="graph",
-      task_params=step_kwargs.get("task_params"))
+      task_params=jacobian.get("task_params"))
   step = train.make_train_step(train.module_apply_fn(model, input_key="graph"),
                                losses.qm9_losses, weighting, optimizer,
-                               **step_kwargs)
+                               jacobian=(train.JacobianOptions(**jacobian)
+                                         if jacobian else None))
   batch = jax.device_put(dict(batch))
   start = time.perf_counter()
   compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()

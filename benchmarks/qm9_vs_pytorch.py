@@ -22,7 +22,7 @@ forward, the 11 per-target MSE losses, backward, Adam (lr 1e-3). Rows:
 
 * ``ew``: the sum of the losses, one backward pass, in both;
 * ``mgda`` (``--gradient-methods``; also ``nash_mtl``): mtl_jax's
-  ``make_train_step(..., task_params=("head_*",), jacobian_mode="params")``
+  ``make_train_step(..., jacobian=JacobianOptions(task_params=("head_*",)))``
   with ``mtl_jax.get("mgda")`` (the 11 per-task gradients of the shared
   parameters as one vmapped VJP, the weights from the 11 x 11 Gramian, the
   heads on their own task's gradient); PyTorch: the 11 per-task gradients
@@ -355,7 +355,7 @@ def run_case(case, args, notes, save):
       import torchjd.aggregation  # pylint: disable=g-import-not-at-top
       runner, memory = qm9_layout.compiled_step(
           model, ours_batch, mtl_jax.get(method), task_params=("head_*",),
-          jacobian_mode="params")
+          mode="params")
       name, kwargs = TORCHJD[method]
       aggregator = getattr(torchjd.aggregation, name)(**kwargs)
     runners = {"mtl_jax": runner}

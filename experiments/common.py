@@ -428,16 +428,16 @@ def build_weighting(config: Config, spec: DatasetSpec,
 
 
 def jacobian_options(config: Config, model: nn.Module,
-                     method: Any) -> dict[str, Any]:
-  """``make_train_step`` keywords of the Jacobian path, for a gradient-space
-  method (``{}`` for a loss weighting).
+                     method: Any) -> train.JacobianOptions | None:
+  """The Jacobian path's options of a gradient-space method (``None`` for
+  a loss weighting).
 
   ``config.model.task_params``: ``"auto"`` takes the model's own
   (``mtl_jax.models.task_params``), ``""`` treats every parameter as shared,
   anything else is a comma-separated list of glob patterns.
   """
   if not isinstance(method, mtl_jax.aggregation.Aggregator):
-    return {}
+    return None
   rule = config.model.get("task_params", "auto")
   if rule == "auto":
     task_params = models.task_params(model)
@@ -446,9 +446,10 @@ def jacobian_options(config: Config, model: nn.Module,
   else:
     task_params = tuple(p.strip() for p in rule.split(",") if p.strip())
   chunk = int(config.weighting.get("chunk_size", 0))
-  return {"task_params": task_params,
-          "jacobian_mode": config.weighting.get("jacobian_mode", "params"),
-          "chunk_size": chunk or None}
+  return train.JacobianOptions(
+      task_params=task_params,
+      mode=config.weighting.get("jacobian_mode", "params"),
+      chunk_size=chunk or None)
 
 
 # ----------------------------------------------------------------- optimiser

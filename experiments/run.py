@@ -92,7 +92,7 @@ def build_program(config: Config) -> Program:
   apply_fn = train.module_apply_fn(model, input_key=spec.input_key)
   step = train.make_train_step(apply_fn, spec.task_losses, weighting,
                                optimizer, compute_dtype=common.compute_dtype(config),
-                               **common.jacobian_options(config, model, weighting))
+                               jacobian=common.jacobian_options(config, model, weighting))
   return Program(config, spec, model, weighting, optimizer, step,
                  jax.jit(step, donate_argnums=0),
                  make_eval_update(config, spec, model),
@@ -243,8 +243,9 @@ def init_state(program: Program, seed: int,
       jax.random.PRNGKey(seed), program.model, sample, program.weighting,
       program.optimizer, num_tasks=len(program.spec.tasks),
       input_key=program.spec.input_key,
-      task_params=common.jacobian_options(
-          program.config, program.model, program.weighting).get("task_params"))
+      task_params=getattr(common.jacobian_options(
+          program.config, program.model, program.weighting), "task_params",
+          None))
   if weights is not None:
     state = common.with_weights(state, weights)
   return state

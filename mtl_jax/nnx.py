@@ -37,7 +37,7 @@ How an NNX model maps onto the engine's variables
   ``model.train()`` / ``model.eval()`` do), and with ``train_arg`` is also
   passed to ``__call__``;
 * features marked with ``self.perturb(name, x)`` are what the Jacobian's
-  representation mode (``jacobian_mode="features"``) differentiates.
+  representation mode (``JacobianOptions(mode="features")``) differentiates.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax

@@ -197,7 +197,7 @@ def test_weighting_modules_reject_bad_arguments(make, match):
 @pytest.mark.parametrize("name, jacobian", [
     ("uw", {}),
     ("upgrad", {}),
-    ("mgda", {"jacobian_mode": "features"}),
+    ("mgda", {"mode": "features"}),
 ])
 def test_nnx_model_trains_like_the_linen_model(name, jacobian):
   """Same initial values: same losses, weights, updates and states.

@@ -33,7 +33,7 @@ def mark_features(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
 
   ``module.perturb(name, x)`` adds a zero "perturbation" whose gradient is
   the gradient of ``x``, when the ``perturbations`` collection is given (the
-  train step's ``jacobian_mode="features"`` gives it); otherwise it is the
+  train step's ``JacobianOptions(mode="features")`` gives it); otherwise it is the
   identity. It is skipped during ``init``, so the model's variables keep
   only ``params`` (and ``batch_stats``), whatever the batch size.
   """

@@ -12,7 +12,7 @@ def task_params(model: nn.Module) -> Any:
   Every bundled model declares its heads in ``TASK_PARAMS`` (glob patterns
   on module names, e.g. ``("head_*",)``); a wrapper module that holds the
   model in a field (``net``, ``model``, ``module``) is looked through. Pass
-  the result as ``make_train_step(..., task_params=...)``.
+  the result as ``JacobianOptions(task_params=...)`` to the train step.
 
   Raises:
     ValueError: when the model declares none, saying how to give a rule.
@@ -29,6 +29,6 @@ def task_params(model: nn.Module) -> Any:
     seen = inner
   raise ValueError(
       f"{type(model).__name__} declares no task-specific parameters "
-      "(a TASK_PARAMS class attribute). Pass make_train_step(..., "
-      "task_params=...) yourself: glob patterns on the head modules' names "
+      "(a TASK_PARAMS class attribute). Pass "
+      "JacobianOptions(task_params=...) to make_train_step yourself: glob patterns on the head modules' names "
       "(e.g. 'head_*'), or None to treat every parameter as shared.")

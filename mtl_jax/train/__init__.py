@@ -24,7 +24,7 @@ from mtl_jax.train.gradients import (
     weighted_sum_gradients,
 )
 from mtl_jax.train.hlo import CollectiveOp, count_collectives, host_transfers
-from mtl_jax.train.jacobian import TaskParamRule, task_param_mask
+from mtl_jax.train.jacobian import JacobianOptions, TaskParamRule, task_param_mask
 from mtl_jax.train.loop import NonFiniteError, NonFiniteWarning, train
 from mtl_jax.train.optim import make_optimizer, param_labels
 from mtl_jax.train.parallel import (
@@ -53,6 +53,7 @@ __all__ = (
     "CollectiveOp",
     "GradientFn",
     "Gradients",
+    "JacobianOptions",
     "MetricsWriter",
     "NonFiniteError",
     "NonFiniteWarning",

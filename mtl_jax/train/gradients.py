@@ -1,17 +1,23 @@
 r"""From task losses to averaged gradients: the two paths of the train step.
 
-The step (:func:`mtl_jax.train.make_train_step`) builds
-``losses_fn(model_params, perturbations=None) -> (local losses (K,),
-new_model_state)`` and hands it to a :data:`GradientFn`:
+The step (:func:`mtl_jax.train.make_train_step`) builds a :data:`LossesFn`
+and hands it to a :data:`GradientFn`, built once with the step:
 
 * :func:`weighted_sum_gradients` (loss-based methods, :mod:`mtl_jax.weighting`):
   one backward pass of the weighted total;
 * :func:`jacobian_gradients` (gradient-space methods,
-  :mod:`mtl_jax.aggregation`): the per-task Jacobian, the method's weights
-  from its Gramian, and the combined update (:mod:`mtl_jax.train.jacobian`).
+  :mod:`mtl_jax.aggregation`), in three stages::
 
-The step picks the path from the method's type; a custom
-``gradient_fn`` with the same signature replaces both.
+    losses_fn ──1. task VJPs──▶ local losses (R,), vjp(cotangent (R,))
+              ──2. aggregate──▶ rows of J (shared params or features)
+                                → G or J → method → w → shared update
+              ──3. heads──────▶ each task-specific parameter: its task's
+                                gradient (× the method's head weights)
+
+  with R = K rows, or ``splits * K`` (part-major) for a method that
+  compares independent parts of the batch (``Aggregator.batch_splits``).
+
+A custom ``gradient_fn`` with the same signature replaces both.
 """
 from __future__ import annotations
 
@@ -25,14 +31,20 @@ from jax import lax
 from mtl_jax.aggregation import Aggregator, combine, gramian
 from mtl_jax.aggregation._base import apply_with_grads
 from mtl_jax.train import jacobian as jac_lib
+from mtl_jax.train.jacobian import JacobianOptions
 from mtl_jax.weighting import Weighting
 
 PyTree = Any
 
 LossesFn = Callable[..., tuple[jax.Array, PyTree]]
-"""``losses_fn(model_params, perturbations=None) -> (local losses (K,)
-float32, new_model_state)``; ``perturbations`` are added to the features the
-model marks with ``self.perturb`` (representation mode)."""
+"""``losses_fn(model_params, perturbations=None, part=None) -> (local losses
+(K,) float32, new_model_state)``.
+
+``perturbations`` are added to the features the model marks with
+``self.perturb`` (``JacobianOptions(mode="features")``). ``part=(j, s)``
+runs the model on part ``j`` of ``s`` of the batch (examples ``j, j + s,
+...``, with their own dropout keys); the Jacobian path asks for it when the
+method's ``batch_splits`` is ``s > 1``."""
 
 
 class Gradients(NamedTuple):
@@ -46,8 +58,11 @@ class Gradients(NamedTuple):
   task_grads_finite: jax.Array | None = None  # (K,) per task, if known
 
 
-GradientFn = Callable[[LossesFn, PyTree, PyTree, str | None], Gradients]
-"""``gradient_fn(losses_fn, params, method_state, axis_name) -> Gradients``."""
+GradientFn = Callable[[LossesFn, PyTree, PyTree, str | None, PyTree | None],
+                      Gradients]
+"""``gradient_fn(losses_fn, params, method_state, axis_name, perturbations)
+-> Gradients``; ``perturbations`` are the zeros of the marked features in
+``JacobianOptions(mode="features")``, ``None`` otherwise."""
 
 
 def _mean_floating(*leaves: jax.Array) -> jax.Array:
@@ -69,16 +84,6 @@ def global_losses(local: jax.Array, axis_name: str | None) -> jax.Array:
   return local - frozen + pmean(frozen, axis_name)
 
 
-def _not_a_weighting(method: Any, where: str) -> None:
-  if isinstance(method, Aggregator):
-    raise ValueError(
-        f"{where} takes a loss-weighting method (mtl_jax.weighting), got a "
-        "gradient-space method (mtl_jax.aggregation): its weights come from "
-        "the per-task gradients, not from a weighted total. Pass it to "
-        "make_train_step as the method (it takes the Jacobian path by "
-        "itself), or use jacobian_gradients(method).")
-
-
 def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
   """The loss-based path: the gradient of ``weighting.apply(...).total``.
 
@@ -86,10 +91,19 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
   the gradients of all parameters are averaged over ``axis_name`` in one
   ``pmean``.
   """
-  _not_a_weighting(weighting, "weighted_sum_gradients")
+  if isinstance(weighting, Aggregator):
+    raise ValueError(
+        "weighted_sum_gradients takes a loss-weighting method "
+        "(mtl_jax.weighting), got a gradient-space method "
+        "(mtl_jax.aggregation): its weights come from the per-task "
+        "gradients, not from a weighted total. Pass it to make_train_step "
+        "as the method (it takes the Jacobian path by itself), or use "
+        "jacobian_gradients(method).")
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, weighting_state: PyTree,
-                  axis_name: str | None) -> Gradients:
+                  axis_name: str | None, perturbations: PyTree = None
+                  ) -> Gradients:
+    del perturbations  # no Jacobian here
 
     def objective(p):
       local, model_state = losses_fn(p["model"])
@@ -104,30 +118,152 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
   return gradient_fn
 
 
-def jacobian_gradients(method: Aggregator, *,
-                       task_params: jac_lib.TaskParamRule = None,
-                       mode: str = "params",
-                       chunk_size: int | None = None,
-                       reduction: str = "reduce_scatter",
-                       init_perturbations: Callable[[], PyTree] | None = None,
+# Stage 1: the task VJPs. -----------------------------------------------------
+
+
+class TaskVJPs(NamedTuple):
+  """One forward pass per part of the batch, and their VJPs.
+
+  ``parts[j](cotangent (K,)) -> (shared, task, features)`` gradients of
+  ``cotangent . losses`` of part ``j``; the rows of every part are
+  concatenated part-major in ``losses``.
+  """
+  losses: jax.Array           # (R,) local losses, R = splits * K
+  model_state: PyTree         # the parts' mean
+  parts: list[Callable[[jax.Array], tuple[PyTree, PyTree, PyTree]]]
+
+  def __call__(self, cotangent: jax.Array) -> tuple[PyTree, PyTree, PyTree]:
+    """The gradients of ``cotangent . losses`` ((R,) cotangent)."""
+    k = cotangent.shape[0] // len(self.parts)
+    outs = [vjp(cotangent[j * k:(j + 1) * k])
+            for j, vjp in enumerate(self.parts)]
+    return tuple(jax.tree.map(lambda *xs: sum(xs), *[o[i] for o in outs])
+                 for i in range(3))
+
+  def rows(self, which: int, chunk_size: int | None) -> PyTree:
+    """The (R, ...) Jacobian of the ``which``-th input (0: the shared
+    parameters, 2: the perturbed features), part by part."""
+    k = self.losses.shape[0] // len(self.parts)
+    blocks = [jac_lib.batched_vjp(lambda c, vjp=vjp: vjp(c)[which], k,
+                                  self.losses.dtype, chunk_size)
+              for vjp in self.parts]
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *blocks)
+
+
+def task_vjps(losses_fn: LossesFn, split: jac_lib.ParamSplit,
+              merge: Callable, splits: int,
+              perturbations: PyTree) -> TaskVJPs:
+  """Stage 1: ``losses_fn`` on each of the ``splits`` parts, with VJPs in
+  the shared parameters, the task-specific ones and the perturbations."""
+  features = () if perturbations is None else perturbations
+  outs = []
+  for j in range(splits):
+    def f(shared, task, feats, part=None if splits == 1 else (j, splits)):
+      return losses_fn(merge(shared, task), feats or None, part)
+    outs.append(jax.vjp(f, split.shared, split.task, features, has_aux=True))
+  return TaskVJPs(jnp.concatenate([o[0] for o in outs]),
+                  jax.tree.map(_mean_floating, *[o[2] for o in outs]),
+                  [o[1] for o in outs])
+
+
+# Stage 2: the aggregation. -------------------------------------------------
+# Each returns (shared update, weights (R,), (method output, method grads),
+# finite (R,)); run(inputs) applies the method to G or J.
+
+
+def _gramian_on_every_device(vjps, run, axis_name, chunk_size):
+  """All-reduce of J, then G, w and d = J^T w on every device."""
+  rows = pmean(vjps.rows(0, chunk_size), axis_name)
+  gram = jac_lib.isolate(gramian(rows))
+  weights, extra = run(gram)
+  return combine(rows, weights), weights, extra, jac_lib.rows_finite(gram)
+
+
+def _gramian_scattered(vjps, run, axis_name, chunk_size):
+  """Reduce-scatter of J (:func:`mtl_jax.train.jacobian.scattered_gramian`)."""
+  if axis_name is None:
+    return _gramian_on_every_device(vjps, run, axis_name, chunk_size)
+  return jac_lib.scattered_gramian(vjps.rows(0, chunk_size), run, axis_name)
+
+
+def _jacobian_direction(vjps, run, axis_name, chunk_size):
+  """The whole flat (R, P) J on every device; the method returns d."""
+  rows = pmean(vjps.rows(0, chunk_size), axis_name)
+  flat, unflatten = jac_lib.flatten_rows(rows)
+  acc = jnp.promote_types(flat.dtype, jnp.float32)
+  finite = jnp.isfinite(jnp.sum(jnp.square(flat.astype(acc)), axis=1))
+  weights, extra = run(flat)
+  direction = extra[0].direction
+  if direction is None:
+    raise ValueError("A method with inputs='jacobian' must return its "
+                     "update in GradientWeights.direction.")
+  return unflatten(lax.stop_gradient(direction)), weights, extra, finite
+
+
+def _features_gramian(vjps, run, axis_name, chunk_size):
+  """G of the feature gradients; d is one VJP of w through the trunk.
+
+  dL/df_n = (1/N) dl_n/df_n on device n's examples: the Gramian of the
+  whole batch is the mean of the local ones over N.
+  """
+  gram = gramian(vjps.rows(2, chunk_size))
+  if axis_name is not None:
+    gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
+  gram = jac_lib.isolate(gram)
+  weights, extra = run(gram)
+  return (pmean(vjps(weights)[0], axis_name), weights, extra,
+          jac_lib.rows_finite(gram))
+
+
+def _aggregate_stage(method: Aggregator, options: JacobianOptions):
+  if options.mode == "features":
+    return _features_gramian
+  if method.inputs == "jacobian":
+    return _jacobian_direction
+  if options.reduction == "reduce_scatter":
+    return _gramian_scattered
+  return _gramian_on_every_device
+
+
+# Stage 3: the heads. ---------------------------------------------------------
+
+
+def _head_gradients(vjps: TaskVJPs, head_weights: jax.Array | None,
+                    axis_name: str | None) -> PyTree:
+  """Each task-specific parameter: its own task's gradient on the whole
+  batch (the mean over the parts), times the method's head weights."""
+  losses = vjps.losses
+  if head_weights is None:
+    head_weights = jnp.full_like(losses, 1.0 / len(vjps.parts))
+  cotangent = lax.stop_gradient(head_weights).astype(losses.dtype)
+  return pmean(vjps(cotangent)[1], axis_name)
+
+
+def _check_compatible(method: Aggregator, options: JacobianOptions) -> None:
+  if options.mode == "params":
+    return
+  if method.batch_splits > 1:
+    raise ValueError(
+        f"This gradient-space method compares the gradients of "
+        f"{method.batch_splits} parts of the batch; in mode='features' the "
+        "parts' feature gradients are orthogonal (disjoint examples), so it "
+        "needs JacobianOptions(mode='params').")
+  if method.inputs == "jacobian":
+    raise ValueError(
+        "This gradient-space method reads the Jacobian J itself (its "
+        "per-coordinate rule or its (K, P) buffers are defined on the shared "
+        "parameters), so it needs JacobianOptions(mode='params').")
+
+
+def jacobian_gradients(method: Aggregator,
+                       options: JacobianOptions = JacobianOptions()
                        ) -> GradientFn:
   r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
 
   Args:
     method: a gradient-space method from :func:`mtl_jax.aggregation.get`.
-    task_params: which model parameters are task-specific (heads); see
-      :data:`mtl_jax.train.jacobian.TaskParamRule`. ``None``: all shared.
-    mode: ``"params"`` (the Jacobian of the shared parameters, exact) or
-      ``"features"`` (of the shared features; needs ``init_perturbations``).
-    chunk_size: compute the K VJPs this many at a time (``None``: all at
-      once); trades speed for the memory of the backward pass.
-    reduction: across devices in ``mode="params"``: ``"reduce_scatter"``
-      (the default: each device keeps a slice of the global Jacobian, the
-      K x K partial Gramians are summed, the update is all-gathered; about
-      half the traffic, see :func:`mtl_jax.train.jacobian.scattered_gramian`)
-      or ``"all_reduce"`` (every device gets the whole K x P Jacobian).
-    init_perturbations: ``() -> zeros`` of the features the model marks with
-      ``self.perturb`` (built by the step from ``model_apply``).
+    options: the task-specific parameters, the mode, the chunk size and the
+      cross-device reduction (:class:`~mtl_jax.train.JacobianOptions`).
 
   Returns:
     A :data:`GradientFn`. Its ``weights`` are the method's :math:`w`, its
@@ -137,7 +273,7 @@ def jacobian_gradients(method: Aggregator, *,
     gradient of its ``aux_loss``, zero without one. A method that reads
     :math:`J` itself (``method.inputs == "jacobian"``) gets the flat
     ``(K, P)`` Jacobian, the same on every device (an all-reduce whatever
-    ``reduction`` says), and returns the update.
+    the reduction), and returns the update.
   """
   if not isinstance(method, Aggregator):
     raise ValueError(
@@ -146,132 +282,40 @@ def jacobian_gradients(method: Aggregator, *,
         "loss-weighting method goes to make_train_step directly (it takes the "
         "weighted-sum path); combining it with a gradient method is not "
         "defined here.")
-  jac_lib.check_options(mode, chunk_size, reduction)
-  if mode == "features" and init_perturbations is None:
-    raise ValueError("mode='features' needs init_perturbations.")
-
-  reads_jacobian = method.inputs == "jacobian"
+  if not isinstance(options, JacobianOptions):
+    raise ValueError(f"options must be a JacobianOptions, got "
+                     f"{type(options).__name__}.")
+  _check_compatible(method, options)
+  aggregate = _aggregate_stage(method, options)
   splits = method.batch_splits
-  if splits > 1 and mode != "params":
-    raise ValueError(
-        f"This gradient-space method compares the gradients of {splits} "
-        "parts of the batch; in jacobian_mode='features' the parts' feature "
-        "gradients are orthogonal (disjoint examples), so it needs "
-        f"jacobian_mode='params', got {mode!r}.")
-  if reads_jacobian and mode != "params":
-    raise ValueError(
-        "This gradient-space method reads the Jacobian J itself (its "
-        "per-coordinate rule or its (K, P) buffers are defined on the shared "
-        "parameters), so it needs jacobian_mode='params', got "
-        f"{mode!r}.")
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
-                  axis_name: str | None) -> Gradients:
-    mask = jac_lib.task_param_mask(params["model"], task_params)
+                  axis_name: str | None, perturbations: PyTree = None
+                  ) -> Gradients:
+    mask = jac_lib.task_param_mask(params["model"], options.task_params)
     split, merge = jac_lib.split_params(params["model"], mask)
-    has_heads = bool(split.task)
+    vjps = task_vjps(losses_fn, split, merge, splits, perturbations)
+    losses = pmean(lax.stop_gradient(vjps.losses), axis_name)  # (R,)
 
-    if splits > 1:
-      # One forward and one vjp per part: each part's K rows cost a K-row
-      # Jacobian of a third of the batch, and BatchNorm's statistics are
-      # the part's own (independent samples).
-      parts = []
-      for j in range(splits):
-        def f(shared, task, j=j):
-          return losses_fn(merge(shared, task), part=j)
-        parts.append(jax.vjp(f, split.shared, split.task, has_aux=True))
-      local = jnp.concatenate([p[0] for p in parts])
-      model_state = jax.tree.map(_mean_floating, *[p[2] for p in parts])
-      part_vjps = [p[1] for p in parts]
-
-      def vjp_fn(cotangent):
-        k = cotangent.shape[0] // splits
-        outs = [fn(cotangent[j * k:(j + 1) * k])
-                for j, fn in enumerate(part_vjps)]
-        return tuple(jax.tree.map(lambda *xs: sum(xs), *[o[i] for o in outs])
-                     for i in range(2))
-    elif mode == "params":
-      def f(shared, task):
-        return losses_fn(merge(shared, task))
-      local, vjp_fn, model_state = jax.vjp(f, split.shared, split.task,
-                                           has_aux=True)
-    else:
-      def f(shared, task, perturbations):
-        return losses_fn(merge(shared, task), perturbations)
-      local, vjp_fn, model_state = jax.vjp(
-          f, split.shared, split.task, init_perturbations(), has_aux=True)
-    num_rows = local.shape[0]
-    losses = pmean(lax.stop_gradient(local), axis_name)  # (splits * K,)
-
-    def run_method(inputs):
+    def run(inputs):
       out, method_grads = apply_with_grads(method, params["weighting"],
                                            method_state, inputs, losses)
-      weights = lax.stop_gradient(out.weights).astype(local.dtype)
+      weights = lax.stop_gradient(out.weights).astype(vjps.losses.dtype)
       return weights, (out, method_grads)
 
-    if splits > 1:
-      num_tasks = num_rows // splits
-      blocks = [jac_lib.batched_vjp(lambda c, fn=fn: fn(c)[0], num_tasks,
-                                    local.dtype, chunk_size)
-                for fn in part_vjps]
-      rows = [jnp.concatenate(leaf_blocks) for leaf_blocks in zip(*blocks)]
-    if mode == "params":
-      if splits == 1:
-        rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[0], num_rows,
-                                   local.dtype, chunk_size)
-      if reads_jacobian:
-        # The whole Jacobian on every device: the method's per-coordinate
-        # rule and its (K, P) buffers see the same J everywhere.
-        rows = pmean(rows, axis_name)
-        flat, unflatten = jac_lib.flatten_rows(rows)
-        acc = jnp.promote_types(flat.dtype, jnp.float32)
-        finite = jnp.isfinite(jnp.sum(jnp.square(flat.astype(acc)), axis=1))
-        weights, (out, method_grads) = run_method(flat)
-        if out.direction is None:
-          raise ValueError("A method with inputs='jacobian' must return its "
-                           "update in GradientWeights.direction.")
-        shared_grads = unflatten(lax.stop_gradient(out.direction))
-      elif axis_name is not None and reduction == "reduce_scatter":
-        shared_grads, weights, (out, method_grads), finite = (
-            jac_lib.scattered_gramian(rows, run_method, axis_name))
-      else:
-        rows = pmean(rows, axis_name)
-        gram = jac_lib.isolate(gramian(rows))
-        weights, (out, method_grads) = run_method(gram)
-        shared_grads = combine(rows, weights)
-        finite = jac_lib.rows_finite(gram)
-    else:
-      rows = jac_lib.batched_vjp(lambda c: vjp_fn(c)[2], num_rows,
-                                 local.dtype, chunk_size)
-      # dL/df_n = (1/N) dl_n/df_n on device n's examples: the Gramian of
-      # the whole batch is the mean of the local ones over N.
-      gram = gramian(rows)
-      if axis_name is not None:
-        gram = lax.pmean(gram, axis_name) / lax.axis_size(axis_name)
-      gram = jac_lib.isolate(gram)
-      finite = jac_lib.rows_finite(gram)
-      weights, (out, method_grads) = run_method(gram)
-      shared_grads = pmean(vjp_fn(weights)[0], axis_name)
-
-    if has_heads:
-      # Each head: its own task's gradient on the whole batch (the mean of
-      # the parts' gradients when the batch is split).
-      head_weights = (jnp.full_like(local, 1.0 / splits)
-                      if out.head_weights is None else
-                      lax.stop_gradient(out.head_weights).astype(local.dtype))
-      task_grads = pmean(vjp_fn(head_weights)[1], axis_name)
-    else:
-      task_grads = []
+    shared, weights, (out, method_grads), finite = aggregate(
+        vjps, run, axis_name, options.chunk_size)
+    heads = (_head_gradients(vjps, out.head_weights, axis_name)
+             if split.task else [])
     # The method's own parameters see the global losses and the global
     # Jacobian: their gradients agree on every device already.
-    grads = {"model": merge(shared_grads, task_grads),
-             "weighting": method_grads}
+    grads = {"model": merge(shared, heads), "weighting": method_grads}
     total = jnp.sum(weights * losses)
     if splits > 1:  # per task: the whole batch's losses, summed weights
       losses = jnp.mean(losses.reshape(splits, -1), axis=0)
       weights = jnp.sum(weights.reshape(splits, -1), axis=0)
       finite = jnp.all(finite.reshape(splits, -1), axis=0)
-    return Gradients(grads, total, losses, weights, out.state, model_state,
-                     finite)
+    return Gradients(grads, total, losses, weights, out.state,
+                     vjps.model_state, finite)
 
   return gradient_fn

@@ -42,6 +42,7 @@ parameters). See ``docs/gradient_methods.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -250,19 +251,48 @@ def scattered_gramian(rows: Sequence[jax.Array], weights_fn: Callable,
   return unflatten(update), weights, extra, rows_finite(gram)
 
 
-def check_options(mode: str, chunk_size: int | None,
-                  reduction: str = "reduce_scatter") -> None:
-  if mode not in MODES:
-    raise ValueError(
-        f"jacobian_mode must be one of {MODES}, got {mode!r}: 'params' "
-        "differentiates the shared parameters (exact), 'features' the shared "
-        "features marked with self.perturb (cheaper, LibMTL's rep_grad).")
-  if reduction not in REDUCTIONS:
-    raise ValueError(
-        f"jacobian_reduction must be one of {REDUCTIONS}, got {reduction!r}.")
-  if chunk_size is not None and (isinstance(chunk_size, bool) or
-                                 not isinstance(chunk_size, int)
-                                 or chunk_size < 1):
-    raise ValueError(
-        f"chunk_size must be None (all tasks at once) or a positive integer, "
-        f"got {chunk_size!r}.")
+@dataclasses.dataclass(frozen=True)
+class JacobianOptions:
+  """How the train step computes the Jacobian of a gradient-space method.
+
+  Checked when built: a wrong field raises a ValueError naming it.
+
+  Attributes:
+    task_params: the task-specific parameters (heads), which get their own
+      task's gradient (:data:`TaskParamRule`); the bundled models have theirs
+      in :func:`mtl_jax.models.task_params`. ``None``: every parameter is
+      shared (correct, only slower).
+    mode: ``"params"`` (the Jacobian of the shared parameters, exact) or
+      ``"features"`` (of the shared features the model marks with
+      ``self.perturb``; cheaper, LibMTL's ``rep_grad``).
+    chunk_size: compute this many task gradients at a time (``None``: all at
+      once); trades speed for the memory of the backward pass.
+    reduction: across devices in ``mode="params"``: ``"reduce_scatter"``
+      (each device keeps a slice of the global Jacobian, the K x K partial
+      Gramians are summed, the update is all-gathered; about half the
+      traffic, see :func:`scattered_gramian`) or ``"all_reduce"`` (every
+      device gets the whole K x P Jacobian).
+  """
+  task_params: TaskParamRule = None
+  mode: str = "params"
+  chunk_size: int | None = None
+  reduction: str = "reduce_scatter"
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(
+          f"JacobianOptions.mode must be one of {MODES}, got {self.mode!r}: "
+          "'params' differentiates the shared parameters (exact), "
+          "'features' the shared features marked with self.perturb "
+          "(cheaper, LibMTL's rep_grad).")
+    if self.reduction not in REDUCTIONS:
+      raise ValueError(f"JacobianOptions.reduction must be one of "
+                       f"{REDUCTIONS}, got {self.reduction!r}.")
+    size = self.chunk_size
+    if size is not None and (isinstance(size, bool) or
+                             not isinstance(size, int) or size < 1):
+      raise ValueError(
+          "JacobianOptions.chunk_size must be None (all tasks at once) or a "
+          f"positive integer, got {size!r}.")
+    if self.task_params is not None:
+      _matcher(self.task_params)  # raises on a malformed rule

@@ -60,7 +60,6 @@ import optax
 from jax import lax
 
 from mtl_jax.aggregation import Aggregator
-from mtl_jax.train import jacobian as jac_lib
 from mtl_jax.train.gradients import (
   GradientFn,
   Gradients,
@@ -70,6 +69,7 @@ from mtl_jax.train.gradients import (
   pmean,
   weighted_sum_gradients,
 )
+from mtl_jax.train.jacobian import JacobianOptions
 from mtl_jax.train.state import TrainState
 from mtl_jax.weighting import Weighting
 
@@ -173,45 +173,91 @@ def batch_part(batch: Batch, part: int, splits: int) -> Batch:
   return jax.tree.map(lambda x: x[part::splits], batch)
 
 
-def _gradient_path(method: Method, model_apply: ModelApply,
-                   gradient_fn: GradientFn | None, task_params: Any,
-                   jacobian_mode: str, chunk_size: int | None,
-                   reduction: str) -> tuple[GradientFn, bool]:
-  """The :data:`GradientFn` for ``method``; True when it needs perturbations."""
-  is_gradient_method = isinstance(method, Aggregator)
-  if not is_gradient_method and not isinstance(method, Weighting):
+def _gradient_path(method: Method, gradient_fn: GradientFn | None,
+                   jacobian: JacobianOptions | None) -> GradientFn:
+  """The :data:`GradientFn` of ``method``, built once with the step."""
+  if gradient_fn is not None:
+    if jacobian is not None:
+      raise ValueError(
+          "jacobian= configures the built-in Jacobian path; a custom "
+          "gradient_fn replaces it. Pass one or the other.")
+    return gradient_fn
+  if isinstance(method, Aggregator):
+    return jacobian_gradients(method, jacobian or JacobianOptions())
+  if not isinstance(method, Weighting):
     raise ValueError(
         f"the method must come from mtl_jax.get(...) (a Weighting or an "
         f"Aggregator), got {type(method).__name__}.")
-  jacobian_options = (task_params is not None or jacobian_mode != "params"
-                      or chunk_size is not None
-                      or reduction != "reduce_scatter")
-  if gradient_fn is not None:
-    if jacobian_options:
-      raise ValueError(
-          "task_params, jacobian_mode, chunk_size and jacobian_reduction "
-          "configure the built-in Jacobian path; a custom gradient_fn replaces it. Pass one or the "
-          "other.")
-    return gradient_fn, False
-  if not is_gradient_method:
-    if jacobian_options:
-      raise ValueError(
-          "task_params, jacobian_mode, chunk_size and jacobian_reduction "
-          "only apply to "
-          "gradient-space methods (mtl_jax.aggregation); this method is a "
-          "loss weighting, which needs one backward pass of its total. Drop "
-          "them, or pick a gradient-space method.")
-    return weighted_sum_gradients(method), False
-  jac_lib.check_options(jacobian_mode, chunk_size, reduction)
-  needs_perturbations = jacobian_mode == "features"
-  if needs_perturbations and not hasattr(model_apply, "init_perturbations"):
+  if jacobian is not None:
     raise ValueError(
-        "jacobian_mode='features' needs a model_apply that can list the "
-        "shared features the model marks with self.perturb(name, x): build "
-        "it with mtl_jax.train.module_apply_fn(module) (linen) or "
+        "jacobian= only applies to gradient-space methods "
+        "(mtl_jax.aggregation); this method is a loss weighting, which needs "
+        "one backward pass of its total. Drop it, or pick a gradient-space "
+        "method.")
+  return weighted_sum_gradients(method)
+
+
+def _perturbations_fn(model_apply: ModelApply,
+                      jacobian: JacobianOptions | None,
+                      compute_dtype: jnp.dtype | None):
+  """``(state, batch) -> zeros`` of the marked features in the Jacobian's
+  features mode; ``None`` otherwise."""
+  if jacobian is None or jacobian.mode != "features":
+    return None
+  if not hasattr(model_apply, "init_perturbations"):
+    raise ValueError(
+        "JacobianOptions(mode='features') needs a model_apply that can list "
+        "the shared features the model marks with self.perturb(name, x): "
+        "build it with mtl_jax.train.module_apply_fn(module) (linen) or "
         "mtl_jax.nnx.model_apply_fn(model) (NNX), or give model_apply an "
         "init_perturbations(variables, batch) attribute.")
-  return None, needs_perturbations
+
+  def perturbations(state: TrainState, batch: Batch) -> PyTree:
+    variables = {"params": cast_floating(state.params["model"], compute_dtype),
+                 **cast_floating(state.model_state, compute_dtype)}
+    return model_apply.init_perturbations(
+        variables, cast_floating(batch, compute_dtype))
+
+  return perturbations
+
+
+def _guarded(state: TrainState, rng: jax.Array, out: Gradients,
+             params: PyTree, opt_state: PyTree, model_state: PyTree,
+             method_state: PyTree) -> tuple[TrainState, Metrics]:
+  """The non-finite guard: the new state where the step is finite, the old
+  one (with ``step``, ``rng`` and the skip counters advanced) where it is
+  not; and the step's metrics."""
+  losses_finite = jnp.isfinite(out.losses)
+  grads_finite = _all_finite(out.grads)
+  task_grads_finite = (jnp.broadcast_to(grads_finite, losses_finite.shape)
+                       if out.task_grads_finite is None
+                       else out.task_grads_finite)
+  ok = jnp.all(losses_finite) & jnp.isfinite(out.total) & grads_finite
+  consecutive = jnp.where(ok, 0, state.consecutive_skips + 1)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=_select(ok, params, state.params),
+      opt_state=_select(ok, opt_state, state.opt_state),
+      model_state=_select(ok, model_state, state.model_state),
+      weighting_state=_select(ok, method_state, state.weighting_state),
+      rng=rng,
+      consecutive_skips=consecutive.astype(jnp.int32),
+      total_skips=state.total_skips + (~ok).astype(jnp.int32))
+  metrics = {
+      "step": new_state.step,
+      "total": out.total.astype(jnp.float32),
+      "losses": out.losses,
+      "weights": out.weights.astype(jnp.float32),
+      "losses_finite": losses_finite,
+      "task_grads_finite": task_grads_finite,
+      "grads_finite": grads_finite,
+      "skipped": ~ok,
+      "consecutive_skips": new_state.consecutive_skips,
+      "total_skips": new_state.total_skips,
+      "grad_norm": optax.tree.norm(out.grads),
+      "param_norm": optax.tree.norm(new_state.params),
+  }
+  return new_state, metrics
 
 
 def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
@@ -221,10 +267,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
                     compute_dtype: jnp.dtype | None = None,
                     gradient_fn: GradientFn | None = None,
                     rng_names: Sequence[str] = ("dropout",),
-                    task_params: jac_lib.TaskParamRule = None,
-                    jacobian_mode: str = "params",
-                    chunk_size: int | None = None,
-                    jacobian_reduction: str = "reduce_scatter",
+                    jacobian: JacobianOptions | None = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Builds the pure ``train_step(state, batch) -> (state, metrics)``.
 
@@ -237,8 +280,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
   differentiates its weighted total; a gradient-space method
   (``mtl_jax.aggregation``) computes the per-task Jacobian of the shared
   parameters, its weights from the Gramian and the combined update, while
-  every task-specific parameter (``task_params``) gets its own task's
-  gradient (:func:`mtl_jax.train.jacobian_gradients`).
+  every task-specific parameter (``jacobian.task_params``) gets its own
+  task's gradient (:func:`mtl_jax.train.jacobian_gradients`).
 
   Non-finite guard: when a global task loss, the total or a gradient is not
   finite (the check runs after the averaging, so all devices agree), the
@@ -261,19 +304,10 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
     gradient_fn: replaces the built-in path from losses to gradients (see
       :mod:`mtl_jax.train.gradients`).
     rng_names: Flax rng streams given to the model in training.
-    task_params: gradient-space methods only: the task-specific parameters,
-      as glob patterns on the parameter paths (``"head_*"``) or a predicate
-      (:data:`mtl_jax.train.jacobian.TaskParamRule`); the bundled models
-      have theirs in :func:`mtl_jax.models.task_params`. ``None``: every
-      parameter is shared (correct, only slower).
-    jacobian_mode: gradient-space methods only: ``"params"`` (exact) or
-      ``"features"`` (the Jacobian of the shared features; see
-      :mod:`mtl_jax.train.jacobian`).
-    chunk_size: gradient-space methods only: compute this many task
-      gradients at a time (``None``: all K at once) to bound memory.
-    jacobian_reduction: gradient-space methods, ``jacobian_mode="params"``,
-      several devices: ``"reduce_scatter"`` (default; each device keeps a
-      slice of the Jacobian, about half the traffic) or ``"all_reduce"``.
+    jacobian: gradient-space methods only: the task-specific parameters,
+      the mode, the chunk size and the cross-device reduction
+      (:class:`~mtl_jax.train.JacobianOptions`); ``None``: the defaults
+      (every parameter shared, exact, all tasks at once, reduce-scatter).
 
   Returns:
     ``train_step(state, batch) -> (state, metrics)`` with metrics
@@ -282,10 +316,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
     ``grads_finite``, ``skipped``, ``consecutive_skips``, ``total_skips``,
     ``grad_norm``, ``param_norm``; all global, identical on every device.
   """
-  path, needs_perturbations = _gradient_path(
-      method, model_apply, gradient_fn, task_params, jacobian_mode, chunk_size,
-      jacobian_reduction)
-  splits = getattr(method, "batch_splits", 1) if path is None else 1
+  to_gradients = _gradient_path(method, gradient_fn, jacobian)
+  perturbations_fn = _perturbations_fn(model_apply, jacobian, compute_dtype)
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, step_rng = jax.random.split(state.rng)
@@ -293,37 +325,22 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 
     def losses_fn(model_params, perturbations=None, part=None):
       data, keys = batch, rngs
-      if part is not None:  # one part of a split batch (SDMGrad, MoDo)
-        data = batch_part(batch, part, splits)
-        keys = {n: jax.random.fold_in(k, part) for n, k in rngs.items()}
+      if part is not None:  # (j, s): part j of s (SDMGrad, MoDo)
+        data = batch_part(batch, *part)
+        keys = {n: jax.random.fold_in(k, part[0]) for n, k in rngs.items()}
       losses, _, model_state = _forward(
           model_apply, task_loss_fn, model_params, state.model_state, data,
           train=True, rngs=keys, compute_dtype=compute_dtype,
           perturbations=perturbations)
       return losses, model_state
 
-    if path is not None:
-      to_gradients = path
-    else:
-      init_perturbations = None
-      if needs_perturbations:
-        def init_perturbations():
-          variables = {"params": cast_floating(state.params["model"],
-                                               compute_dtype),
-                       **cast_floating(state.model_state, compute_dtype)}
-          return model_apply.init_perturbations(
-              variables, cast_floating(batch, compute_dtype))
-      to_gradients = jacobian_gradients(
-          method, task_params=task_params, mode=jacobian_mode,
-          chunk_size=chunk_size, reduction=jacobian_reduction,
-          init_perturbations=init_perturbations)
-
+    perturbations = (None if perturbations_fn is None
+                     else perturbations_fn(state, batch))
     out = to_gradients(losses_fn, state.params, state.weighting_state,
-                       axis_name)
+                       axis_name, perturbations)
     updates, opt_state = optimizer.update(out.grads, state.opt_state,
                                           state.params)
     params = optax.apply_updates(state.params, updates)
-    model_state = _pmean_floating(out.model_state, axis_name)
     method_state = out.method_state
     after_update = getattr(method, "after_update", None)
     if after_update is not None:
@@ -334,37 +351,8 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
       method_state = after_update(params["weighting"], method_state,
                                   out.losses, after)
 
-    losses_finite = jnp.isfinite(out.losses)
-    grads_finite = _all_finite(out.grads)
-    task_grads_finite = (jnp.broadcast_to(grads_finite, losses_finite.shape)
-                         if out.task_grads_finite is None
-                         else out.task_grads_finite)
-    ok = jnp.all(losses_finite) & jnp.isfinite(out.total) & grads_finite
-    consecutive = jnp.where(ok, 0, state.consecutive_skips + 1)
-    new_state = state.replace(
-        step=state.step + 1,
-        params=_select(ok, params, state.params),
-        opt_state=_select(ok, opt_state, state.opt_state),
-        model_state=_select(ok, model_state, state.model_state),
-        weighting_state=_select(ok, method_state, state.weighting_state),
-        rng=rng,
-        consecutive_skips=consecutive.astype(jnp.int32),
-        total_skips=state.total_skips + (~ok).astype(jnp.int32))
-    metrics = {
-        "step": new_state.step,
-        "total": out.total.astype(jnp.float32),
-        "losses": out.losses,
-        "weights": out.weights.astype(jnp.float32),
-        "losses_finite": losses_finite,
-        "task_grads_finite": task_grads_finite,
-        "grads_finite": grads_finite,
-        "skipped": ~ok,
-        "consecutive_skips": new_state.consecutive_skips,
-        "total_skips": new_state.total_skips,
-        "grad_norm": optax.tree.norm(out.grads),
-        "param_norm": optax.tree.norm(new_state.params),
-    }
-    return new_state, metrics
+    return _guarded(state, rng, out, params, opt_state,
+                    _pmean_floating(out.model_state, axis_name), method_state)
 
   return train_step
 
@@ -465,10 +453,10 @@ def make_init_perturbations(perturbed: Callable[[PyTree, Batch], PyTree],
     if not jax.tree.leaves(template):
       raise ValueError(
           f"{type(model).__name__} marks no shared features: the Jacobian's "
-          "representation mode (jacobian_mode='features') differentiates the "
+          "representation mode (JacobianOptions(mode='features')) differentiates the "
           "outputs the model passes through self.perturb(name, x). Mark the "
           "trunk's output that way (a linen model: "
-          "mtl_jax.models.mark_features), or use jacobian_mode='params'.")
+          "mtl_jax.models.mark_features), or use JacobianOptions(mode='params').")
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), template)
 
   return init_perturbations

@@ -104,14 +104,19 @@ def init_state(name: str, seed: int = 0,
 def make_step(name: str, *, axis_name: str | None = None,
               compute_dtype=None, optimizer=None, model_apply=None, **jacobian):
   """The train step of method ``name``; a gradient-space method gets TinyMLP's
-  heads as its task parameters unless ``jacobian`` says otherwise."""
+  heads as its task parameters unless ``jacobian`` (fields of :class:`mtl_jax.train.JacobianOptions`)
+  says otherwise."""
   w = get_weighting(name)
   tx = optimizer or default_optimizer()
+  options = None
   if is_gradient_method(name):
     jacobian.setdefault("task_params", HEADS)
+    options = train.JacobianOptions(**jacobian)
+  elif jacobian:
+    options = train.JacobianOptions(**jacobian)
   return train.make_train_step(model_apply or train.module_apply_fn(TinyMLP()),
                                task_losses, w, tx, axis_name=axis_name,
-                               compute_dtype=compute_dtype, **jacobian)
+                               compute_dtype=compute_dtype, jacobian=options)
 
 
 @functools.cache

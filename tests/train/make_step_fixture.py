@@ -7,7 +7,7 @@ product, left_even, left_smaller; a 128x128 trunk; the product head starting
 at its mean) on one fixed batch of the strips' format, each method of
 ``mtl_jax.names()`` with its default hyperparameters (plus the few a factory
 requires), the config's Jacobian options (the model's heads as task
-parameters, ``jacobian_mode="params"``, ``chunk_size=1``) and fixed seeds.
+parameters, ``JacobianOptions(mode="params", chunk_size=1)``) and fixed seeds.
 tests/train/test_step_fixture.py recomputes the same numbers and compares,
 so a refactor of the train step must keep them (issue 21).
 
@@ -110,14 +110,14 @@ def _run(name: str, batch: dict[str, np.ndarray]):
   jacobian = {}
   if mtl_jax.family(name) == "aggregation":
     jacobian = {"task_params": models.task_params(model),
-                "jacobian_mode": "params", "chunk_size": 1}
+                "mode": "params", "chunk_size": 1}
   state = train.create_train_state(
       jax.random.PRNGKey(SEED), model, batch, method, tx, len(TASKS),
       task_params=jacobian.get("task_params"))
   step = train.make_train_step(
       train.module_apply_fn(model),
       functools.partial(losses.digit_attribute_losses, tasks=TASKS), method,
-      tx, **jacobian)
+      tx, jacobian=train.JacobianOptions(**jacobian) if jacobian else None)
   compiled = jax.jit(step).lower(state, batch).compile()
   for _ in range(STEPS):
     state, metrics = compiled(state, batch)

@@ -34,8 +34,9 @@ def _single(kind, name):
 def _make(method, axis_name=None, **kwargs):
   return train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
                                fx.task_losses, method, SGD,
-                               axis_name=axis_name, task_params=fx.HEADS,
-                               **kwargs)
+                               axis_name=axis_name,
+                               jacobian=train.JacobianOptions(
+                                   task_params=fx.HEADS, **kwargs))
 
 
 def _state(method):
@@ -97,7 +98,7 @@ def test_four_devices_equal_one(name, reduction):
   method, step = _single("exact", name)
   state = _state(method)
   pstep = train.pmap_step(_make(method, "batch",
-                                jacobian_reduction=reduction), "batch")
+                                reduction=reduction), "batch")
   for i in range(3):
     batch = fx.make_batch(20 + i)
     ref, _ = step(state, batch)
@@ -128,6 +129,6 @@ def test_a_batch_not_divisible_by_the_parts_is_an_error():
 
 def test_features_mode_is_an_error():
   method = modo()
-  with pytest.raises(ValueError, match="jacobian_mode='params'"):
-    jax.jit(_make(method, jacobian_mode="features"))(_state(method),
+  with pytest.raises(ValueError, match="mode='params'"):
+    jax.jit(_make(method, mode="features"))(_state(method),
                                                      fx.make_batch(1))

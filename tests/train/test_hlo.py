@@ -108,14 +108,14 @@ def test_jacobian_reduce_scatter_moves_a_slice_of_j(name):
 
 
 def test_jacobian_all_reduce_moves_the_whole_j():
-  text, shared, heads = _jacobian_hlo("mgda", jacobian_reduction="all_reduce")
+  text, shared, heads = _jacobian_hlo("mgda", reduction="all_reduce")
   k = fx.NUM_TASKS
   assert _by_kind(train.count_collectives(text)) == {
       "all-reduce": k * shared + heads + k}
 
 
 def test_features_mode_reduces_only_the_gramian_and_the_gradients():
-  text, shared, heads = _jacobian_hlo("mgda", jacobian_mode="features")
+  text, shared, heads = _jacobian_hlo("mgda", mode="features")
   k = fx.NUM_TASKS
   assert _by_kind(train.count_collectives(text)) == {
       "all-reduce": k * k + shared + heads + k}

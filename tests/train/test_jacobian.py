@@ -95,7 +95,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
 @functools.cache
 def _compiled(name, heads, mode, chunk_size=None):
   return jax.jit(fx.make_step(name, task_params=fx.HEADS if heads else None,
-                              jacobian_mode=mode, chunk_size=chunk_size))
+                              mode=mode, chunk_size=chunk_size))
 
 
 CASES = [(name, True) for name in METHODS] + [("mgda", False), ("config", False)]
@@ -245,10 +245,20 @@ def test_bad_rule_type():
 
 
 def test_jacobian_options_with_a_loss_weighting_are_an_error():
-  with pytest.raises(ValueError, match="only apply to gradient-space"):
+  with pytest.raises(ValueError, match="only applies to gradient-space"):
     train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
                           fx.task_losses, mtl_jax.get("uw_so", temperature=2.0),
-                          fx.default_optimizer(), task_params=fx.HEADS)
+                          fx.default_optimizer(),
+                          jacobian=train.JacobianOptions(task_params=fx.HEADS))
+
+
+def test_jacobian_options_with_a_custom_gradient_fn_are_an_error():
+  with pytest.raises(ValueError, match="one or the other"):
+    train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
+                          fx.task_losses, mtl_jax.get("mgda"),
+                          fx.default_optimizer(),
+                          gradient_fn=lambda *args: None,
+                          jacobian=train.JacobianOptions(chunk_size=2))
 
 
 def test_gradient_methods_are_rejected_where_a_weighting_is_expected():
@@ -262,18 +272,19 @@ def test_gradient_methods_are_rejected_where_a_weighting_is_expected():
     train.jacobian_gradients(mtl_jax.get("ew"))
 
 
-def test_bad_jacobian_options():
-  method = mtl_jax.get("mgda")
-  apply_fn = train.module_apply_fn(fx.TinyMLP())
-  with pytest.raises(ValueError, match="jacobian_mode"):
-    train.make_train_step(apply_fn, fx.task_losses, method,
-                          fx.default_optimizer(), jacobian_mode="rep")
-  with pytest.raises(ValueError, match="chunk_size"):
-    train.make_train_step(apply_fn, fx.task_losses, method,
-                          fx.default_optimizer(), chunk_size=0)
+@pytest.mark.parametrize("field,value", [
+    ("mode", "rep"), ("chunk_size", 0), ("chunk_size", 2.0),
+    ("reduction", "psum"), ("task_params", [])])
+def test_bad_jacobian_options_fail_when_built(field, value):
+  with pytest.raises(ValueError, match=field):
+    train.JacobianOptions(**{field: value})
+
+
+def test_features_mode_needs_a_model_apply_that_lists_the_features():
   with pytest.raises(ValueError, match="init_perturbations"):
-    train.make_train_step(lambda *a, **k: None, fx.task_losses, method,
-                          fx.default_optimizer(), jacobian_mode="features")
+    train.make_train_step(lambda *a, **k: None, fx.task_losses,
+                          mtl_jax.get("mgda"), fx.default_optimizer(),
+                          jacobian=train.JacobianOptions(mode="features"))
 
 
 def test_features_mode_on_a_model_without_marked_features():
@@ -290,7 +301,8 @@ def test_features_mode_on_a_model_without_marked_features():
   state = train.create_train_state(jax.random.PRNGKey(0), Plain(),
                                    fx.make_batch(0), method, tx, fx.NUM_TASKS)
   step = train.make_train_step(train.module_apply_fn(Plain()), fx.task_losses,
-                               method, tx, jacobian_mode="features")
+                               method, tx,
+                               jacobian=train.JacobianOptions(mode="features"))
   with pytest.raises(ValueError, match="marks no shared features"):
     jax.jit(step)(state, fx.make_batch(0))
 
@@ -305,7 +317,7 @@ def test_unknown_name_lists_both_families():
 def test_bfloat16_model_keeps_the_jacobian_path_in_float32(mode):
   state, _, _ = fx.init_state("upgrad")
   step = jax.jit(fx.make_step("upgrad", compute_dtype=jnp.bfloat16,
-                              jacobian_mode=mode))
+                              mode=mode))
   new, metrics = step(state, fx.make_batch(7))
   _, ref = _compiled("upgrad", True, mode)(state, fx.make_batch(7))
   assert not bool(metrics["skipped"])

@@ -21,12 +21,14 @@ from mtl_jax.aggregation import _base
 SGD = optax.sgd(1.0)
 
 
-def _step(method, optimizer=SGD, **kwargs):
+def _step(method, optimizer=SGD, **jacobian):
+  options = None
   if isinstance(method, aggregation.Aggregator):
-    kwargs.setdefault("task_params", fx.HEADS)
+    jacobian.setdefault("task_params", fx.HEADS)
+    options = train.JacobianOptions(**jacobian)
   return jax.jit(train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
                                        fx.task_losses, method, optimizer,
-                                       **kwargs))
+                                       jacobian=options))
 
 
 def _state(method, task_params=fx.HEADS):
@@ -146,7 +148,8 @@ def test_aux_loss_gradients_agree_across_devices(reduction):
   ref, _ = _step(method)(state, batch)
   step = train.pmap_step(train.make_train_step(
       train.module_apply_fn(fx.TinyMLP()), fx.task_losses, method, SGD,
-      axis_name="batch", task_params=fx.HEADS, jacobian_reduction=reduction),
+      axis_name="batch", jacobian=train.JacobianOptions(
+          task_params=fx.HEADS, reduction=reduction)),
       "batch")
   got, _ = step(train.replicate(state), train.shard_batch(batch))
   assert fx.max_abs_diff(ref.params, train.unreplicate(got).params) < 1e-5
@@ -227,7 +230,7 @@ def test_a_jacobian_method_is_exact_across_devices(wrap):
     ref, _ = step(ref, b)
   make = lambda axis: train.make_train_step(
       train.module_apply_fn(fx.TinyMLP()), fx.task_losses, method, SGD,
-      axis_name=axis, task_params=fx.HEADS)
+      axis_name=axis, jacobian=train.JacobianOptions(task_params=fx.HEADS))
   if wrap == "pmap":
     step = train.pmap_step(make("batch"), "batch")
     got = train.replicate(state)
@@ -260,5 +263,5 @@ def test_missing_num_params_names_where_it_comes_from():
 def test_a_jacobian_method_in_features_mode_is_an_error():
   method = _jacobian_toy()
   state = _state(method)
-  with pytest.raises(ValueError, match="jacobian_mode='params'"):
-    _step(method, jacobian_mode="features")(state, fx.make_batch(1))
+  with pytest.raises(ValueError, match="mode='params'"):
+    _step(method, mode="features")(state, fx.make_batch(1))

@@ -86,22 +86,22 @@ def test_all_reduce_jacobian_equals_single_device(name, single_runs):
   too; the default reduce-scatter is covered by the tests above."""
   state, _, _ = fx.init_state(name)
   step = train.pmap_step(fx.make_step(name, axis_name="batch",
-                                      jacobian_reduction="all_reduce"), "batch")
+                                      reduction="all_reduce"), "batch")
   got = _run(step, train.replicate(state), train.shard_batch, train.unreplicate)
   _assert_same(_reference(single_runs, name), got)
 
 
 @pytest.mark.parametrize("name", FEATURE_METHODS)
 def test_features_mode_pmap_and_mesh_equal_single_device(name):
-  ref = _single(name, jacobian_mode="features")
+  ref = _single(name, mode="features")
   state, _, _ = fx.init_state(name)
   step = train.pmap_step(fx.make_step(name, axis_name="batch",
-                                      jacobian_mode="features"), "batch")
+                                      mode="features"), "batch")
   _assert_same(ref, _run(step, train.replicate(state), train.shard_batch,
                          train.unreplicate))
   mesh = train.make_mesh("data")
   step = train.mesh_step(fx.make_step(name, axis_name="data",
-                                      jacobian_mode="features"), mesh, "data")
+                                      mode="features"), mesh, "data")
   _assert_same(ref, _run(step, train.replicate_on_mesh(train.to_host(state),
                                                        mesh),
                          lambda b: train.global_batch(b, mesh, "data"),

@@ -147,8 +147,9 @@ def test_custom_gradient_fn_is_used():
   default = train.weighted_sum_gradients(w)
   calls = []
 
-  def zero_model_grads(losses_fn, params, weighting_state, axis_name):
-    calls.append(axis_name)
+  def zero_model_grads(losses_fn, params, weighting_state, axis_name,
+                       perturbations):
+    calls.append((axis_name, perturbations))
     agg = default(losses_fn, params, weighting_state, axis_name)
     return agg._replace(grads=jax.tree.map(jnp.zeros_like, agg.grads))
 
@@ -157,6 +158,6 @@ def test_custom_gradient_fn_is_used():
                                gradient_fn=zero_model_grads)
   state = state.replace(opt_state=optax.sgd(0.1).init(state.params))
   new, metrics = jax.jit(step)(state, fx.make_batch(0))
-  assert calls == [None]
+  assert calls == [(None, None)]
   assert fx.max_abs_diff(state.params, new.params) == 0.0
   assert float(metrics["grad_norm"]) == 0.0
