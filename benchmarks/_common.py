@@ -177,7 +177,7 @@ def jit_step(model, batch: Mapping[str, np.ndarray], task_losses: Callable,
 
   from mtl_jax import train  # pylint: disable=g-import-not-at-top
   optimizer = train.make_optimizer(optax.adam(learning_rate),
-                                   weighting_learning_rate=learning_rate)
+                                   method_learning_rate=learning_rate)
   state = train.create_train_state(
       jax.random.PRNGKey(seed), model, batch, weighting, optimizer,
       num_tasks=num_tasks, task_params=jacobian.get("task_params"))

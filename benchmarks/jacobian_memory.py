@@ -100,7 +100,7 @@ def child(args) -> dict:
     kwargs = {"task_params": models.task_params(model),
               "chunk_size": None if setting == "none" else int(setting)}
   optimizer = train.make_optimizer(optax.adam(1e-3),
-                                   weighting_learning_rate=1e-3)
+                                   method_learning_rate=1e-3)
   # task_params sizes the (K, P) buffers of MoCo, DB-MTL and ExcessMTL.
   state = train.create_train_state(jax.random.PRNGKey(0), model, batch,
                                    method, optimizer,

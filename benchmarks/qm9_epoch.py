@@ -22,7 +22,7 @@ Timed, at the papers' size (``mtl_jax.models.QM9Net``, dim 64, edge hidden
 * the engine's jitted train step (``mtl_jax.train.make_train_step`` +
   ``create_train_state``, ``input_key="graph"``, Adam 1e-3 with a method's
   own parameters at 0.025: ``make_optimizer(1e-3,
-  weighting_learning_rate=0.025)``) with EW (``mtl_jax.get("ew")``: one
+  method_learning_rate=0.025)``) with EW (``mtl_jax.get("ew")``: one
   backward pass of the summed losses) and with ``--method`` (default
   Nash-MTL, ``max_norm=1``, the papers' headline method) on the Jacobian
   path as experiments/configs/qm9.py runs it: ``task_params=("head_*",)``,
@@ -263,7 +263,7 @@ def main(argv=None) -> int:
 
   model = models.QM9Net(dim=args.dim, edge_hidden_size=args.edge_hidden)
   task_params = models.task_params(model)
-  optimizer = train.make_optimizer(1e-3, weighting_learning_rate=0.025)
+  optimizer = train.make_optimizer(1e-3, method_learning_rate=0.025)
   apply_fn = train.module_apply_fn(model, input_key="graph")
 
   setup = {

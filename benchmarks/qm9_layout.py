@@ -99,7 +99,7 @@ def compiled_step(model, batch, weighting, *, learning_rate=LEARNING_RATE,
   from mtl_jax import losses, train  # pylint: disable=g-import-not-at-top
   num_tasks = len(model.tasks)
   optimizer = train.make_optimizer(optax.adam(learning_rate),
-                                   weighting_learning_rate=learning_rate)
+                                   method_learning_rate=learning_rate)
   state = train.create_train_state(
       jax.random.PRNGKey(seed), model, batch, weighting, optimizer,
       num_tasks=num_tasks, input_key="graph",

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         f"{height}x{width}x3"
   weighting = common.state_scalarization((1.0 / num_tasks,) * num_tasks)
   optimizer = train.make_optimizer(optax.adam(1e-3),
-                                   weighting_learning_rate=1e-3)
+                                   method_learning_rate=1e-3)
   state = train.create_train_state(jax.random.PRNGKey(0), model, batch,
                                    weighting, optimizer, num_tasks=num_tasks)
   step_fn = train.make_train_step(train.module_apply_fn(model), task_losses,

@@ -71,7 +71,7 @@ def collectives_child(args) -> dict:
     for method in args.methods:
       weighting = _common.make_weighting(method, num_tasks)
       optimizer = train.make_optimizer(optax.adam(1e-3),
-                                       weighting_learning_rate=1e-3)
+                                       method_learning_rate=1e-3)
       state = train.create_train_state(jax.random.PRNGKey(0), model, batch,
                                        weighting, optimizer, num_tasks)
       num_params = sum(np.size(x) for x in jax.tree.leaves(state.params))

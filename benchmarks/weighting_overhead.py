@@ -80,7 +80,7 @@ class ForwardRunner:
 
     from mtl_jax import train  # pylint: disable=g-import-not-at-top
     optimizer = train.make_optimizer(optax.adam(1e-3),
-                                     weighting_learning_rate=1e-3)
+                                     method_learning_rate=1e-3)
     state = train.create_train_state(
         jax.random.PRNGKey(0), model, batch,
         _common.make_weighting("ew", num_tasks), optimizer,

@@ -358,7 +358,7 @@ def with_weights(state: train.TrainState,
                  weights: Sequence[float]) -> train.TrainState:
   """``state`` with the scalarization weights of :func:`state_scalarization`."""
   return state.replace(
-      weighting_state=WeightsState(jnp.asarray(weights, jnp.float32)))
+      method_state=WeightsState(jnp.asarray(weights, jnp.float32)))
 
 
 # Hyperparameters of the gradient-space methods, from ``config.weighting``.
@@ -486,9 +486,9 @@ def build_optimizer(config: Config) -> optax.GradientTransformation:
   PyTorch's ReduceLROnPlateau lowers every parameter group's rate.
   """
   o = config.optim
-  wlr = o.weighting_learning_rate or o.learning_rate
+  wlr = o.method_learning_rate or o.learning_rate
   tx = train.make_optimizer(learning_rate(config),
-                            weighting_learning_rate=wlr,
+                            method_learning_rate=wlr,
                             weight_decay=o.weight_decay)
   if plateau(config) is not None:
     tx = optax.chain(tx, optax.inject_hyperparams(optax.scale)(step_size=1.0))

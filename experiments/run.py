@@ -134,8 +134,8 @@ _EVAL_UPDATES: dict[str, Any] = {}
 
 def eval_view(state: train.TrainState) -> train.TrainState:
   """The parts of a train state that evaluation reads (model params and state)."""
-  return state.replace(params={"model": state.params["model"], "weighting": {}},
-                       opt_state=None, weighting_state=None)
+  return state.replace(params={"model": state.params["model"], "method": {}},
+                       opt_state=None, method_state=None)
 
 
 # -------------------------------------------------------------------- data

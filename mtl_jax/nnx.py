@@ -54,7 +54,7 @@ Example:
   >>> model_apply, variables = mtl_nnx.split_model(net, input_key="x")
   >>> task_losses = lambda out, batch: jnp.mean((out - batch["y"]) ** 2, axis=0)
   >>> uw = mtl_jax.get("uw")
-  >>> tx = train.make_optimizer(optax.adam(1e-2), weighting_learning_rate=1e-2)
+  >>> tx = train.make_optimizer(optax.adam(1e-2), method_learning_rate=1e-2)
   >>> state = train.init_train_state(jax.random.PRNGKey(0), variables, uw, tx,
   ...                                num_tasks=2)
   >>> step = jax.jit(train.make_train_step(model_apply, task_losses, uw, tx))
@@ -429,7 +429,7 @@ def split_model(model: nnx.Module, *, input_key: str = "image",
           model_variables(model))
 
 
-def create_train_state(rng: jax.Array, model: nnx.Module, weighting: Any,
+def create_train_state(rng: jax.Array, model: nnx.Module, method: Any,
                        optimizer: optax.GradientTransformation,
                        num_tasks: int, *, task_params: Any = None
                        ) -> TrainState:
@@ -439,7 +439,7 @@ def create_train_state(rng: jax.Array, model: nnx.Module, weighting: Any,
   NNX counterpart of :func:`mtl_jax.train.create_train_state`, which
   initialises a linen model from a sample batch.
   """
-  return init_train_state(rng, model_variables(model), weighting, optimizer,
+  return init_train_state(rng, model_variables(model), method, optimizer,
                           num_tasks, task_params=task_params)
 
 

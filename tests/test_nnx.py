@@ -199,6 +199,7 @@ def test_weighting_modules_reject_bad_arguments(make, match):
     ("upgrad", {}),
     ("mgda", {"mode": "features"}),
 ])
+@pytest.mark.slow
 def test_nnx_model_trains_like_the_linen_model(name, jacobian):
   """Same initial values: same losses, weights, updates and states.
 
@@ -276,7 +277,7 @@ def test_dropout_draws_from_the_step_keys(rngs):
   evaluated, _ = model_apply(variables, batch, train=False, rngs={})
   np.testing.assert_array_equal(evaluated["first"], batch["x"])
   # The train step's rng drives the masks: a new key every step.
-  tx = train.make_optimizer(optax.sgd(0.0), weighting_learning_rate=0.0)
+  tx = train.make_optimizer(optax.sgd(0.0), method_learning_rate=0.0)
   ew = mtl_jax.get("ew")
   state = mtl_nnx.create_train_state(jax.random.PRNGKey(1), net, ew, tx, 2)
   losses = lambda out, b: jnp.stack([jnp.mean(out["first"]), jnp.mean(out["second"])])
@@ -313,6 +314,7 @@ def test_the_train_flag_sets_the_mode_and_reaches_call():
   assert same["batch_stats"] is variables["batch_stats"]
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_for_an_nnx_model():
   """pmap and jit(shard_map) over 4 fake CPU devices, UPGrad's Jacobian path
   (per-device VJPs through the NNX model, reduce-scattered)."""

@@ -106,7 +106,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   config.optim = config_dict.ConfigDict()
   config.optim.learning_rate = 3e-3      # 1e-3 trains too slowly for 300 steps (EW trials)
   config.optim.weight_decay = 1e-5            # decoupled (AdamW) on the model only
-  config.optim.weighting_learning_rate = 0.0  # UW / IMTL-L params; 0: same as the model
+  config.optim.method_learning_rate = 0.0  # UW / IMTL-L params; 0: same as the model
   config.optim.decay_every_epochs = 1.6       # step decay; 0: constant learning rate
   config.optim.decay_factor = 0.5
   # ReduceLROnPlateau on the validation selection score, stepped at each

@@ -85,7 +85,7 @@ def get_config(arg: str = ""):
 
   o = config.optim
   o.learning_rate = 1e-3
-  o.weighting_learning_rate = 0.025  # UW's and IMTL-L's log-scales
+  o.method_learning_rate = 0.025  # UW's and IMTL-L's log-scales
   o.weight_decay = 0.0           # plain Adam
   o.decay_every_epochs = 0.0     # no step decay: the plateau schedule instead
   o.plateau_factor = 0.7

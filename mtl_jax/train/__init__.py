@@ -1,14 +1,14 @@
 """The training engine: a pure, data-parallel train step and the loop around it.
 
 * :func:`create_train_state`, :class:`TrainState`: one pytree with
-  ``params["model"]``, ``params["weighting"]``, optimiser, model and
-  weighting state, step, PRNG key and skip counters.
+  ``params["model"]``, ``params["method"]``, optimiser, model and
+  method state, step, PRNG key and skip counters.
 * :func:`make_train_step`, :func:`make_eval_step`: pure steps that run
   unchanged under ``jax.jit``, ``jax.pmap`` and ``jax.shard_map``, with the
   same maths on one device and many (see :mod:`mtl_jax.train.step`), for
   loss-weighting and gradient-space methods alike: the latter take the
   Jacobian path (:func:`jacobian_gradients`, :mod:`mtl_jax.train.jacobian`).
-* :func:`make_optimizer`: ``optax.partition`` of model and weighting params.
+* :func:`make_optimizer`: ``optax.partition`` of the model's and the method's params.
 * :func:`pmap_step`, :func:`mesh_step` and the placements, plus multi-host
   helpers (:func:`initialize_distributed`, :func:`global_batch`).
 * :func:`train`: the loop (metrics, logs, checkpoints, resume, non-finite

@@ -4,7 +4,7 @@ A :class:`Checkpointer` wraps ``orbax.checkpoint.CheckpointManager``: it keeps
 the last ``max_to_keep`` steps and saves, per step, a composite of
 
 * ``state``: the :class:`TrainState` as a host (numpy) pytree: params,
-  optimiser state, model and weighting state, step, PRNG key, skip counters;
+  optimiser state, model and method state, step, PRNG key, skip counters;
 * ``data``: the JSON state of every process's data iterator (any iterator
   with ``get_state()`` / ``set_state()``, e.g. Grain's), gathered from all
   processes so that each one resumes its own shard.

@@ -100,7 +100,7 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
         "as the method (it takes the Jacobian path by itself), or use "
         "jacobian_gradients(method).")
 
-  def gradient_fn(losses_fn: LossesFn, params: PyTree, weighting_state: PyTree,
+  def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
                   axis_name: str | None, perturbations: PyTree = None
                   ) -> Gradients:
     del perturbations  # no Jacobian here
@@ -108,7 +108,7 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
     def objective(p):
       local, model_state = losses_fn(p["model"])
       losses = global_losses(local, axis_name)
-      out = weighting.apply(p["weighting"], weighting_state, losses)
+      out = weighting.apply(p["method"], method_state, losses)
       return out.total, (out, lax.stop_gradient(losses), model_state)
 
     grads, (out, losses, model_state) = jax.grad(objective, has_aux=True)(params)
@@ -256,14 +256,15 @@ def _check_compatible(method: Aggregator, options: JacobianOptions) -> None:
 
 
 def jacobian_gradients(method: Aggregator,
-                       options: JacobianOptions = JacobianOptions()
+                       options: JacobianOptions | None = None
                        ) -> GradientFn:
   r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
 
   Args:
     method: a gradient-space method from :func:`mtl_jax.aggregation.get`.
     options: the task-specific parameters, the mode, the chunk size and the
-      cross-device reduction (:class:`~mtl_jax.train.JacobianOptions`).
+      cross-device reduction (:class:`~mtl_jax.train.JacobianOptions`);
+      ``None``: the defaults.
 
   Returns:
     A :data:`GradientFn`. Its ``weights`` are the method's :math:`w`, its
@@ -282,6 +283,7 @@ def jacobian_gradients(method: Aggregator,
         "loss-weighting method goes to make_train_step directly (it takes the "
         "weighted-sum path); combining it with a gradient method is not "
         "defined here.")
+  options = JacobianOptions() if options is None else options
   if not isinstance(options, JacobianOptions):
     raise ValueError(f"options must be a JacobianOptions, got "
                      f"{type(options).__name__}.")
@@ -298,7 +300,7 @@ def jacobian_gradients(method: Aggregator,
     losses = pmean(lax.stop_gradient(vjps.losses), axis_name)  # (R,)
 
     def run(inputs):
-      out, method_grads = apply_with_grads(method, params["weighting"],
+      out, method_grads = apply_with_grads(method, params["method"],
                                            method_state, inputs, losses)
       weights = lax.stop_gradient(out.weights).astype(vjps.losses.dtype)
       return weights, (out, method_grads)
@@ -309,7 +311,7 @@ def jacobian_gradients(method: Aggregator,
              if split.task else [])
     # The method's own parameters see the global losses and the global
     # Jacobian: their gradients agree on every device already.
-    grads = {"model": merge(shared, heads), "weighting": method_grads}
+    grads = {"model": merge(shared, heads), "method": method_grads}
     total = jnp.sum(weights * losses)
     if splits > 1:  # per task: the whole batch's losses, summed weights
       losses = jnp.mean(losses.reshape(splits, -1), axis=0)

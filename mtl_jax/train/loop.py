@@ -100,7 +100,7 @@ def non_finite_leaves(state: TrainState) -> list[str]:
   (zero for that coordinate), and the step's guard checks the gradients.
   """
   tree = {"params": state.params, "model_state": state.model_state,
-          "weighting_state": state.weighting_state}
+          "method_state": state.method_state}
   bad = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     leaf = np.asarray(leaf)

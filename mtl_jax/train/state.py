@@ -1,8 +1,8 @@
 """The train state: one pytree holding everything a run needs to resume.
 
 ``params`` is a single param tree with two top-level keys, ``"model"`` and
-``"weighting"``, so one optax optimiser (see :func:`make_optimizer`) trains
-the network and the learnable weighting parameters (UW's ``log_vars``,
+``"method"``, so one optax optimiser (see :func:`make_optimizer`) trains
+the network and the method's learnable parameters (UW's ``log_vars``,
 IMTL-L's ``log_scales``) together, and one checkpoint holds both.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl_jax.weighting import Weighting  # or an mtl_jax.aggregation.Aggregator
+from mtl_jax._registry import Method
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -27,11 +27,11 @@ class TrainState(flax.struct.PyTreeNode):
 
   Attributes:
     step: () int32, number of batches consumed (skipped steps included).
-    params: ``{"model": ..., "weighting": ...}``, the trained parameters.
+    params: ``{"model": ..., "method": ...}``, the trained parameters.
     opt_state: the optax state of ``params``.
     model_state: non-trained model collections, e.g. ``{"batch_stats": ...}``
       (``{}`` when the model has none).
-    weighting_state: the method's non-learnable state (DWA's epoch means,
+    method_state: the method's non-learnable state (DWA's epoch means,
       RLW's key; for a gradient-space method Nash-MTL's warm start, GradVac's
       averages, PCGrad's key).
     rng: (2,) uint32 PRNG key, split at every step (dropout keys).
@@ -43,13 +43,13 @@ class TrainState(flax.struct.PyTreeNode):
   params: PyTree
   opt_state: optax.OptState
   model_state: PyTree
-  weighting_state: PyTree
+  method_state: PyTree
   rng: jax.Array
   consecutive_skips: jax.Array
   total_skips: jax.Array
 
 
-def init_method(method: Weighting, num_tasks: int, key: jax.Array,
+def init_method(method: Method, num_tasks: int, key: jax.Array,
                 model_params: PyTree, task_params: Any = None
                 ) -> tuple[PyTree, PyTree]:
   """``method.init``, given the number of shared parameters when it needs it.
@@ -69,19 +69,19 @@ def init_method(method: Weighting, num_tasks: int, key: jax.Array,
 
 
 def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
-                     weighting: Weighting, optimizer: optax.GradientTransformation,
+                     method: Method, optimizer: optax.GradientTransformation,
                      num_tasks: int, *, task_params: Any = None) -> TrainState:
   """Builds a :class:`TrainState` from already initialised model variables.
 
   Args:
-    rng: a PRNG key (``jax.random.PRNGKey``); split for the weighting and the
+    rng: a PRNG key (``jax.random.PRNGKey``); split for the method and the
       step keys.
     model_variables: Flax variables, ``{"params": ..., **other collections}``.
-    weighting: a method of either family, from :func:`mtl_jax.get`; its
-      ``init`` gives the learnable ``params["weighting"]`` and the
-      ``weighting_state`` (a gradient-space method's state: Nash-MTL's warm
+    method: a method of either family, from :func:`mtl_jax.get`; its
+      ``init`` gives the learnable ``params["method"]`` and the
+      ``method_state`` (a gradient-space method's state: Nash-MTL's warm
       start, GradVac's averages, PCGrad's key).
-    optimizer: trains ``{"model": ..., "weighting": ...}``; see
+    optimizer: trains ``{"model": ..., "method": ...}``; see
       :func:`make_optimizer`.
     num_tasks: K, the number of task losses.
     task_params: the task-specific parameters, as given to
@@ -91,18 +91,18 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
   Returns:
     The state at step 0.
   """
-  weighting_key, rng = jax.random.split(rng)
-  weighting_params, weighting_state = init_method(
-      weighting, num_tasks, weighting_key, model_variables["params"],
+  method_key, rng = jax.random.split(rng)
+  method_params, method_state = init_method(
+      method, num_tasks, method_key, model_variables["params"],
       task_params)
   variables = dict(model_variables)
   # Perturbations (self.perturb) are batch-shaped zeros, not state: the
   # Jacobian's representation mode builds them per batch.
   variables.pop("perturbations", None)
-  params = {"model": variables.pop("params"), "weighting": weighting_params}
+  params = {"model": variables.pop("params"), "method": method_params}
   zero = jnp.zeros((), jnp.int32)
   state = TrainState(step=zero, params=params, opt_state=optimizer.init(params),
-                     model_state=variables, weighting_state=weighting_state,
+                     model_state=variables, method_state=method_state,
                      rng=rng, consecutive_skips=zero, total_skips=zero)
   # One buffer per leaf: init functions may share arrays between leaves
   # (a single `zeros` for several fields), which a donating step rejects.
@@ -110,7 +110,7 @@ def init_train_state(rng: jax.Array, model_variables: Mapping[str, PyTree],
 
 
 def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
-                       weighting: Weighting,
+                       method: Method,
                        optimizer: optax.GradientTransformation, num_tasks: int,
                        *, input_key: str = "image",
                        init_kwargs: Mapping[str, Any] | None = None,
@@ -126,7 +126,7 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
     model: a linen Module whose ``__call__(x, train)`` returns the outputs.
     sample_batch: a batch (dict) holding the model input under ``input_key``
       (an array, or a pytree of arrays such as a graph's).
-    weighting: a method from :func:`mtl_jax.weighting.get`.
+    method: a method of either family, from :func:`mtl_jax.get`.
     optimizer: see :func:`make_optimizer`.
     num_tasks: K.
     input_key: key of the model input in the batch.
@@ -141,5 +141,5 @@ def create_train_state(rng: jax.Array, model: nn.Module, sample_batch: Batch,
   variables = model.init({"params": params_rng, "dropout": dropout_rng},
                          jax.tree.map(jnp.asarray, sample_batch[input_key]), train=False,
                          **dict(init_kwargs or {}))
-  return init_train_state(init_rng, variables, weighting, optimizer, num_tasks,
+  return init_train_state(init_rng, variables, method, optimizer, num_tasks,
                           task_params=task_params)

@@ -9,7 +9,7 @@ function the step replaces them by
   \tilde L = \ell - \mathrm{sg}(\ell) + \mathrm{pmean}(\mathrm{sg}(\ell)),
 
 whose *value* is the global (device-averaged) loss :math:`L` and whose
-*gradient* flows through the local losses. The weighting method sees
+*gradient* flows through the local losses. The method sees
 :math:`\tilde L`, so its weights, learnable parameters and state updates are
 those of the whole batch, and the same on every device (RLW draws the same
 weights, DWA's epoch means agree). Every method computes its weights from
@@ -30,7 +30,7 @@ averaged per device, which weights the devices' pixels unequally; the result
 is then close to, not equal to, the whole-batch loss.
 
 Collectives per step: one all-reduce of the K losses (before the weights),
-one of the gradients (all params, model and weighting), and one of the
+one of the gradients (all params, the model's and the method's), and one of the
 floating model state (e.g. batch statistics) when there is any. XLA may
 combine them into fewer ops; :func:`mtl_jax.train.count_collectives` reads
 them from the compiled HLO.
@@ -38,7 +38,7 @@ them from the compiled HLO.
 Mixed precision. With ``compute_dtype=jnp.bfloat16`` the model params,
 model state and the floating inputs are cast to bfloat16 for the forward
 pass; the model outputs are cast back to float32 before the task losses, so
-the losses, the weights, the weighting parameters, the master params and the
+the losses, the weights, the method's parameters, the master params and the
 optimiser state all stay float32.
 
 Two paths from losses to gradients (:mod:`mtl_jax.train.gradients`): a
@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_jax._registry import Method
 from mtl_jax.aggregation import Aggregator
 from mtl_jax.train.gradients import (
   GradientFn,
@@ -76,7 +77,6 @@ from mtl_jax.weighting import Weighting
 PyTree = Any
 Batch = Mapping[str, Any]
 Metrics = dict[str, jax.Array]
-Method = Weighting | Aggregator
 
 ModelApply = Callable[..., tuple[PyTree, PyTree]]
 """``model_apply(variables, batch, *, train, rngs) -> (outputs, new_model_state)``.
@@ -183,7 +183,7 @@ def _gradient_path(method: Method, gradient_fn: GradientFn | None,
           "gradient_fn replaces it. Pass one or the other.")
     return gradient_fn
   if isinstance(method, Aggregator):
-    return jacobian_gradients(method, jacobian or JacobianOptions())
+    return jacobian_gradients(method, jacobian)
   if not isinstance(method, Weighting):
     raise ValueError(
         f"the method must come from mtl_jax.get(...) (a Weighting or an "
@@ -239,7 +239,7 @@ def _guarded(state: TrainState, rng: jax.Array, out: Gradients,
       params=_select(ok, params, state.params),
       opt_state=_select(ok, opt_state, state.opt_state),
       model_state=_select(ok, model_state, state.model_state),
-      weighting_state=_select(ok, method_state, state.weighting_state),
+      method_state=_select(ok, method_state, state.method_state),
       rng=rng,
       consecutive_skips=consecutive.astype(jnp.int32),
       total_skips=state.total_skips + (~ok).astype(jnp.int32))
@@ -296,7 +296,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
     task_loss_fn: ``(outputs, batch) -> (K,)`` batch-mean task losses,
       computed in float32 (outputs arrive as float32).
     method: a method of either family, from :func:`mtl_jax.get`.
-    optimizer: trains ``{"model": ..., "weighting": ...}``
+    optimizer: trains ``{"model": ..., "method": ...}``
       (:func:`make_optimizer`).
     axis_name: the device axis, or ``None`` on one device / under GSPMD jit.
     compute_dtype: e.g. ``jnp.bfloat16`` to run the model in bfloat16;
@@ -336,7 +336,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
 
     perturbations = (None if perturbations_fn is None
                      else perturbations_fn(state, batch))
-    out = to_gradients(losses_fn, state.params, state.weighting_state,
+    out = to_gradients(losses_fn, state.params, state.method_state,
                        axis_name, perturbations)
     updates, opt_state = optimizer.update(out.grads, state.opt_state,
                                           state.params)
@@ -348,7 +348,7 @@ def make_train_step(model_apply: ModelApply, task_loss_fn: TaskLossFn,
       # the updated parameters, one forward pass, no gradient.
       after, _ = losses_fn(lax.stop_gradient(params["model"]))
       after = pmean(lax.stop_gradient(after), axis_name)
-      method_state = after_update(params["weighting"], method_state,
+      method_state = after_update(params["method"], method_state,
                                   out.losses, after)
 
     return _guarded(state, rng, out, params, opt_state,
@@ -385,7 +385,7 @@ def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
     losses = pmean(local, axis_name)
     metrics = {"losses": losses}
     if weighting is not None:
-      out = weighting.apply(state.params["weighting"], state.weighting_state,
+      out = weighting.apply(state.params["method"], state.method_state,
                             losses)
       metrics["total"] = out.total
       metrics["weights"] = out.weights

@@ -10,7 +10,7 @@ Every method of :mod:`mtl_jax.weighting` comes in two forms:
   - ``init(num_tasks, *, key=None) -> (params, state)``: ``params`` is the pytree
     of learnable parameters (``{}`` when there are none; UW's ``log_vars``),
     meant to live in the Flax param tree under its own key, for example
-    ``params["weighting"]``, so the optimiser trains it with the model;
+    ``params["method"]``, so the optimiser trains it with the model;
     ``state`` is the non-learnable state (DWA's epoch averages, RLW's key),
     a NamedTuple that always records :math:`K` in its shapes
     (:class:`StatelessState` for a method that carries nothing);

@@ -120,7 +120,7 @@ def uw(task_types: Sequence[str] | None = None,
   """UW as a :class:`~mtl_jax.weighting.Weighting`.
 
   The learnable parameters are ``{"log_vars": (K,)}``; put them in the param
-  tree (e.g. ``params["weighting"]``) so the optimiser updates them with the
+  tree (e.g. ``params["method"]``) so the optimiser updates them with the
   model.
 
   Args:

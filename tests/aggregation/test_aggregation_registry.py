@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _slow import core_first
 
 import mtl_jax
 from mtl_jax import aggregation
@@ -70,7 +71,7 @@ def test_names_and_the_unified_entry_point():
     assert mtl_jax.family(name) == "aggregation"
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 @pytest.mark.parametrize("k", [1, 2, 5])
 def test_weights_shape_dtype_and_stable_state(name, k):
   method = _method(name, k)
@@ -98,7 +99,7 @@ def test_weights_shape_dtype_and_stable_state(name, k):
   assert len(traces) == 1
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_float64_in_float64_out(name):
   method = _method(name)
   with jax.enable_x64():
@@ -108,7 +109,7 @@ def test_float64_in_float64_out(name):
     assert out.weights.dtype == jnp.float64
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_vmap_over_gramians(name):
   method = _method(name)
   params, state = _init(method, 3)
@@ -125,7 +126,7 @@ def test_vmap_over_gramians(name):
   np.testing.assert_allclose(batched(grams), expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_weights_carry_no_gradient(name):
   method = _method(name)
   params, state = _init(method, 3)
@@ -134,7 +135,7 @@ def test_weights_carry_no_gradient(name):
       _input(method, 2, 3))
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_gramian_of_the_wrong_size_or_shape(name):
   method = _method(name)
   params, state = _init(method, 3)
@@ -150,7 +151,7 @@ def test_gramian_of_the_wrong_size_or_shape(name):
     method.apply(params, state, jnp.ones((3, 4)), losses=_losses(3))
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_registry_errors(name):
   with pytest.raises(ValueError, match="takes no hyperparameter"):
     aggregation.get(name, not_a_hyperparameter=1, **_hparams(name))

@@ -126,6 +126,7 @@ def test_permutation_equivariant(seed):
   _asserts.assert_permutation_invariant(_weights, jac, perm)
 
 
+@pytest.mark.slow
 def test_warm_start():
   gramian = _gramians(1, seed=7)[0]
   converged = np.asarray(_alpha(gramian))

@@ -84,6 +84,7 @@ def _non_conflicting(name, jac, dtype, **hparams):
 
 @SETTINGS
 @given(case=jacobians())
+@pytest.mark.slow
 def test_non_conflicting_dual_cone_methods(case):
   for name in ("upgrad", "dualproj"):
     _non_conflicting(name, *case, reg_eps=0.0)
@@ -133,6 +134,7 @@ def _reference_direction(name, jac):
 @pytest.mark.parametrize("name", PROJECTIONS)
 @SETTINGS
 @given(jac=wide_jacobians())
+@pytest.mark.slow
 def test_dual_cone_bound_when_k_exceeds_p(name, dtype, reg_eps, jac):
   """The docstrings' bound J d >= -reg_eps tr(G) w, up to rounding (16 eps
   of tr(G) ||w||_1, the scale of J d = G w). Where the exact projection is
@@ -161,12 +163,14 @@ def test_non_conflicting_mgda(case):
 
 @SETTINGS
 @given(case=jacobians(), c=st.sampled_from([1.0, 2.0]))
+@pytest.mark.slow
 def test_non_conflicting_cagrad(case, c):
   _non_conflicting("cagrad", *case, c=c)
 
 
 @SETTINGS
 @given(case=jacobians(scales=(1.0, 1e3)), data=st.data())
+@pytest.mark.slow
 def test_permutation_invariant(case, data):
   jac, dtype = case
   perm = np.asarray(data.draw(st.permutations(list(range(jac.shape[0])))))
@@ -182,6 +186,7 @@ def test_permutation_invariant(case, data):
 @SETTINGS
 @given(case=jacobians(scales=(1.0,)),
        coefs=st.lists(st.floats(0.1, 1.0), min_size=12, max_size=12))
+@pytest.mark.slow
 def test_linear_under_scaling(case, coefs):
   """A(diag(a c1 + b c2) J) = a A(diag(c1) J) + b A(diag(c2) J); J has
   entries of order 1 and the coefficients are >= 0.1, so every scaled

@@ -66,6 +66,7 @@ def _relative_error(actual, expected):
 
 
 @pytest.mark.parametrize("num_tasks", [1, 4, 9, 40])
+@pytest.mark.slow
 def test_matches_the_float64_reference(num_tasks):
   matrices, bounds = _problems(num_tasks)
   with jax.enable_x64():
@@ -96,6 +97,7 @@ def test_float32_on_well_conditioned_gramians():
     assert _relative_error(v_a, ref).max() < 2e-5
 
 
+@pytest.mark.slow
 def test_newton_steps_alone_cycle_and_the_active_set_phase_recovers():
   # A rank-deficient Gramian on which the primal-dual active-set iteration
   # cycles: the Lawson-Hanson phase is what makes the solve reliable, and the

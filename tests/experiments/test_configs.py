@@ -72,6 +72,7 @@ _SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit 
     pytest.param("nyuv2_mtan", marks=_SLOW),
     pytest.param("cityscapes_segnet", marks=_SLOW),
     pytest.param("celeba_resnet18", marks=_SLOW)])
+@pytest.mark.slow
 def test_config_trains_two_steps_on_fixture_data(name, tmp_path):
   config = _with_data(smoke_config(name), tmp_path)
   config.weighting.name = "uw"  # learnable weighting params in the tree
@@ -106,6 +107,7 @@ def test_smoke_shrinks_the_run():
     ("digit_scenes_quick", "mgda", "params"),
     ("synthetic", "mgda", "features"),
     pytest.param("celeba_resnet18", "imtl_g", "params", marks=_SLOW)])
+@pytest.mark.slow
 def test_config_trains_a_gradient_method(name, method, mode, tmp_path):
   """A gradient-space method goes through the same config and driver: the
   step takes the Jacobian path, with the model's own heads as task params."""

@@ -119,6 +119,7 @@ def test_delta_m_from_single_task_rows_by_hand():
 # ---------------------------------------------------------------- drivers
 
 
+@pytest.mark.slow
 def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
   """The whole protocol on the smoke config: a learning-rate search on
   validation, 2 seeds, selection on validation, paired verdicts, checks;
@@ -233,6 +234,7 @@ def test_scalarization_grid_sequential_and_vmapped_lanes_agree(config,
     assert [r["learning_rate"] for r in b.results] == [b.learning_rate]
 
 
+@pytest.mark.slow
 def test_cli_flag_override_reaches_the_run(tmp_path):
   workdir = tmp_path / "run"
   env = dict(os.environ, MTL_JAX_DATA_DIR=str(tmp_path / "data"),
@@ -254,6 +256,7 @@ def test_cli_flag_override_reaches_the_run(tmp_path):
   assert np.ptp(weights) > 0
 
 
+@pytest.mark.slow
 def test_compare_cli_defaults_to_the_digit_strips_config():
   out = subprocess.run([sys.executable, "-m", "experiments.compare", "--helpfull"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -56,8 +56,8 @@ def test_selection_score_is_delta_m_and_inf_on_missing_metrics():
 def _state(value):
   return train.TrainState(
       step=jnp.zeros((), jnp.int32), params={"model": {"w": jnp.array(value)},
-                                             "weighting": {}},
-      opt_state=None, model_state={}, weighting_state=None,
+                                             "method": {}},
+      opt_state=None, model_state={}, method_state=None,
       rng=jnp.zeros((2,), jnp.uint32), consecutive_skips=jnp.zeros((), jnp.int32),
       total_skips=jnp.zeros((), jnp.int32))
 
@@ -85,6 +85,7 @@ def test_default_reference_is_the_first_record_of_the_trained_tasks():
   assert ref["depth/abs_err"] == first["depth/abs_err"]
 
 
+@pytest.mark.slow
 def test_selected_parameters_are_the_ones_tested(config, tmp_path):
   """The test metrics of a run equal those of the same run stopped at its
   selected step (same seed, same batches: the same parameters)."""

@@ -31,7 +31,7 @@ def test_qm9_config_is_the_papers_protocol():
   assert c.data.num_train == 130831 - 20000
   assert (c.model.name, c.model.dim, c.model.edge_hidden) == ("qm9_net", 64, 128)
   assert (c.model.message_steps, c.model.set2set_steps) == (3, 3)
-  assert c.optim.learning_rate == 1e-3 and c.optim.weighting_learning_rate == 0.025
+  assert c.optim.learning_rate == 1e-3 and c.optim.method_learning_rate == 0.025
   assert c.optim.weight_decay == 0.0 and c.optim.decay_every_epochs == 0.0
   assert (c.optim.plateau_factor, c.optim.plateau_patience,
           c.optim.plateau_min_lr) == (0.7, 5, 1e-5)
@@ -80,6 +80,7 @@ def _fixture_data(config):
 
 
 @pytest.mark.parametrize("name,method", [("qm9", "uw"), ("qm9_cpu", "nash_mtl")])
+@pytest.mark.slow
 def test_smoke_trains_on_fixture_molecules(name, method, tmp_path):
   config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
   config.data.data_dir = str(tmp_path / "data")
@@ -140,8 +141,8 @@ def test_plateau_follows_pytorchs_rule_by_hand():
 def test_plateau_scale_reaches_the_update_and_replays_on_resume():
   config = _plateau_config(patience=0)
   tx = common.build_optimizer(config)
-  params = {"model": {"w": jnp.ones(3)}, "weighting": {}}
-  grads = {"model": {"w": jnp.ones(3)}, "weighting": {}}
+  params = {"model": {"w": jnp.ones(3)}, "method": {}}
+  grads = {"model": {"w": jnp.ones(3)}, "method": {}}
   opt_state = tx.init(params)
   first, _ = tx.update(grads, opt_state, params)
   scaled, _ = tx.update(grads, common.with_update_scale(opt_state, 0.25), params)

@@ -115,6 +115,7 @@ NUMERIC_CASES = [c for c in CASES if not c[0].endswith("_cityscapes")]
 
 @pytest.mark.parametrize("name,make,in_shape,out_shapes", NUMERIC_CASES,
                          ids=[c[0] for c in NUMERIC_CASES])
+@pytest.mark.slow
 def test_forward_is_finite_and_normals_are_unit(name, make, in_shape,
                                                 out_shapes):
   model = make(jnp.float32)
@@ -213,6 +214,7 @@ def _mtan_reference_count(heads):
 
 @pytest.mark.parametrize("heads", [models.NYUV2_HEADS, models.CITYSCAPES_HEADS],
                          ids=["nyuv2", "cityscapes"])
+@pytest.mark.slow
 def test_full_size_parameter_counts_match_mtan_reference(heads):
   x = jnp.zeros((1, 64, 64, 3))
   channels = [c for _, c in heads]
@@ -247,6 +249,7 @@ def test_heads_are_independent():
   assert not np.allclose(y2[:, 1], y[:, 1])
 
 
+@pytest.mark.slow
 def test_mtan_attention_is_task_specific():
   model = models.MTAN(filters=TINY)
   x = jax.random.normal(KEY, (2, 16, 24, 3))
@@ -272,6 +275,7 @@ def test_segnet_rejects_indivisible_input():
                                      train=False)
 
 
+@pytest.mark.slow
 def test_eval_mode_uses_running_statistics():
   """With train=False an example's output ignores the rest of the batch."""
   model = models.DigitSceneNet(num_count_classes=6)
@@ -299,6 +303,7 @@ NORMAL_HEADS = [
 
 @pytest.mark.parametrize("model,shape", [c[1:] for c in NORMAL_HEADS],
                          ids=[c[0] for c in NORMAL_HEADS])
+@pytest.mark.slow
 def test_normals_have_a_bounded_gradient_at_init(model, shape):
   """Pixels whose features are all 0 after the ReLU (a black image gives
   many; in SegNet and MTAN every pixel) must not send ~1/eps^2 through the

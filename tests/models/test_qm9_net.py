@@ -84,6 +84,7 @@ def test_factored_nnconv_equals_per_edge_matrices(bonded):
 
 
 @pytest.mark.parametrize("bonded", [True, False])
+@pytest.mark.slow
 def test_edge_list_layout_equals_dense(bonded):
   g = _graphs(3, 7, bonded=bonded, seed=3)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
@@ -100,6 +101,7 @@ def test_edge_list_refuses_too_many_edges():
     models.qm9_edge_list(g, 3)
 
 
+@pytest.mark.slow
 def test_padding_atoms_and_atom_order_do_not_change_the_outputs():
   g = _graphs(2, 6, seed=4)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
@@ -123,6 +125,7 @@ def test_padding_atoms_and_atom_order_do_not_change_the_outputs():
       np.testing.assert_allclose(out[t], base[t], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_molecules_do_not_see_each_other():
   g = _graphs(3, 6, seed=5)
   net = models.QM9Net(dim=16, edge_hidden_size=8)
@@ -143,6 +146,7 @@ def test_heads_are_the_task_parameters_and_the_features_are_marked():
   assert state["perturbations"]["features"].shape == (2, 8)
 
 
+@pytest.mark.slow
 def test_torch_initialisation_bounds():
   g = _graphs(1, 5)
   params = jax.jit(models.QM9Net().init)(KEY, g)["params"]
@@ -161,6 +165,7 @@ def test_bad_graph_input_names_what_is_missing():
     models.QM9Net().init(KEY, g)
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_with_an_atomless_row():
   g = _graphs(2, 5)
   g = {k: np.array(v) for k, v in g.items()}

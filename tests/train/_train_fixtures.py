@@ -86,7 +86,7 @@ def is_gradient_method(name: str) -> bool:
 
 
 def default_optimizer() -> optax.GradientTransformation:
-  return train.make_optimizer(optax.adam(1e-2), weighting_learning_rate=5e-2)
+  return train.make_optimizer(optax.adam(1e-2), method_learning_rate=5e-2)
 
 
 def init_state(name: str, seed: int = 0,

@@ -106,7 +106,7 @@ def _run(name: str, batch: dict[str, np.ndarray]):
   method = mtl_jax.get(name, **HPARAMS.get(name, {}))
   model = make_model()
   tx = train.make_optimizer(optax.sgd(LEARNING_RATE),
-                            weighting_learning_rate=LEARNING_RATE)
+                            method_learning_rate=LEARNING_RATE)
   jacobian = {}
   if mtl_jax.family(name) == "aggregation":
     jacobian = {"task_params": models.task_params(model),
@@ -142,12 +142,12 @@ def record(name: str, state) -> dict[str, np.ndarray]:
 
   Keys: ``<name>/model<path>``, ``<name>/method_params<path>`` and
   ``<name>/method_state<path>``, with ``jax.tree_util.keystr`` paths. After
-  a rename of ``TrainState.weighting_state`` only this function changes.
+  a rename of ``TrainState.method_state`` only this function changes.
   """
   params = dict(state.params)
   parts = {"model": params.pop("model"),
            "method_params": params,  # the one other key
-           "method_state": state.weighting_state}
+           "method_state": state.method_state}
   out = {}
   for part, tree in parts.items():
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:

@@ -82,8 +82,8 @@ def test_damaged_latest_step_falls_back_to_the_previous_one(tmp_path, damage,
   assert [r["step"] for r in records] == list(range(1, 11))
   # Resumed from step 6: the same end as the uninterrupted run.
   assert fx.max_abs_diff(resumed.params, uninterrupted.params) < 1e-6
-  assert fx.max_abs_diff(resumed.weighting_state,
-                         uninterrupted.weighting_state) < 1e-6
+  assert fx.max_abs_diff(resumed.method_state,
+                         uninterrupted.method_state) < 1e-6
 
 
 def test_no_intact_step_is_an_error_naming_the_workdir(tmp_path):
@@ -164,7 +164,7 @@ def _remount(path, mode):
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 def test_a_full_disk_fails_clearly_and_keeps_the_last_checkpoint(
     tmp_path, async_save, fault, uninterrupted):
-  with _small_filesystem(tmp_path / "small", "2m") as small:
+  with _small_filesystem(tmp_path / "small", "8m") as small:
     if small is None:
       if os.geteuid() == 0:
         pytest.skip("needs a small filesystem (mount -t tmpfs) or a non-root "
@@ -195,26 +195,26 @@ def test_a_full_disk_fails_clearly_and_keeps_the_last_checkpoint(
     assert fx.max_abs_diff(resumed.params, uninterrupted.params) < 1e-6
 
 
-def test_nan_in_the_weighting_params_is_named_and_never_checkpointed(tmp_path):
+def test_nan_in_the_method_params_is_named_and_never_checkpointed(tmp_path):
   state, _, _ = fx.init_state("uw")
-  log_vars = state.params["weighting"]["log_vars"].at[1].set(jnp.nan)
+  log_vars = state.params["method"]["log_vars"].at[1].set(jnp.nan)
   state = state.replace(params={**state.params,
-                                "weighting": {"log_vars": log_vars}})
+                                "method": {"log_vars": log_vars}})
   with pytest.raises(train.NonFiniteError,
-                     match=r"initial train state .*'weighting'\]\['log_vars'"):
+                     match=r"initial train state .*'method'\]\['log_vars'"):
     _train(tmp_path, 4, name="uw", state=state)
   assert not os.path.exists(tmp_path / "checkpoints") or not [
       d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
 
 
-def test_nan_in_the_weighting_state_is_named_and_never_checkpointed(tmp_path):
+def test_nan_in_the_method_state_is_named_and_never_checkpointed(tmp_path):
   _train(tmp_path / "first", 2, name="dwa")
   state, _, _ = fx.init_state("dwa")
-  bad = state.weighting_state._replace(
-      loss_sum=state.weighting_state.loss_sum.at[0].set(jnp.inf))
+  bad = state.method_state._replace(
+      loss_sum=state.method_state.loss_sum.at[0].set(jnp.inf))
   with pytest.raises(train.NonFiniteError, match=r"loss_sum"):
     _train(tmp_path / "second", 4, name="dwa",
-           state=state.replace(weighting_state=bad))
+           state=state.replace(method_state=bad))
   assert not (tmp_path / "second" / "checkpoints").exists() or not [
       d for d in os.listdir(tmp_path / "second" / "checkpoints")
       if d.isdigit()]

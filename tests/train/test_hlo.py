@@ -51,6 +51,7 @@ def _mesh_hlo(name):
 
 @pytest.mark.parametrize("hlo", [_pmap_hlo, _mesh_hlo], ids=["pmap", "mesh"])
 @pytest.mark.parametrize("name", ["ew", "gls", "uw"])
+@pytest.mark.slow
 def test_gradients_are_all_reduced_once(hlo, name):
   state, text = hlo(name)
   ops = train.count_collectives(text)
@@ -93,6 +94,7 @@ def _by_kind(ops):
 
 
 @pytest.mark.parametrize("name", ["mgda", "pcgrad"])
+@pytest.mark.slow
 def test_jacobian_reduce_scatter_moves_a_slice_of_j(name):
   """Default reduction: reduce-scatter of the K x P Jacobian (each device
   keeps P/n columns), an all-reduce of the K x K Gramian with the heads'

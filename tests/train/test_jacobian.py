@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _slow import core_first
 
 import mtl_jax
 from mtl_jax import aggregation, train
@@ -62,7 +63,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
   # The method's own maths, jitted: eager, an iterative solver would compile
   # every op of its loops on its own.
   apply = jax.jit(functools.partial(aggregation._base.apply_with_grads, method))
-  out, method_grads = apply(state.params["weighting"], state.weighting_state,
+  out, method_grads = apply(state.params["method"], state.method_state,
                             jnp.asarray(inputs, jnp.float32), task_losses)
   w = np.asarray(out.weights, np.float64)
   head_w = (np.ones(fx.NUM_TASKS) if out.head_weights is None
@@ -86,7 +87,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
   grads = {"model": jax.tree.unflatten(jax.tree.structure(params),
                                        [jnp.asarray(x, jnp.float32)
                                         for x in leaves]),
-           "weighting": method_grads}
+           "method": method_grads}
   tx = fx.default_optimizer()
   updates, _ = tx.update(grads, state.opt_state, state.params)
   return optax.apply_updates(state.params, updates), w, out.state
@@ -101,7 +102,7 @@ def _compiled(name, heads, mode, chunk_size=None):
 CASES = [(name, True) for name in METHODS] + [("mgda", False), ("config", False)]
 
 
-@pytest.mark.parametrize("name,heads", CASES,
+@pytest.mark.parametrize("name,heads", core_first(CASES),
                          ids=[f"{n}-{'heads' if h else 'all_shared'}"
                               for n, h in CASES])
 def test_step_equals_hand_computation(name, heads):
@@ -111,7 +112,7 @@ def test_step_equals_hand_computation(name, heads):
   params, w, method_state = _hand_step(name, state, batch, heads=heads)
   assert fx.max_abs_diff(new.params, params) < TOL
   np.testing.assert_allclose(metrics["weights"], w, rtol=1e-4, atol=TOL)
-  assert fx.max_abs_diff(new.weighting_state, method_state) < TOL
+  assert fx.max_abs_diff(new.method_state, method_state) < TOL
   np.testing.assert_allclose(metrics["total"],
                              np.dot(w, np.asarray(metrics["losses"])),
                              rtol=1e-5)
@@ -143,7 +144,7 @@ def test_the_method_state_is_carried_in_the_train_state():
   # MGDA is stateless: the state only records K and stays put; the first
   # step's weights differ from the second's (new batch, new params).
   state, _, _ = fx.init_state("mgda")
-  assert isinstance(state.weighting_state, aggregation.StatelessState)
+  assert isinstance(state.method_state, aggregation.StatelessState)
   step = _compiled("mgda", True, "params")
   state1, m1 = step(state, fx.make_batch(1))
   state2, m2 = step(state1, fx.make_batch(2))

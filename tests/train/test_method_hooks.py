@@ -76,13 +76,13 @@ def test_after_update_gets_the_same_batch_at_the_updated_params():
   state = _state(method, task_params=None)
   batch = fx.make_batch(3)
   new, metrics = _step(method, optax.sgd(0.02))(state, batch)
-  np.testing.assert_allclose(new.weighting_state.before, metrics["losses"],
+  np.testing.assert_allclose(new.method_state.before, metrics["losses"],
                              rtol=1e-6)
-  np.testing.assert_allclose(new.weighting_state.after,
+  np.testing.assert_allclose(new.method_state.after,
                              _losses(new.params["model"], batch), rtol=1e-5)
   # A small step down the sum of the losses: each of them went down.
-  assert np.all(np.asarray(new.weighting_state.after)
-                < np.asarray(new.weighting_state.before))
+  assert np.all(np.asarray(new.method_state.after)
+                < np.asarray(new.method_state.before))
 
 
 def test_after_update_is_skipped_with_the_step():
@@ -92,7 +92,7 @@ def test_after_update_is_skipped_with_the_step():
   batch["y"][:, 0] = np.nan
   new, metrics = _step(method)(state, batch)
   assert bool(metrics["skipped"])
-  assert np.all(np.asarray(new.weighting_state.after) == 0)
+  assert np.all(np.asarray(new.method_state.after) == 0)
 
 
 def test_after_update_pmap_equals_single_device():
@@ -105,7 +105,7 @@ def test_after_update_pmap_equals_single_device():
       axis_name="batch"), "batch")
   got, _ = step(train.replicate(state), train.shard_batch(batch))
   got = train.unreplicate(got)
-  assert fx.max_abs_diff(ref.weighting_state, got.weighting_state) < 1e-5
+  assert fx.max_abs_diff(ref.method_state, got.method_state) < 1e-5
 
 
 def _gramian_toy(head_weights=None):
@@ -137,7 +137,7 @@ def test_aux_loss_trains_the_method_params():
             for g in grads]
   diag = np.array([float(jnp.sum(r * r)) for r in shared])
   # SGD(1): s <- s - (s + diag G).
-  np.testing.assert_allclose(new.params["weighting"]["s"], -diag, rtol=1e-4)
+  np.testing.assert_allclose(new.params["method"]["s"], -diag, rtol=1e-4)
 
 
 @pytest.mark.parametrize("reduction", ["reduce_scatter", "all_reduce"])
@@ -202,16 +202,16 @@ def test_a_jacobian_method_gets_the_flat_jacobian_and_keeps_its_buffer():
   method = _jacobian_toy()
   state = _state(method)
   num_shared = fx.FEATURES * 8 + 8
-  assert state.weighting_state.total.shape == (fx.NUM_TASKS, num_shared)
+  assert state.method_state.total.shape == (fx.NUM_TASKS, num_shared)
   step = _step(method)
   b1, b2 = fx.make_batch(8), fx.make_batch(9)
   s1, _ = step(state, b1)
   rows1 = _shared_rows(state.params["model"], b1)  # leaves in sorted order
-  np.testing.assert_allclose(s1.weighting_state.total, rows1, rtol=1e-5,
+  np.testing.assert_allclose(s1.method_state.total, rows1, rtol=1e-5,
                              atol=1e-6)
   s2, m2 = step(s1, b2)
   rows2 = _shared_rows(s1.params["model"], b2)
-  np.testing.assert_allclose(s2.weighting_state.total, rows1 + rows2,
+  np.testing.assert_allclose(s2.method_state.total, rows1 + rows2,
                              rtol=1e-5, atol=1e-6)
   bias = s1.params["model"]["Dense_0"]["bias"]
   np.testing.assert_allclose(s2.params["model"]["Dense_0"]["bias"],
@@ -245,7 +245,7 @@ def test_a_jacobian_method_is_exact_across_devices(wrap):
       got, _ = step(got, train.global_batch(b, mesh, "data"))
     got = train.to_host(got)
   assert fx.max_abs_diff(ref.params, got.params) < 1e-5
-  assert fx.max_abs_diff(ref.weighting_state, got.weighting_state) < 1e-5
+  assert fx.max_abs_diff(ref.method_state, got.method_state) < 1e-5
 
 
 def test_buffers_sized_for_other_task_params_are_an_error():

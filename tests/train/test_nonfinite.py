@@ -15,7 +15,7 @@ def _nan_batch(seed=0, task=1):
 
 
 def _assert_unchanged(old, new):
-  for field in ("params", "opt_state", "model_state", "weighting_state"):
+  for field in ("params", "opt_state", "model_state", "method_state"):
     assert fx.max_abs_diff(getattr(old, field), getattr(new, field)) == 0.0, field
 
 

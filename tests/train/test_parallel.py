@@ -11,6 +11,7 @@ import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
+from _slow import core_first
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -41,8 +42,8 @@ def _single(name, **jacobian):
 def _assert_same(ref, got, what=""):
   (ref_state, ref_metrics), (state, metrics) = ref, got
   assert fx.max_abs_diff(ref_state.params, state.params) < TOL, what
-  assert fx.max_abs_diff(ref_state.weighting_state,
-                         state.weighting_state) < TOL, what
+  assert fx.max_abs_diff(ref_state.method_state,
+                         state.method_state) < TOL, what
   assert fx.max_abs_diff(ref_state.opt_state, state.opt_state) < TOL, what
   for key in ("total", "losses", "weights", "grad_norm"):
     np.testing.assert_allclose([m[key] for m in metrics],
@@ -63,7 +64,7 @@ def _reference(cache, name):
 
 # pmap and the mesh in one test per method: its single-device reference is
 # then compiled and run once (the two xdist workers keep a reference each).
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name", core_first(METHODS))
 def test_pmap_and_mesh_shard_map_equal_single_device(name, single_runs):
   assert jax.local_device_count() == 4
   ref = _reference(single_runs, name)

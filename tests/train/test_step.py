@@ -25,7 +25,7 @@ def test_step_updates_everything_and_reports_global_metrics():
   state, _, _ = fx.init_state("uw")
   new, metrics = jax.jit(fx.make_step("uw"))(state, fx.make_batch(0))
   assert int(new.step) == 1 and int(metrics["step"]) == 1
-  assert fx.max_abs_diff(state.params["weighting"], new.params["weighting"]) > 0
+  assert fx.max_abs_diff(state.params["method"], new.params["method"]) > 0
   assert fx.max_abs_diff(state.params["model"], new.params["model"]) > 0
   assert not np.array_equal(state.rng, new.rng)
   assert metrics["losses"].shape == metrics["weights"].shape == (fx.NUM_TASKS,)
@@ -70,7 +70,7 @@ def test_bfloat16_model_keeps_losses_weights_and_params_in_float32():
   for leaf in jax.tree.leaves((state16.params, state16.opt_state)):
     if jnp.issubdtype(leaf.dtype, jnp.floating):
       assert leaf.dtype == jnp.float32
-  assert state16.params["weighting"]["log_vars"].dtype == jnp.float32
+  assert state16.params["method"]["log_vars"].dtype == jnp.float32
   # Close to the float32 run, but not equal: bf16 has an 8-bit mantissa.
   losses16 = np.array([m["losses"] for m in hist16])
   losses32 = np.array([m["losses"] for m in hist32])
@@ -90,7 +90,7 @@ class _BatchNormMLP(nn.Module):
 def test_batch_stats_are_updated_and_averaged_across_devices():
   model = _BatchNormMLP()
   w = weighting.get("ew")
-  tx = train.make_optimizer(optax.sgd(0.1), weighting_learning_rate=0.1)
+  tx = train.make_optimizer(optax.sgd(0.1), method_learning_rate=0.1)
   state = train.create_train_state(jax.random.PRNGKey(0), model,
                                    fx.make_batch(0), w, tx, fx.NUM_TASKS)
   assert set(state.model_state) == {"batch_stats"}
@@ -147,10 +147,10 @@ def test_custom_gradient_fn_is_used():
   default = train.weighted_sum_gradients(w)
   calls = []
 
-  def zero_model_grads(losses_fn, params, weighting_state, axis_name,
+  def zero_model_grads(losses_fn, params, method_state, axis_name,
                        perturbations):
     calls.append((axis_name, perturbations))
-    agg = default(losses_fn, params, weighting_state, axis_name)
+    agg = default(losses_fn, params, method_state, axis_name)
     return agg._replace(grads=jax.tree.map(jnp.zeros_like, agg.grads))
 
   step = train.make_train_step(train.module_apply_fn(fx.TinyMLP()),

@@ -42,6 +42,7 @@ def test_torchjd_values(kwargs, losses, expected):
 
 
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.slow
 def test_tiny_mu_on_huge_losses_is_the_max(x64):
   # TorchJD's case: mu = 1e-10 on [1e30, 2e30, 3e30], weights 1/3: the max,
   # 1e30. Dividing before shifting would overflow (1e40 > float32's 3e38);

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _slow import core_first
 from absl.testing import parameterized
 from hypothesis import given, settings
 from scipy import optimize
@@ -243,7 +244,7 @@ def _built(name, num_tasks):
   return _inputs.build(name, num_tasks)
 
 
-@pytest.mark.parametrize("name", _inputs.METHODS)
+@pytest.mark.parametrize("name", core_first(_inputs.METHODS))
 @settings(deadline=None, max_examples=20)
 @given(losses=_inputs.loss_vectors(low=1e-2, high=1e2))
 def test_gradient_of_total_equals_weights(name, losses):
@@ -252,7 +253,7 @@ def test_gradient_of_total_equals_weights(name, losses):
                                       rtol=2e-5)
 
 
-@pytest.mark.parametrize("name", _inputs.METHODS)
+@pytest.mark.parametrize("name", core_first(_inputs.METHODS))
 @pytest.mark.parametrize("dtype", tuple(DTYPES))
 def test_jitted_apply_does_not_retrace(name, dtype):
   dtype, x64 = DTYPES[dtype]
@@ -275,7 +276,7 @@ def test_no_retrace_check_can_fail():
                                [jnp.ones(2)] * 3)
 
 
-@pytest.mark.parametrize("name", _inputs.METHODS)
+@pytest.mark.parametrize("name", core_first(_inputs.METHODS))
 @pytest.mark.parametrize("case", sorted(_inputs.DEGENERATE))
 def test_degenerate_losses_stay_finite(name, case):
   losses = jnp.asarray(_inputs.DEGENERATE[case], jnp.float32)
@@ -307,7 +308,7 @@ def test_get_passes_hyperparameters_and_returns_a_weighting():
   np.testing.assert_array_equal(params["log_vars"], [-0.5, -0.5])
 
 
-@pytest.mark.parametrize("name", _inputs.METHODS)
+@pytest.mark.parametrize("name", core_first(_inputs.METHODS))
 def test_float32_losses_stay_float32_under_x64(name):
   # With x64 on, Python floats and numpy float64 constants inside a method
   # must not promote float32 losses (a silent 2x memory and speed cost).

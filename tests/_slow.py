@@ -1,0 +1,33 @@
+"""What README command 2 runs and what only CI runs (``-m slow``).
+
+README command 2 deselects the tests marked ``slow``, so a contributor's
+check takes about 4 minutes; ``.ci/run`` runs them as its second step, so
+nothing is dropped. Slow are the end-to-end runs (drivers, subprocesses,
+notebooks, benchmarks' smoke runs) and, for a property checked once per
+method, the methods beyond a core set that covers every path of the engine.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pytest
+
+# One method per path of the train step: loss weightings (linear, learnable,
+# nonlinear, after-update), Gramian methods (QP, closed form, PRNG key),
+# a Jacobian reader and a split-batch method.
+CORE = frozenset({"ew", "uw", "uw_so", "gls", "famo", "mgda", "upgrad", "pcgrad",
+                  "graddrop", "moco", "sdmgrad", "config"})
+
+
+def core_first(values: Iterable[Any], core: Iterable[str] = CORE) -> list[Any]:
+  """``values`` for ``pytest.mark.parametrize``, those whose method name
+  (the value, or a tuple's first entry) is outside ``core`` marked slow."""
+  core = frozenset(core)
+  out = []
+  for value in values:
+    name = value[0] if isinstance(value, tuple) else value
+    args = value if isinstance(value, tuple) else (value,)
+    marks = () if name in core else (pytest.mark.slow,)
+    out.append(pytest.param(*args, marks=marks))
+  return out
