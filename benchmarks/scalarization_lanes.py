@@ -3,7 +3,7 @@
 Not a test. ``experiments/scalarization.py --config.scalarization.lanes=L``
 trains L fixed weight vectors at a time with ``jax.vmap`` of the pure train
 step over the stacked states (same batch, same initial model; the weights
-live in the weighting state, ``experiments.common.state_scalarization``).
+live in the method state, ``mtl_jax.weighting.ScalarizationState``).
 This script times that step for each L in ``--lanes`` against the one-lane
 step run L times, on one fixed batch: each repeat times ``--steps`` steps of
 every candidate in a fresh random order (all compiled first). The figure is
@@ -65,7 +65,9 @@ def main(argv=None) -> int:
     num_tasks = 3
     what = f"SegNet, NYUv2 heads (3 tasks), batch {batch_size} of " \
         f"{height}x{width}x3"
-  weighting = common.state_scalarization((1.0 / num_tasks,) * num_tasks)
+  import mtl_jax  # pylint: disable=g-import-not-at-top
+  weighting = mtl_jax.get("scalarization",
+                          weights=(1.0 / num_tasks,) * num_tasks)
   optimizer = train.make_optimizer(optax.adam(1e-3),
                                    method_learning_rate=1e-3)
   state = train.create_train_state(jax.random.PRNGKey(0), model, batch,

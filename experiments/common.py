@@ -1,24 +1,26 @@
-"""What every experiment driver shares: datasets, models and weightings from a config.
+"""What every experiment driver shares: datasets, models and methods from a config.
 
 A config (see ``experiments/configs``) names a dataset, a model and a
-weighting method; this module turns those names into objects of the library:
+method of either family; this module turns those names into objects of the
+library:
 
 * :func:`dataset_spec`: the tasks, the loss vector (:mod:`mtl_jax.losses`),
   the metrics (:mod:`mtl_jax.metrics`), their directions, the published
   single-task baselines (if any) and a loader for each split;
 * :func:`build_model`: a Flax linen model of :mod:`mtl_jax.models`;
-* :func:`build_weighting`: a method of :mod:`mtl_jax.weighting` with the
-  config's hyperparameters;
+* :func:`build_method`: ``mtl_jax.get(config.method.name, **hparams)``,
+  the hyperparameters read from ``config.method.hparams.<name>``; no
+  branch on the method's name;
 * :func:`build_optimizer`: Adam with step decay, partitioned between the
-  model and the weighting parameters (:func:`mtl_jax.train.make_optimizer`).
+  model and the method's parameters (:func:`mtl_jax.train.make_optimizer`).
 
-Scalarization runs use :func:`state_scalarization`, whose fixed weights live
-in the weighting *state*: the weights are then an input of the compiled train
-step, so one compilation serves every point of a grid and every single-task
-baseline (one-hot weights).
+Scalarization keeps its fixed weights in its state, so they are an input of
+the compiled train step: one compilation serves every point of a grid and
+every single-task baseline (one-hot weights, :func:`with_weights`).
 """
 from __future__ import annotations
 
+import ast
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -43,7 +45,7 @@ Loader = Callable[..., Any]
 class DatasetSpec(NamedTuple):
   """Everything an experiment needs to know about a dataset."""
   name: str
-  tasks: tuple[str, ...]            # weighting tasks, in loss-vector order
+  tasks: tuple[str, ...]            # the tasks, in loss-vector order
   task_types: tuple[str, ...]       # "regression" / "classification" (UW)
   task_losses: Callable[[Any, Any], jax.Array]  # (outputs, batch) -> (K,)
   metric: mtl_metrics.Metric        # update(state, outputs, batch)
@@ -318,113 +320,73 @@ def _build_net(config: Config) -> nn.Module:
                    "digit_attribute_net, segnet, mtan, resnet18, mlp or qm9_net.")
 
 
-# ---------------------------------------------------------------- weightings
+# ------------------------------------------------------------------- method
+
+AUTO = "auto"
+"""A hyperparameter filled in from the run (:func:`method_hparams`)."""
 
 
-class WeightsState(NamedTuple):
-  """Weighting state of :func:`state_scalarization`."""
-  weights: jax.Array  # (K,) float32, fixed during training
+def _run_values(config: Config, spec: DatasetSpec,
+                steps_per_epoch: int) -> dict[str, Any]:
+  k = len(spec.tasks)
+  return {"seed": int(config.train.seed),
+          "steps_per_epoch": int(steps_per_epoch),
+          "task_types": tuple(spec.task_types),
+          "weights": (1.0 / k,) * k}
 
 
-def state_scalarization(weights: Sequence[float]) -> mw.Weighting:
-  """Scalarization ``sum_k w_k L_k`` with ``w`` held in the weighting state.
+def _from_text(value: str) -> Any:
+  """A number or tuple written as text (a command-line override of an
+  ``"auto"`` field), else the text itself."""
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    return value
 
-  The same total and weights as ``mtl_jax.weighting.get("scalarization",
-  weights=w)``, but ``apply`` reads ``w`` from the state, so a train step
-  compiled once runs every weight vector (grid points, one-hot single-task
-  baselines): swap the state's weights with :func:`with_weights`.
+
+def method_hparams(config: Config, spec: DatasetSpec,
+                   steps_per_epoch: int) -> dict[str, Any]:
+  """The keyword arguments of ``mtl_jax.get(config.method.name, ...)``.
+
+  They are ``config.method.hparams.<name>`` (none when the method has no
+  entry), with ``"auto"`` replaced by the run's value of that argument
+  (:func:`_run_values`: the seed, steps per epoch, the dataset's task types,
+  equal weights) and ``None`` left to the library's default.
   """
-  w0 = np.asarray(weights, np.float32)
-  if w0.ndim != 1 or w0.size == 0 or not np.all(np.isfinite(w0)):
-    raise ValueError(f"scalarization weights must be a non-empty finite "
-                     f"vector, got {list(weights)!r}.")
+  name = config.method.name.lower().replace("-", "_")
+  table = config.method.hparams
+  raw = table[name].to_dict() if name in table else {}
+  run_values = _run_values(config, spec, steps_per_epoch)
+  out = {}
+  for key, value in raw.items():
+    if value is None:
+      continue
+    if value == AUTO:
+      if key not in run_values:
+        raise ValueError(
+            f"config.method.hparams.{name}.{key} is 'auto', but the run "
+            f"fills in only {sorted(run_values)}; give a value.")
+      value = run_values[key]
+    elif isinstance(value, str):
+      value = _from_text(value)
+    out[key] = value
+  return out
 
-  def init(num_tasks: int, *, key=None):
-    del key
-    if num_tasks != w0.size:
-      raise ValueError(f"scalarization: {w0.size} weights for {num_tasks} "
-                       "tasks.")
-    return {}, WeightsState(jnp.asarray(w0))
 
-  def apply(params, state: WeightsState, losses: jax.Array) -> mw.WeightedLoss:
-    del params
-    w = jax.lax.stop_gradient(state.weights.astype(losses.dtype))
-    return mw.WeightedLoss(jnp.sum(w * losses), w, state)
-
-  return mw.Weighting(init, apply)
+def build_method(config: Config, spec: DatasetSpec, steps_per_epoch: int):
+  """``mtl_jax.get(config.method.name, **method_hparams(...))``: a
+  ``Weighting`` or a gradient-space ``Aggregator``."""
+  return mtl_jax.get(config.method.name,
+                     **method_hparams(config, spec, steps_per_epoch))
 
 
 def with_weights(state: train.TrainState,
                  weights: Sequence[float]) -> train.TrainState:
-  """``state`` with the scalarization weights of :func:`state_scalarization`."""
-  return state.replace(
-      method_state=WeightsState(jnp.asarray(weights, jnp.float32)))
-
-
-# Hyperparameters of the gradient-space methods, from ``config.weighting``.
-_GRADIENT_HPARAMS = {
-    "cagrad": {"c": "cagrad_c"},
-    "fairgrad": {"alpha": "fairgrad_alpha"},
-    "nash_mtl": {"max_norm": "nash_max_norm"},
-    "gradvac": {"beta": "gradvac_beta"},
-    "gradnorm": {"alpha": "gradnorm_alpha"},
-    "graddrop": {"leak": "graddrop_leak"},
-    "excess_mtl": {"robust_step_size": "excess_robust_step_size",
-                   "n_warmup_steps": "excess_warmup_steps"},
-    "sdmgrad": {"lamda": "sdmgrad_lamda", "n_iter": "sdmgrad_n_iter"},
-}
-# Gradient methods that draw random numbers: seeded from train.seed.
-_SEEDED = ("pcgrad", "gradvac", "graddrop", "random")
-
-
-def build_weighting(config: Config, spec: DatasetSpec,
-                    steps_per_epoch: int):
-  """The method of ``config.weighting`` (either family) with only the fields
-  it takes: a ``Weighting`` or a gradient-space ``Aggregator``."""
-  w = config.weighting
-  name = w.name.lower().replace("-", "_")
-  k = len(spec.tasks)
-  if mtl_jax.family(name) == "aggregation":
-    fields = _GRADIENT_HPARAMS.get(name, {})
-    hparams = {arg: w[field] for arg, field in fields.items()}
-    if name in _SEEDED:
-      hparams["seed"] = int(config.train.seed)
-    if name == "constant":
-      hparams["weights"] = tuple(w.weights) or (1.0 / k,) * k
-    return mtl_jax.get(name, **hparams)
-  if name == "scalarization":
-    return state_scalarization(tuple(w.weights) or (1.0 / k,) * k)
-  if name == "uw":
-    types = spec.task_types if w.uw_task_types == "auto" else None
-    return mw.get("uw", task_types=types, init_log_var=w.init_log_var)
-  if name == "uw_o":
-    return mw.get("uw_o", eps=w.eps)
-  if name == "uw_so":
-    return mw.get("uw_so", temperature=w.temperature, eps=w.eps)
-  if name == "uw_so_rel":
-    return mw.get("uw_so_rel", tau=w.uw_so_tau or None, eps=w.eps,
-                  ema=w.uw_so_ema)
-  if name == "uw_so_norm":
-    return mw.get("uw_so_norm", eps=w.eps)
-  if name == "uw_so_entropy":
-    tau = {"tau": w.uw_so_tau} if w.uw_so_tau else {}  # 0: its default
-    return mw.get("uw_so_entropy", target=w.uw_so_entropy_target, eps=w.eps,
-                  ema=w.uw_so_ema, **tau)
-  if name == "dwa":
-    per_epoch = w.dwa_steps_per_epoch or steps_per_epoch
-    return mw.get("dwa", temperature=w.dwa_temperature,
-                  steps_per_epoch=int(per_epoch))
-  if name == "imtl_l":
-    return mw.get("imtl_l", init_log_scale=w.init_log_scale)
-  if name == "famo":
-    return mw.get("famo", lr=w.famo_lr, weight_decay=w.famo_weight_decay)
-  if name == "stch":
-    if w.stch_warmup_epochs < 0:  # TorchJD's stateless form
-      return mw.get("stch", mu=w.stch_mu)
-    return mw.get("stch", mu=w.stch_mu,
-                  warmup_epochs=int(w.stch_warmup_epochs),
-                  steps_per_epoch=int(steps_per_epoch))
-  return mw.get(name)  # ew, gls, rlw (RLW's key comes from the run's seed)
+  """``state`` with other fixed weights for a scalarization run (the
+  weights live in its state, :class:`mtl_jax.weighting.ScalarizationState`,
+  so one compiled step serves every weight vector)."""
+  return state.replace(method_state=mw.ScalarizationState(
+      jnp.asarray(weights, jnp.float32)))
 
 
 def jacobian_options(config: Config, model: nn.Module,
@@ -445,10 +407,10 @@ def jacobian_options(config: Config, model: nn.Module,
     task_params = None
   else:
     task_params = tuple(p.strip() for p in rule.split(",") if p.strip())
-  chunk = int(config.weighting.get("chunk_size", 0))
+  chunk = int(config.method.get("chunk_size", 0))
   return train.JacobianOptions(
       task_params=task_params,
-      mode=config.weighting.get("jacobian_mode", "params"),
+      mode=config.method.get("jacobian_mode", "params"),
       chunk_size=chunk or None)
 
 
@@ -478,7 +440,7 @@ def learning_rate(config: Config) -> optax.Schedule:
 
 
 def build_optimizer(config: Config) -> optax.GradientTransformation:
-  """Adam(W) with step decay on the model; Adam on the weighting parameters.
+  """Adam(W) with step decay on the model; Adam on the method's parameters.
 
   With ``optim.plateau_factor > 0`` every update is then multiplied by a
   scale held in the optimiser state (``optax.inject_hyperparams(optax.scale)``),

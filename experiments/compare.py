@@ -88,7 +88,7 @@ def fixed_weight_programs(config):
   and single-task baselines share it), one compilation per rate."""
   return functools.lru_cache(maxsize=None)(
       lambda rate: run_lib.build_program(run_lib.override(
-          config, weighting__name="scalarization",
+          config, method__name="scalarization",
           optim__learning_rate=rate)))
 
 
@@ -135,7 +135,7 @@ def run_all(config, workdir: str,
   for method in methods:
     program_for = functools.lru_cache(maxsize=None)(
         lambda rate, m=method: run_lib.build_program(run_lib.override(
-            config, weighting__name=m, optim__learning_rate=rate)))
+            config, method__name=m, optim__learning_rate=rate)))
     rows.append(protocol.run_row(config, workdir, method, "method",
                                  program_for, reference=reference,
                                  on_run=on_run(method)))
@@ -199,7 +199,7 @@ def write_outputs(config, workdir: str, rows: list[report.Row],
   if config.compare.baselines == "single_task":
     try:
       trivial_test = trivial.for_program(run_lib.build_program(
-          run_lib.override(config, weighting__name="scalarization")),
+          run_lib.override(config, method__name="scalarization")),
           config.data.test_split)
     except ValueError as e:  # a dataset without a constant predictor
       logging.warning("no trivial baseline: %s", e)
@@ -241,7 +241,7 @@ def results_markdown(config, main, extra, wall_s: float, checks=(),
       "single-task learning. \"metrics\": average over all metrics "
       "(Nash-MTL, FAMO); \"tasks\": average within each task, then over tasks "
       "(LibMTL).",
-      f"- UW-SO temperature T = {config.weighting.temperature:g}; final weights "
+      f"- UW-SO temperature T = {config.method.hparams.uw_so.temperature:g}; final weights "
       f"are the weights at the last step in task order "
       f"{', '.join(spec.tasks)} (mean over seeds).",
       "- wall s: the method's runs summed over seeds, its compilation "

@@ -4,7 +4,7 @@ Every driver (``train``, ``compare``, ``scalarization``,
 ``temperature_sweep``) goes through :func:`build_program` and
 :func:`run`:
 
-* :func:`build_program` builds the model, weighting, optimiser and the jitted
+* :func:`build_program` builds the model, method, optimiser and the jitted
   train and eval steps of a config once. Runs of the same program (seeds,
   scalarization weight vectors) reuse the compiled steps: one compilation
   per method, not per run.
@@ -42,6 +42,7 @@ import numpy as np
 from absl import logging
 from flax import serialization
 
+import mtl_jax
 from experiments import common
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import train
@@ -74,7 +75,8 @@ class Program(NamedTuple):
   config: Config
   spec: common.DatasetSpec
   model: Any
-  weighting: Any
+  method: Any       # from mtl_jax.get(config.method.name, **hparams)
+  hparams: dict[str, Any]  # the keyword arguments it was built with
   optimizer: Any
   step_fn: Any      # the pure train step (state, batch) -> (state, metrics)
   train_step: Any   # step_fn jitted, donating the state
@@ -86,14 +88,15 @@ def build_program(config: Config) -> Program:
   """Builds (but does not yet compile) the steps of ``config``."""
   spec = common.dataset_spec(config.data)
   model = common.build_model(config)
-  weighting = common.build_weighting(config, spec,
-                                     common.steps_per_epoch(config))
+  hparams = common.method_hparams(config, spec,
+                                  common.steps_per_epoch(config))
+  method = mtl_jax.get(config.method.name, **hparams)
   optimizer = common.build_optimizer(config)
   apply_fn = train.module_apply_fn(model, input_key=spec.input_key)
-  step = train.make_train_step(apply_fn, spec.task_losses, weighting,
+  step = train.make_train_step(apply_fn, spec.task_losses, method,
                                optimizer, compute_dtype=common.compute_dtype(config),
-                               jacobian=common.jacobian_options(config, model, weighting))
-  return Program(config, spec, model, weighting, optimizer, step,
+                               jacobian=common.jacobian_options(config, model, method))
+  return Program(config, spec, model, method, hparams, optimizer, step,
                  jax.jit(step, donate_argnums=0),
                  make_eval_update(config, spec, model),
                  common.num_steps(config))
@@ -111,7 +114,7 @@ def make_eval_update(config: Config, spec: common.DatasetSpec, model: Any):
   ``train=False`` (:func:`mtl_jax.train.make_eval_step`), adds the batch to
   the on-device metric accumulators and to the sums of the task losses.
   ``state`` is an :func:`eval_view` of the train state, whose structure does
-  not depend on the weighting: methods share one compilation.
+  not depend on the method: methods share one compilation.
   """
   key = _eval_key(config)
   if key not in _EVAL_UPDATES:
@@ -197,12 +200,21 @@ def evaluate(program: Program, state: train.TrainState,
 # --------------------------------------------------------------------- run
 
 
+def _method_section(config: Config) -> dict[str, Any]:
+  """``config.method`` with the hyperparameters of its method only (the
+  other methods' entries do not change this run)."""
+  section = config.method.to_dict()
+  name = config.method.name.lower().replace("-", "_")
+  section["hparams"] = section["hparams"].get(name, {})
+  return section
+
+
 def fingerprint(config: Config, seed: int,
                 weights: Sequence[float] | None,
                 reference: Mapping[str, float] | None = None) -> str:
   """A hash of everything that determines a run's result."""
   text = json.dumps([config.data.to_dict(), config.model.to_dict(),
-                     config.weighting.to_dict(), config.optim.to_dict(),
+                     _method_section(config), config.optim.to_dict(),
                      {k: v for k, v in config.train.to_dict().items()
                       if k not in ("progress", "reuse")},
                      seed, list(weights) if weights is not None else None,
@@ -236,15 +248,15 @@ def _write_eval_log(workdir: str, records: Sequence[dict[str, Any]]) -> None:
 
 def init_state(program: Program, seed: int,
                weights: Sequence[float] | None = None) -> train.TrainState:
-  """The step-0 state of a run: model init from ``seed``, weighting state."""
+  """The step-0 state of a run: model init from ``seed``, method state."""
   sample = next(iter(eval_batches(program, program.config.data.eval_split)))
   sample = jax.tree.map(lambda x: x[:1], sample)
   state = train.create_train_state(
-      jax.random.PRNGKey(seed), program.model, sample, program.weighting,
+      jax.random.PRNGKey(seed), program.model, sample, program.method,
       program.optimizer, num_tasks=len(program.spec.tasks),
       input_key=program.spec.input_key,
       task_params=getattr(common.jacobian_options(
-          program.config, program.model, program.weighting), "task_params",
+          program.config, program.model, program.method), "task_params",
           None))
   if weights is not None:
     state = common.with_weights(state, weights)
@@ -450,7 +462,8 @@ def _finish(program: Program, workdir: str, selector: _Selector,
   result = {
       "fingerprint": key, "seed": seed,
       "weights": list(weights) if weights is not None else None,
-      "weighting": config.weighting.name, "steps": program.num_steps,
+      "method": config.method.name, "hparams": program.hparams,
+      "steps": program.num_steps,
       "learning_rate": float(config.optim.learning_rate),
       "selected_step": best.get("step"), "score": best.get("score"),
       "trained_steps": records[-1]["step"] if records else 0,
@@ -551,11 +564,15 @@ def _short(values: dict[str, float]) -> str:
 
 
 def override(config, **fields):
-  """A copy of ``config`` with dotted fields replaced, e.g. ``weighting__name``."""
+  """A copy of ``config`` with fields replaced, ``__`` for each dot:
+  ``method__name="uw_so"``, ``method__hparams__uw_so__temperature=2.0``."""
   config = config.copy_and_resolve_references()
   for dotted, value in fields.items():
-    section, name = dotted.split("__")
-    config[section][name] = value
+    *path, name = dotted.split("__")
+    node = config
+    for key in path:
+      node = node[key]
+    node[name] = value
   return config
 
 

@@ -45,7 +45,8 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
   for t in common.parse_list(config.sweep.temperatures, float):
     program_for = functools.lru_cache(maxsize=None)(
         lambda rate, t=t: run_lib.build_program(run_lib.override(
-            config, weighting__name="uw_so", weighting__temperature=t,
+            config, method__name="uw_so",
+            method__hparams__uw_so__temperature=t,
             optim__learning_rate=rate)))
     rows.append(protocol.run_row(config, workdir, f"T={t:g}", "method",
                                  program_for, reference=reference,
@@ -57,7 +58,7 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
             config, optim__learning_rate=rate, **f)))
     # Without the search, UW-SO's variants train at UW-SO's committed rate,
     # as every T does: the comparison is then about the weights alone.
-    name = str(fields["weighting__name"])
+    name = str(fields["method__name"])
     rows.append(protocol.run_row(
         config, workdir, entry, "variant", program_for, reference=reference,
         rate_label="uw_so" if name.startswith("uw_so") else name))
@@ -65,25 +66,28 @@ def run_sweep(config, workdir: str) -> tuple[list[report.Row],
 
 
 def parse_variant(entry: str, config) -> dict[str, object]:
-  """``"uw_so_rel:uw_so_tau=4"`` -> the config overrides of that row.
+  """``"uw_so_rel:tau=4"`` -> the config overrides of that row.
 
   A variant is a method name, optionally followed by ``:field=value`` pairs
-  that override ``config.weighting`` fields for that row only (the row's
-  label, and so its run directory, is the whole entry).
+  that override that method's ``config.method.hparams.<name>`` fields for
+  that row only (the row's label, and so its run directory, is the whole
+  entry).
   """
   name, *pairs = entry.split(":")
-  fields: dict[str, object] = {"weighting__name": name.strip()}
+  name = name.strip()
+  fields: dict[str, object] = {"method__name": name}
+  table = config.method.hparams.get(name, {})
   for pair in pairs:
     key, sep, value = pair.partition("=")
     key = key.strip()
-    if not sep or key not in config.weighting:
+    if not sep or key not in table:
       raise ValueError(
           f"sweep.variants entry {entry!r}: {pair!r} is not field=value with "
-          "a field of config.weighting; write e.g. "
-          "'uw_so_rel:uw_so_tau=4'.")
-    current = config.weighting[key]
-    fields[f"weighting__{key}"] = type(current)(value) if current is not None \
-        else float(value)
+          f"a field of config.method.hparams.{name} ({sorted(table)}); "
+          "write e.g. 'uw_so_rel:tau=4'.")
+    current = table[key]
+    fields[f"method__hparams__{name}__{key}"] = (
+        float(value) if current is None else type(current)(value))
   return fields
 
 

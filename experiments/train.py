@@ -1,7 +1,7 @@
 r"""Trains one multi-task model from a config file (Flax-examples style).
 
   python -m experiments.train --config experiments/configs/default.py \
-      --config.weighting.name=uw_so --config.weighting.temperature=2 \
+      --config.method.name=uw_so --config.method.hparams.uw_so.temperature=2 \
       --workdir runs/uw_so
 
 Writes into ``--workdir``: ``config.json``, ``metrics.jsonl`` (per step:
@@ -27,19 +27,16 @@ FLAGS = flags.FLAGS
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, Any]:
   """Trains ``config`` into ``workdir``; returns ``result.json``'s content.
 
-  For a scalarization run the weights are ``config.weighting.weights``. On
-  NYUv2 and Cityscapes the result also holds Delta_m against the published
+  The method is ``mtl_jax.get(config.method.name, **hparams)`` with the
+  hyperparameters of ``config.method.hparams.<name>`` (recorded in
+  ``result.json``). On NYUv2 and Cityscapes the result also holds Delta_m against the published
   single-task baselines, in both conventions.
   """
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=1))
   program = run_lib.build_program(config)
-  weights = None
-  if config.weighting.name == "scalarization":
-    weights = tuple(config.weighting.weights) or None
-  result = run_lib.run(program, workdir, seed=config.train.seed,
-                       weights=weights)
+  result = run_lib.run(program, workdir, seed=config.train.seed)
   published = program.spec.published
   if published:
     result["delta_m_published"] = {

@@ -31,3 +31,8 @@ def core_first(values: Iterable[Any], core: Iterable[str] = CORE) -> list[Any]:
     marks = () if name in core else (pytest.mark.slow,)
     out.append(pytest.param(*args, marks=marks))
   return out
+
+# The engine's whole-step tests (several compiles of the train step each):
+# one method per path of the step.
+ENGINE_CORE = frozenset({"ew", "gls", "famo", "mgda", "upgrad", "graddrop",
+                         "sdmgrad"})

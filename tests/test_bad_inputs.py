@@ -583,7 +583,7 @@ FAULTS = [
     ("A NaN or Inf in the weighting parameters or state given to `train`",
      "`NonFiniteError` naming the leaf; nothing is trained or checkpointed",
      "tests/train/test_checkpoint_faults.py::"
-     "test_nan_in_the_weighting_params_is_named_and_never_checkpointed"),
+     "test_nan_in_the_method_params_is_named_and_never_checkpointed"),
     ("A NaN in one device's batch",
      "the step is skipped on every device, a warning names the task, the "
      "checkpoints hold finite values only",

@@ -300,6 +300,10 @@ ROWS = [
                               [0.4963, 0.7682, 0.0885]), [6.0, 2.0, 2.0]),
 ]
 
+# float64 repeats every row in double precision: run in CI (-m slow), not in
+# README's default suite.
+X64 = [False, pytest.param(True, marks=pytest.mark.slow)]
+
 
 # --- gradient-space methods on TorchJD's pinned Jacobian -------------------
 
@@ -422,7 +426,7 @@ def _check(actual, expected):
   np.testing.assert_allclose(actual, expected, rtol=0.0, atol=ATOL)
 
 
-@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("x64", X64, ids=["float32", "float64"])
 @pytest.mark.parametrize("row", ROWS, ids=[_row_id(r) for r in ROWS])
 def test_pinned_value(row, x64):
   fn, kwargs, inputs, expected = row
@@ -432,7 +436,7 @@ def test_pinned_value(row, x64):
     _check(actual, expected)
 
 
-@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("x64", X64, ids=["float32", "float64"])
 @pytest.mark.parametrize("row", GRADIENT_ROWS,
                          ids=[_row_id(r) for r in GRADIENT_ROWS])
 def test_pinned_gradient_method(row, x64):
@@ -482,7 +486,7 @@ SPLIT_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+@pytest.mark.parametrize("x64", X64, ids=["float32", "float64"])
 @pytest.mark.parametrize("row", SPLIT_ROWS, ids=[r[0] for r in SPLIT_ROWS])
 def test_pinned_three_part_method(row, x64):
   name, kwargs, calls = row

@@ -4,7 +4,7 @@ Command (TFDS celeb_a prepared as array_record in /data/tfds, see
 docs/datasets.md):
 
   python -m experiments.train --config experiments/configs/celeba_resnet18.py \
-      --config.data.data_dir=/data/tfds --config.weighting.name=uw_so \
+      --config.data.data_dir=/data/tfds --config.method.name=uw_so \
       --workdir runs/celeba_uw_so
 
 Protocol (REFERENCE.md section 2): Adam, weight decay 1e-5, batch 512, 100
@@ -38,7 +38,7 @@ def get_config(arg: str = ""):
   config.model.name = "resnet18"
   config.model.width = 64
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0
-  config.weighting.temperature = 5.0
+  config.method.hparams.uw_so.temperature = 5.0
   config.optim.learning_rate = 1e-3
   config.optim.decay_every_epochs = 30.0
   config.train.num_steps = 0

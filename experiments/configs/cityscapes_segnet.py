@@ -3,7 +3,7 @@ r"""Cityscapes (7-class segmentation, inverse depth) with a shared SegNet.
 Command (MTAN's preprocessed Cityscapes in /data/cityscapes):
 
   python -m experiments.train --config experiments/configs/cityscapes_segnet.py \
-      --config.data.root=/data/cityscapes --config.weighting.name=uw_so \
+      --config.data.root=/data/cityscapes --config.method.name=uw_so \
       --workdir runs/cityscapes_segnet_uw_so
 
 Protocol (REFERENCE.md section 2): Adam, weight decay 1e-5, batch 64, 300
@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
   config.data.batch_size = 64
   config.data.eval_batch_size = 50
   config.data.num_train = 2975
-  config.weighting.temperature = 20.0   # paper: T = 20 to 48 on Cityscapes
+  config.method.hparams.uw_so.temperature = 20.0   # paper: T = 20 to 48 on Cityscapes
   config.optim.decay_every_epochs = 100.0
   config.train.num_epochs = 300.0
   config.train.eval_every = 460         # every 10 epochs

@@ -3,15 +3,16 @@ r"""Default config: digit scenes, quick. Every other config starts from this one
 Command (one run; `experiments.compare` runs this config for every method):
 
   python -m experiments.train --config experiments/configs/default.py \
-      --config.weighting.name=uw_so --workdir runs/digit_scenes_uw_so
+      --config.method.name=uw_so --workdir runs/digit_scenes_uw_so
 
 Runtime: about 20 s per run on a 2-core CPU, after about 10 s of compilation
 (the scenes are generated once, in about 10 s, into ~/.cache/mtl_jax).
 Expected result: the test metrics of one run; see docs/results/digit_scenes/results.md for
 the comparison of every method over 2 seeds that this config produces.
 
-Sections: data, model, weighting (every method's hyperparameters; only those
-of ``weighting.name`` are used), optim, train, compare (the drivers), sweep.
+Sections: data, model, method (its name, and every method's hyperparameters
+under ``method.hparams.<name>``; only those of ``method.name`` are used),
+optim, train, compare (the drivers), sweep.
 Override any field from the command line, e.g. ``--config.train.num_steps=600``.
 ``get_config("smoke")`` (or ``--config path.py:smoke``) shrinks the run to a
 tiny model and two steps, for tests.
@@ -63,44 +64,61 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   # TASK_PARAMS), "" (all shared) or comma-separated glob patterns.
   config.model.task_params = "auto"
 
-  # ----------------------------------------------------------- weighting
-  config.weighting = config_dict.ConfigDict()
-  config.weighting.name = "ew"  # any name of mtl_jax.names(): ew, uw_so, ..., mgda, upgrad, ...
-  config.weighting.temperature = DIGIT_SCENES_TEMPERATURE  # UW-SO's T
-  config.weighting.eps = 1e-8                 # UW-O / UW-SO: 1 / (L + eps)
-  # UW-SO without a temperature grid (mtl_jax.weighting.uw_so_rel_weights):
-  # T = tau * mean_k 1/L_k, so the weights ignore a common loss scale.
-  # uw_so_norm (the recommended one) takes none of these fields.
-  config.weighting.uw_so_tau = 0.0            # uw_so_rel / uw_so_entropy: tau; 0: each one's default (K/2; 1)
-  config.weighting.uw_so_entropy_target = 0.9  # uw_so_entropy: H(w) >= target * log K
-  config.weighting.uw_so_ema = 0.0            # both: loss moving-average decay; 0: current losses
-  config.weighting.init_log_var = 0.0         # UW: s_k at step 0 (paper: 0)
-  config.weighting.uw_task_types = "auto"     # UW: "auto" per-task forms; "regression": all 0.5
-  config.weighting.dwa_temperature = 2.0      # DWA's T (paper: 2)
-  config.weighting.dwa_steps_per_epoch = 0    # DWA's epoch in steps; 0: one pass over train
-  config.weighting.init_log_scale = 0.0       # IMTL-L: s_k at step 0
-  config.weighting.weights = ()               # scalarization: K fixed weights; (): 1/K each
-  # Gradient-space methods (mtl_jax.aggregation): the Jacobian path.
-  config.weighting.cagrad_c = 0.4             # CAGrad's c (Nash-MTL repo: 0.4; LibMTL 0.5)
-  config.weighting.fairgrad_alpha = 1.0       # FairGrad's alpha (LibMTL: 1.0)
-  config.weighting.nash_max_norm = 1.0        # Nash-MTL: ||d|| <= max_norm (TorchJD)
-  config.weighting.gradvac_beta = 0.5         # GradVac's EMA rate (paper: 0.5)
-  config.weighting.gradnorm_alpha = 1.5       # GradNorm's alpha (LibMTL: 1.5)
-  config.weighting.graddrop_leak = 0.0        # GradDrop's leak (LibMTL: 0)
-  config.weighting.excess_robust_step_size = 1.0  # ExcessMTL's eta (TorchJD 1; LibMTL 1e-2)
-  config.weighting.excess_warmup_steps = 0    # ExcessMTL's warm-up steps (TorchJD 0)
-  config.weighting.sdmgrad_lamda = 0.3        # SDMGrad's lambda (needs batch_size % 3 == 0)
-  config.weighting.sdmgrad_n_iter = 20        # SDMGrad's inner steps
-  # Loss-based methods of part 2 (mtl_jax.weighting).
-  config.weighting.famo_lr = 0.025            # FAMO's logit step (TorchJD, LibMTL)
-  config.weighting.famo_weight_decay = 1e-3   # FAMO's coupled L2 on the logits
-  config.weighting.stch_mu = 1.0              # STCH's smoothing (LibMTL: 1)
-  config.weighting.stch_warmup_epochs = 4     # LibMTL's nadir warm-up; -1: TorchJD's stateless form
-  config.weighting.jacobian_mode = "params"   # "params" (exact) or "features" (rep_grad)
+  # -------------------------------------------------------------- method
+  # config.method.name picks a method of either family (mtl_jax.names());
+  # config.method.hparams.<name> holds the keyword arguments that
+  # mtl_jax.get(name, ...) receives, so a driver can switch methods without
+  # losing their settings. A method with no entry gets the library's
+  # defaults. "auto" is filled in from the run (experiments.common.AUTO):
+  # the seed (train.seed), steps_per_epoch (one pass over train), task_types
+  # (the dataset's) and weights (1/K each); None takes the library default.
+  # Override from the command line, e.g.
+  #   --config.method.name=uw_so --config.method.hparams.uw_so.temperature=2
+  config.method = config_dict.ConfigDict()
+  config.method.name = "ew"
+  config.method.jacobian_mode = "params"   # gradient methods: "params" (exact) or "features" (rep_grad)
   # Task gradients per chunk; 0: all at once (one vmapped VJP). On CPU one
   # VJP per task is faster for conv nets (docs/benchmarks.md, 5.0: 2.1x vs
   # 3.3x EW's step on this model); on an accelerator try 0.
-  config.weighting.chunk_size = 1
+  config.method.chunk_size = 1
+  h = config.method.hparams = config_dict.ConfigDict()
+  # Loss weightings (mtl_jax.weighting).
+  h.uw = {"task_types": "auto",           # "auto": the dataset's per-task forms
+          "init_log_var": 0.0}            # s_k at step 0 (paper: 0)
+  h.uw_o = {"eps": 1e-8}                  # 1 / (L + eps)
+  h.uw_so = {"temperature": DIGIT_SCENES_TEMPERATURE, "eps": 1e-8}
+  # UW-SO without a temperature grid: T = tau * mean_k 1/L_k (uw_so_rel) or
+  # the entropy floor H(w) >= target * log K (uw_so_entropy); tau None: each
+  # one's default (K/2; 1); ema: the losses' moving-average decay.
+  h.uw_so_rel = {"tau": config_dict.placeholder(float), "eps": 1e-8,
+                 "ema": 0.0}
+  h.uw_so_norm = {"eps": 1e-8}
+  h.uw_so_entropy = {"target": 0.9, "tau": config_dict.placeholder(float),
+                     "eps": 1e-8, "ema": 0.0}
+  h.dwa = {"temperature": 2.0,            # paper: 2
+           "steps_per_epoch": "auto"}     # DWA's epoch: one pass over train
+  h.imtl_l = {"init_log_scale": 0.0}
+  h.scalarization = {"weights": "auto"}   # K fixed weights; "auto": 1/K each
+  h.famo = {"lr": 0.025,                  # FAMO's logit step (TorchJD, LibMTL)
+            "weight_decay": 1e-3}         # its coupled L2 on the logits
+  h.stch = {"mu": 1.0,                    # smoothing (LibMTL: 1)
+            "warmup_epochs": 4,           # LibMTL's nadir warm-up
+            "steps_per_epoch": "auto"}    # drop both for TorchJD's stateless form
+  h.rlw = {}                              # its key comes from the run's seed
+  # Gradient-space methods (mtl_jax.aggregation): the Jacobian path.
+  h.cagrad = {"c": 0.4}                   # Nash-MTL repo: 0.4; LibMTL 0.5
+  h.fairgrad = {"alpha": 1.0}             # LibMTL: 1.0
+  h.nash_mtl = {"max_norm": 1.0}          # ||d|| <= max_norm (TorchJD)
+  h.gradvac = {"beta": 0.5, "seed": "auto"}  # paper: 0.5
+  h.gradnorm = {"alpha": 1.5}             # LibMTL: 1.5
+  h.graddrop = {"leak": 0.0, "seed": "auto"}  # LibMTL: 0
+  h.excess_mtl = {"robust_step_size": 1.0,  # TorchJD 1; LibMTL 1e-2
+                  "n_warmup_steps": 0}      # TorchJD 0
+  h.sdmgrad = {"lamda": 0.3,              # needs batch_size % 3 == 0
+               "n_iter": 20}
+  h.pcgrad = {"seed": "auto"}
+  h.random = {"seed": "auto"}
+  h.constant = {"weights": "auto"}
 
   # --------------------------------------------------------------- optim
   config.optim = config_dict.ConfigDict()
@@ -164,7 +182,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   # The rows besides the T grid: the automatic variants at their defaults,
   # uw_so_rel and uw_so_entropy at their earlier defaults, UW-O and EW
   # (docs/results/uw_so_auto.md; "name:field=value" overrides a
-  # config.weighting field for one row).
+  # config.method.hparams.<name> field for one row).
   config.sweep.variants = VARIANTS
 
   if arg == "smoke":
@@ -174,8 +192,8 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
   return config
 
 
-VARIANTS = ("uw_so_norm,uw_so_rel,uw_so_entropy,uw_so_rel:uw_so_tau=1,"
-            "uw_so_entropy:uw_so_entropy_target=0.5,uw_o,ew")
+VARIANTS = ("uw_so_norm,uw_so_rel,uw_so_entropy,uw_so_rel:tau=1,"
+            "uw_so_entropy:target=0.5,uw_o,ew")
 
 
 def smoke(config: config_dict.ConfigDict) -> config_dict.ConfigDict:

@@ -10,11 +10,11 @@ benchmark probes many competing tasks rather than loss scales.
 Command:
 
   python -m experiments.train --config experiments/configs/digit_attributes.py \
-      --config.weighting.name=uw_so --workdir runs/digit_attributes_uw_so
+      --config.method.name=uw_so --workdir runs/digit_attributes_uw_so
   # a single-task baseline (one-hot scalarization weights, here task 0):
   python -m experiments.train --config experiments/configs/digit_attributes.py \
-      --config.weighting.name=scalarization \
-      --config.weighting.weights='(1,0,0,0,0,0,0,0,0,0)' --workdir runs/da_stl0
+      --config.method.name=scalarization \
+      --config.method.hparams.scalarization.weights='(1,0,0,0,0,0,0,0,0,0)' --workdir runs/da_stl0
   python -m experiments.compare --config experiments/configs/digit_attributes.py
 
 Runtime on a 2-core shared CPU: 2-6 s per run once its method is compiled
@@ -61,7 +61,7 @@ def get_config(arg: str = ""):
   # accuracy (0.967 vs 0.953, EW, 1 seed) at 4-7x the step time on CPU.
   config.model.widths = ()
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0  # no depth task
-  config.weighting.temperature = TEMPERATURE
+  config.method.hparams.uw_so.temperature = TEMPERATURE
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
   config.compare.methods += ",uw_so_norm,uw_so_rel,uw_so_entropy"

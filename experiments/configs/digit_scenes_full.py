@@ -4,7 +4,7 @@ Command:
 
   python -m experiments.compare --config experiments/configs/digit_scenes_full.py
   python -m experiments.train --config experiments/configs/digit_scenes_full.py \
-      --config.weighting.name=uw_so --workdir runs/digit_scenes_full_uw_so
+      --config.method.name=uw_so --workdir runs/digit_scenes_full_uw_so
 
 Runtime: about 5 minutes per run on a 2-core CPU (3000 steps of batch 32,
 widths (16, 32, 64)); the comparison takes a few hours on CPU, minutes on a

@@ -5,7 +5,7 @@ Command:
   python -m experiments.compare --config experiments/configs/digit_scenes_quick.py
   # one method:
   python -m experiments.train --config experiments/configs/digit_scenes_quick.py \
-      --config.weighting.name=uw_so --workdir runs/digit_scenes_quick_uw_so
+      --config.method.name=uw_so --workdir runs/digit_scenes_quick_uw_so
 
 Runtime: about 20-30 s per run on a 2-core CPU (300 steps, batch 32, a
 DigitSceneNet of widths (8, 16, 32)); the comparison (8 methods, 4

@@ -29,7 +29,7 @@ Command (the main job: the whole protocol, about 10 minutes on 2 CPU cores):
 
   python -m experiments.compare
   python -m experiments.train --config experiments/configs/digit_strips.py \
-      --config.weighting.name=uw_so --workdir runs/digit_strips_uw_so
+      --config.method.name=uw_so --workdir runs/digit_strips_uw_so
 
 Runtime: 6.1 min for the main job from a fresh clone on a quiet 2-core CPU
 (install excluded, 24 s; 162 runs; 7.7 min for 156 runs under load). A run is 1000 steps of batch 64 through a
@@ -69,7 +69,7 @@ def get_config(arg: str = ""):
   config.model.widths = ()
   config.model.start_at_mean = True     # regression heads start at their means
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0  # no depth task
-  config.weighting.temperature = TEMPERATURE
+  config.method.hparams.uw_so.temperature = TEMPERATURE
   # The default methods of both families, and UW-SO's automatic-temperature
   # variants (evaluated against UW-SO tuned on validation).
   config.compare.methods += ",uw_so_norm,uw_so_rel,uw_so_entropy"

@@ -3,8 +3,8 @@ r"""NYUv2 with MTAN (SegNet plus task-specific attention), otherwise as nyuv2_se
 Command:
 
   python -m experiments.train --config experiments/configs/nyuv2_mtan.py \
-      --config.data.root=/data/nyuv2 --config.weighting.name=uw_so \
-      --config.weighting.temperature=2 --workdir runs/nyuv2_mtan_uw_so
+      --config.data.root=/data/nyuv2 --config.method.name=uw_so \
+      --config.method.hparams.uw_so.temperature=2 --workdir runs/nyuv2_mtan_uw_so
 
 Runtime: a few hours per run on one GPU (200 epochs, batch 8, 288x384).
 Expected result: published SegNet-MTAN Delta_m (Nash-MTL / FAMO papers):

@@ -3,8 +3,8 @@ r"""NYUv2 (13-class segmentation, depth, normals) with a shared SegNet.
 Command (MTAN's preprocessed NYUv2 in /data/nyuv2, see docs/datasets.md):
 
   python -m experiments.train --config experiments/configs/nyuv2_segnet.py \
-      --config.data.root=/data/nyuv2 --config.weighting.name=uw_so \
-      --config.weighting.temperature=2 --workdir runs/nyuv2_segnet_uw_so
+      --config.data.root=/data/nyuv2 --config.method.name=uw_so \
+      --config.method.hparams.uw_so.temperature=2 --workdir runs/nyuv2_segnet_uw_so
   python -m experiments.compare --config experiments/configs/nyuv2_segnet.py \
       --config.data.root=/data/nyuv2
 
@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
   config.model.name = "segnet"
   config.model.filters = (64, 128, 256, 512, 512)
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0
-  config.weighting.temperature = 2.0    # paper: T = 2 to 3 on NYUv2
+  config.method.hparams.uw_so.temperature = 2.0    # paper: T = 2 to 3 on NYUv2
   config.optim.learning_rate = 1e-4
   config.optim.decay_every_epochs = 100.0
   config.optim.decay_factor = 0.5

@@ -24,7 +24,7 @@ Command (one method; ``experiments.compare`` runs them all):
 
   pip install ".[qm9]"
   python -m experiments.train --config experiments/configs/qm9.py \
-      --config.weighting.name=nash_mtl --workdir runs/qm9_nash_mtl
+      --config.method.name=nash_mtl --workdir runs/qm9_nash_mtl
 
 Runtime: far beyond a 2-core CPU (about 4 s per EW step there: 300
 epochs are 924 x 300 steps). Nash-MTL reports 0.54 min per epoch for LS and
@@ -72,14 +72,15 @@ def get_config(arg: str = ""):
   m.widths = ()
   m.depth_scale, m.depth_offset = 1.0, 0.0  # no depth task
 
-  w = config.weighting
-  w.cagrad_c = 0.4
-  w.dwa_temperature = 2.0
-  w.famo_lr = 0.025
-  w.famo_weight_decay = 1e-3     # FAMO's gamma
-  w.fairgrad_alpha = 2.0
-  w.nash_max_norm = 1.0          # the shared update clipped to norm 1
-  w.temperature = 10.0           # UW-SO's T: not tuned on QM9 (uw_so_norm needs none)
+  w = config.method
+  h = w.hparams
+  h.cagrad.c = 0.4
+  h.dwa.temperature = 2.0
+  h.famo.lr = 0.025
+  h.famo.weight_decay = 1e-3     # FAMO's gamma
+  h.fairgrad.alpha = 2.0
+  h.nash_mtl.max_norm = 1.0      # the shared update clipped to norm 1
+  h.uw_so.temperature = 10.0     # UW-SO's T: not tuned on QM9 (uw_so_norm needs none)
   w.jacobian_mode = "params"     # the shared parameters' gradients, as the papers
   w.chunk_size = 0               # all 11 task gradients at once (an accelerator)
 

@@ -3,7 +3,7 @@ r"""GradNorm's synthetic regression: 10 tasks whose scales span 1 to 100.
 Command:
 
   python -m experiments.train --config experiments/configs/synthetic.py \
-      --config.weighting.name=uw_o --workdir runs/synthetic_uw_o
+      --config.method.name=uw_o --workdir runs/synthetic_uw_o
   python -m experiments.compare --config experiments/configs/synthetic.py
 
 Runtime: about a minute per run on a 2-core CPU (5000 steps of batch 100,
@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
   config.model.width = 100
   config.model.depth = 4
   config.model.depth_scale, config.model.depth_offset = 1.0, 0.0
-  config.weighting.temperature = 0.1
+  config.method.hparams.uw_so.temperature = 0.1
   config.optim.learning_rate = 1e-3
   config.optim.decay_every_epochs = 20.0
   config.train.num_steps = 5000                # 50 epochs

@@ -11,7 +11,11 @@ from mtl_jax.weighting.famo import FAMOState, famo, famo_loss, famo_weights
 from mtl_jax.weighting.gls import gls, gls_loss
 from mtl_jax.weighting.imtl_l import imtl_l, imtl_l_loss
 from mtl_jax.weighting.rlw import RLWState, rlw, rlw_weights
-from mtl_jax.weighting.scalarization import scalarization, scalarization_grid
+from mtl_jax.weighting.scalarization import (
+    ScalarizationState,
+    scalarization,
+    scalarization_grid,
+)
 from mtl_jax.weighting.stch import STCHState, stch, stch_loss
 from mtl_jax.weighting.uw import uncertainty_loss, uw
 from mtl_jax.weighting.uw_o import uw_o, uw_o_weights
@@ -27,6 +31,7 @@ __all__ = (
     "LossEMAState",
     "RLWState",
     "STCHState",
+    "ScalarizationState",
     "StatelessState",
     "WeightedLoss",
     "Weighting",

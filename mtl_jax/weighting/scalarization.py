@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -63,6 +65,12 @@ def scalarization_grid(num_tasks: int, step: float = 0.1) -> np.ndarray:
   return counts / n
 
 
+class ScalarizationState(NamedTuple):
+  """The fixed weights, in the state so that one compiled train step serves
+  every weight vector: swap them with ``state._replace(weights=w)``."""
+  weights: jax.Array  # (K,) float32
+
+
 def scalarization(weights: Sequence[float]) -> _base.Weighting:
   r"""Fixed task weights as a :class:`~mtl_jax.weighting.Weighting`.
 
@@ -73,7 +81,9 @@ def scalarization(weights: Sequence[float]) -> _base.Weighting:
   Args:
     weights: the :math:`K` fixed weights, finite and >= 0, not all zero (for
       example a row of :func:`scalarization_grid`). They need not sum to 1.
-      Their length fixes the number of tasks.
+      Their length fixes the number of tasks. They live in the state
+      (:class:`ScalarizationState`), so a grid search compiles its train
+      step once and swaps them between runs.
   """
   weights = _checks.vector(
       weights, "weights", "scalarization", nonnegative=True,
@@ -85,7 +95,11 @@ def scalarization(weights: Sequence[float]) -> _base.Weighting:
                      "traced; vmap over the losses, not over the weights.")
   num_tasks = weights.size
 
+  def init_state(num_tasks: int, key: jax.Array | None) -> ScalarizationState:
+    del num_tasks, key
+    return ScalarizationState(jnp.asarray(weights, jnp.float32))
+
   return _base.fixed_weighting(
-      lambda params, state, losses: (
-          jnp.asarray(weights, jnp.result_type(losses)), state),
-      _base.stateless, "scalarization", num_tasks=num_tasks)
+      lambda params, state, losses: (state.weights, state),
+      init_state, "scalarization", num_tasks=num_tasks,
+      num_tasks_of=lambda state: jnp.shape(state.weights)[-1])

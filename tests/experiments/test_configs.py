@@ -46,7 +46,7 @@ def _with_data(config, tmp_path):
 def test_full_config_has_the_sections_and_the_header(name):
   module = importlib.import_module(f"experiments.configs.{name}")
   config = module.get_config()
-  for section in ("data", "model", "weighting", "optim", "train"):
+  for section in ("data", "model", "method", "optim", "train"):
     assert section in config, section
   doc = module.__doc__
   assert "python -m experiments." in doc and "Runtime" in doc
@@ -75,7 +75,7 @@ _SLOW = pytest.mark.slow  # compiles a SegNet / MTAN / ResNet or a second digit 
 @pytest.mark.slow
 def test_config_trains_two_steps_on_fixture_data(name, tmp_path):
   config = _with_data(smoke_config(name), tmp_path)
-  config.weighting.name = "uw"  # learnable weighting params in the tree
+  config.method.name = "uw"  # learnable method params in the tree
   result = _train_and_evaluate(config, tmp_path / "run")
   records = train.read_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == [1, 2]
@@ -112,12 +112,12 @@ def test_config_trains_a_gradient_method(name, method, mode, tmp_path):
   """A gradient-space method goes through the same config and driver: the
   step takes the Jacobian path, with the model's own heads as task params."""
   config = _with_data(smoke_config(name), tmp_path)
-  config.weighting.name = method
-  config.weighting.jacobian_mode = mode
+  config.method.name = method
+  config.method.jacobian_mode = mode
   # Chunks of the K VJPs: 2 of the digit scenes' 4 and the synthetic 3 tasks,
   # 20 of CelebA's 40 (a chunk of 2 there unrolls 20 ResNet VJPs: 30 s of
   # compilation on 2 cores).
-  config.weighting.chunk_size = 20 if name == "celeba_resnet18" else 2
+  config.method.chunk_size = 20 if name == "celeba_resnet18" else 2
   result = _train_and_evaluate(config, tmp_path / "run")
   records = train.read_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == [1, 2]

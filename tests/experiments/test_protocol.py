@@ -222,17 +222,21 @@ def test_scale_check_reads_the_first_step(tmp_path):
   assert out["passed"] and "267x" in out["lines"][0]
 
 
-def test_sweep_variants_take_weighting_overrides():
+def test_sweep_variants_take_hparams_overrides():
+  from experiments import run as run_lib  # pylint: disable=g-import-not-at-top
   from experiments import temperature_sweep  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   assert temperature_sweep.parse_variant("ew", config) == {
-      "weighting__name": "ew"}
+      "method__name": "ew"}
   fields = temperature_sweep.parse_variant(
-      "uw_so_entropy:uw_so_tau=4:uw_so_entropy_target=0.9", config)
-  assert fields == {"weighting__name": "uw_so_entropy",
-                    "weighting__uw_so_tau": 4.0,
-                    "weighting__uw_so_entropy_target": 0.9}
-  with pytest.raises(ValueError, match=r"not field=value.*uw_so_tau=4"):
-    temperature_sweep.parse_variant("uw_so_rel:tau=4", config)
+      "uw_so_entropy:tau=4:target=0.9", config)
+  assert fields == {"method__name": "uw_so_entropy",
+                    "method__hparams__uw_so_entropy__tau": 4.0,
+                    "method__hparams__uw_so_entropy__target": 0.9}
+  changed = run_lib.override(config, **fields)
+  assert changed.method.hparams.uw_so_entropy.tau == 4.0
+  assert config.method.hparams.uw_so_entropy.tau is None  # a copy
+  with pytest.raises(ValueError, match=r"'uw_so_tau=4' is not field=value"):
+    temperature_sweep.parse_variant("uw_so_rel:uw_so_tau=4", config)
   with pytest.raises(ValueError, match="not field=value"):
-    temperature_sweep.parse_variant("uw_so_rel:uw_so_tau", config)
+    temperature_sweep.parse_variant("uw_so_rel:tau", config)

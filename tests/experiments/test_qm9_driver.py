@@ -40,10 +40,11 @@ def test_qm9_config_is_the_papers_protocol():
   assert c.train.select == "best" and c.compare.seeds == 3
   assert c.compare.baselines == "published"
   assert c.protocol.lr_grid == "1e-3,5e-4,1e-4"
-  w = c.weighting
-  assert (w.cagrad_c, w.dwa_temperature, w.fairgrad_alpha, w.nash_max_norm) == (0.4, 2, 2, 1)
-  assert (w.famo_weight_decay, w.famo_lr) == (1e-3, 0.025)
-  assert w.jacobian_mode == "params"
+  h = c.method.hparams
+  assert (h.cagrad.c, h.dwa.temperature, h.fairgrad.alpha,
+          h.nash_mtl.max_norm) == (0.4, 2, 2, 1)
+  assert (h.famo.weight_decay, h.famo.lr) == (1e-3, 0.025)
+  assert c.method.jacobian_mode == "params"
   methods = common.parse_list(c.compare.methods)
   published = [m for m in qm9.PUBLISHED if m not in ("stl", "go4align")]
   assert set(published) <= set(methods), set(published) - set(methods)
@@ -60,11 +61,11 @@ def test_nash_mtl_runs_its_published_iterations():
 
 def test_cpu_config_changes_only_what_it_says():
   full, cpu = qm9_config.get_config(), qm9_cpu_config.get_config()
-  changed = {f"{s}.{k}" for s in ("data", "model", "weighting", "optim", "train")
+  changed = {f"{s}.{k}" for s in ("data", "model", "method", "optim", "train")
              for k in full[s] if full[s][k] != cpu[s][k]}
   assert changed == {"data.edges", "data.layout", "data.num_train", "data.num_validation",
                      "data.num_test", "data.eval_batch_size", "model.dim", "model.edge_hidden",
-                     "weighting.jacobian_mode", "train.num_epochs", "train.eval_every",
+                     "method.jacobian_mode", "train.num_epochs", "train.eval_every",
                      "train.log_every"}
   assert cpu.compare.baselines == "single_task" and cpu.protocol.lr_search
   assert "db_mtl" not in cpu.compare.methods and "db_mtl" in full.compare.methods
@@ -84,7 +85,7 @@ def _fixture_data(config):
 def test_smoke_trains_on_fixture_molecules(name, method, tmp_path):
   config = importlib.import_module(f"experiments.configs.{name}").get_config("smoke")
   config.data.data_dir = str(tmp_path / "data")
-  config.weighting.name = method
+  config.method.name = method
   result = train_main.train_and_evaluate(config, str(tmp_path / "run"))
   records = train.read_metrics(tmp_path / "run")
   assert [r["step"] for r in records] == [1, 2]

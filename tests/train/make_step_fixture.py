@@ -144,9 +144,8 @@ def record(name: str, state) -> dict[str, np.ndarray]:
   ``<name>/method_state<path>``, with ``jax.tree_util.keystr`` paths. After
   a rename of ``TrainState.method_state`` only this function changes.
   """
-  params = dict(state.params)
-  parts = {"model": params.pop("model"),
-           "method_params": params,  # the one other key
+  parts = {"model": state.params["model"],
+           "method_params": state.params["method"],
            "method_state": state.method_state}
   out = {}
   for part, tree in parts.items():

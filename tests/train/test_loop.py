@@ -5,7 +5,7 @@ import os
 import _train_fixtures as fx
 import numpy as np
 import pytest
-from _slow import core_first
+from _slow import ENGINE_CORE, core_first
 
 from mtl_jax import train
 
@@ -61,7 +61,7 @@ STATEFUL = ["dwa", "gradvac", "famo", "moco", "db_mtl", "excess_mtl",
             "gradnorm", "graddrop", "sdmgrad", "uw_so_entropy"]
 
 
-@pytest.mark.parametrize("name", core_first(STATEFUL))
+@pytest.mark.parametrize("name", core_first(STATEFUL, ENGINE_CORE))
 def test_resume_continues_like_an_uninterrupted_run(tmp_path, name):
   """The method's state comes back from the checkpoint with the parameters,
   and the resumed run ends where the uninterrupted one does."""

@@ -11,7 +11,7 @@ import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
-from _slow import core_first
+from _slow import ENGINE_CORE, core_first
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -64,7 +64,7 @@ def _reference(cache, name):
 
 # pmap and the mesh in one test per method: its single-device reference is
 # then compiled and run once (the two xdist workers keep a reference each).
-@pytest.mark.parametrize("name", core_first(METHODS))
+@pytest.mark.parametrize("name", core_first(METHODS, ENGINE_CORE))
 def test_pmap_and_mesh_shard_map_equal_single_device(name, single_runs):
   assert jax.local_device_count() == 4
   ref = _reference(single_runs, name)
