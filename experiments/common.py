@@ -482,9 +482,11 @@ def plateau(config: Config) -> optax.GradientTransformationExtraArgs | None:
 
 def with_update_scale(opt_state: Any, scale: Any) -> Any:
   """``opt_state`` of :func:`build_optimizer` whose plateau scale (the last
-  transformation of its chain) is ``scale``."""
+  transformation of its chain) is ``scale``, in a buffer of its own (the
+  train step donates the state; the schedule keeps ``scale``)."""
   *inner, scaled = opt_state
-  hyper = {**scaled.hyperparams, "step_size": jnp.asarray(scale, jnp.float32)}
+  hyper = {**scaled.hyperparams,
+           "step_size": jnp.array(scale, jnp.float32, copy=True)}
   return (*inner, scaled._replace(hyperparams=hyper))
 
 

@@ -263,10 +263,48 @@ def init_state(program: Program, seed: int,
   return state
 
 
-def _chunks(num_steps: int, eval_every: int) -> list[int]:
-  every = eval_every if eval_every > 0 else num_steps
-  ends = list(range(every, num_steps, every)) + [num_steps]
-  return [e for e in ends if e > 0]
+def _eval_every(config: Config, num_steps: int) -> int:
+  """Steps between evaluations: ``train.eval_every``, or once at the end."""
+  every = int(config.train.eval_every)
+  return every if every > 0 else max(1, num_steps)
+
+
+def _eval_steps(config: Config, num_steps: int) -> list[int]:
+  """The steps after which a run evaluates (the last step included)."""
+  every = _eval_every(config, num_steps)
+  return [e for e in [*range(every, num_steps, every), num_steps] if e > 0]
+
+
+class _Evaluation:
+  """The train loop's hook: evaluate on the validation split, select, step
+  the plateau schedule, log; stop after ``train.patience`` evaluations
+  without a better score. The state stays on the device."""
+
+  def __init__(self, program: Program, workdir: str, selector: _Selector,
+               schedule: _Plateau, records: list[dict[str, Any]], *,
+               checkpoints: bool):
+    self.program, self.workdir = program, workdir
+    self.selector, self.schedule, self.records = selector, schedule, records
+    self.checkpoints = checkpoints
+
+  def __call__(self, step: int, state: train.TrainState
+               ) -> tuple[train.TrainState, bool]:
+    split = self.program.config.data.eval_split
+    values = evaluate(self.program, state, split)
+    record = {"step": step, "split": split, **values}
+    stop = self.selector.add(record, state)
+    state = self.schedule.step(record, state)
+    self.records.append(record)
+    if self.checkpoints and self.selector.best is record:
+      self.selector.save(self.workdir)
+    _write_eval_log(self.workdir, self.records)
+    name = os.path.basename(self.workdir)
+    logging.info("%s step %d/%d: %s", name, step, self.program.num_steps,
+                 _short(values))
+    if stop:
+      logging.info("%s: no better validation score for %d evaluations; "
+                   "stopping at step %d", name, self.selector.patience, step)
+    return state, stop
 
 
 def _latest_checkpoint(workdir: str) -> int:
@@ -367,9 +405,11 @@ class _Plateau:
 
   def __init__(self, config: Config, records: Sequence[dict[str, Any]]):
     self.tx = common.plateau(config)
-    self.state = self.tx.init(None) if self.tx is not None else None
-    for record in records:
-      self._update(record)
+    self.state = None
+    if self.tx is not None:
+      self.state = self.tx.init(None)
+      for record in records:
+        self._update(record)
 
   def _update(self, record: dict[str, Any]) -> None:
     _, self.state = self.tx.update(jnp.zeros(()), self.state,
@@ -420,33 +460,16 @@ def run(program: Program, workdir: str, *, seed: int,
   selector.restore(records, workdir, state)
   schedule = _Plateau(config, records)
   state = schedule.apply(state)
-  batches = train_batches(program, seed)
-  split = config.data.eval_split
-  stopped = False
-  for end in _chunks(program.num_steps, config.train.eval_every):
-    if end <= resumed:
-      continue
-    state = train.train(
-        program.train_step, state, batches, num_steps=end, workdir=workdir,
-        log_every=max(1, config.train.log_every),
-        checkpoint_every=ckpt if ckpt > 0 else None,
-        max_consecutive_skips=config.train.max_consecutive_skips,
-        task_names=program.spec.tasks, progress=config.train.progress)
-    values = evaluate(program, state, split)
-    record = {"step": end, "split": split, **values}
-    stopped = selector.add(record, state)
-    state = schedule.step(record, state)
-    records.append(record)
-    if ckpt > 0 and selector.best is record:
-      selector.save(workdir)
-    _write_eval_log(workdir, records)
-    logging.info("%s step %d/%d: %s", os.path.basename(workdir), end,
-                 program.num_steps, _short(values))
-    if stopped:
-      logging.info("%s: no better validation score for %d evaluations; "
-                   "stopping at step %d", os.path.basename(workdir),
-                   selector.patience, end)
-      break
+  evaluation = _Evaluation(program, workdir, selector, schedule, records,
+                           checkpoints=ckpt > 0)
+  state = train.train(
+      program.train_step, state, train_batches(program, seed),
+      num_steps=program.num_steps, workdir=workdir,
+      log_every=max(1, config.train.log_every),
+      checkpoint_every=ckpt if ckpt > 0 else None,
+      max_consecutive_skips=config.train.max_consecutive_skips,
+      task_names=program.spec.tasks, progress=config.train.progress,
+      hook=evaluation, hook_every=_eval_every(config, program.num_steps))
   if selector.best_view is None:  # resumed past the end without best.msgpack
     selector.best_view = jax.device_get(eval_view(state))
   return _finish(program, workdir, selector, records, key, seed, weights, t0)
@@ -519,7 +542,7 @@ def run_lanes(program: Program, workdirs: Sequence[str], *, seed: int,
   records: list[list[dict[str, Any]]] = [[] for _ in workdirs]
   done, split = 0, config.data.eval_split
   try:
-    for end in _chunks(program.num_steps, config.train.eval_every):
+    for end in _eval_steps(config, program.num_steps):
       pending = []
       for _ in range(end - done):
         stacked, metrics = step(stacked, next(batches))

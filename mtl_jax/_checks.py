@@ -98,7 +98,8 @@ def integer(value: Any, name: str, method: str, *,
   if (isinstance(value, (bool, np.bool_))
       or not isinstance(value, numbers.Integral)
       or (low is not None and value < low)):
-    what = "an integer" if low is None else f"an integer >= {low}"
+    what = ("an integer" if low is None else "a positive integer" if low == 1
+            else f"an integer >= {low}")
     _fail(method, name, what, value, hint)
   return int(value)
 

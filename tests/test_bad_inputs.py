@@ -580,7 +580,7 @@ FAULTS = [
      "an uninterrupted run",
      "tests/train/test_subprocess.py::"
      "test_two_processes_killed_and_restarted_equal_an_uninterrupted_run"),
-    ("A NaN or Inf in the weighting parameters or state given to `train`",
+    ("A NaN or Inf in the method's parameters or state given to `train`",
      "`NonFiniteError` naming the leaf; nothing is trained or checkpointed",
      "tests/train/test_checkpoint_faults.py::"
      "test_nan_in_the_method_params_is_named_and_never_checkpointed"),

@@ -28,7 +28,6 @@ The weights carry no gradient.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -182,14 +181,6 @@ def check_nonnegative(value: Any, name: str, method: str,
   _checks.number(value, name, method, low=0, hint=hint)
 
 
-def check_positive_int(value: Any, name: str, method: str) -> int:
-  if (isinstance(value, (bool, np.bool_))
-      or not isinstance(value, numbers.Integral) or value < 1):
-    raise ValueError(f"{method}: {name} must be a positive integer, got "
-                     f"{value!r}.")
-  return int(value)
-
-
 def check_seed(seed: Any, method: str) -> Any:
   """``seed`` as an int (the seed of ``jax.random.PRNGKey``), or a
   ValueError."""
@@ -268,11 +259,7 @@ def check_num_params(num_params: Any, method: str) -> int:
         "mtl_jax.train.create_train_state passes it (give it the same "
         "task_params as make_train_step); by hand: "
         "init(num_tasks, num_params=P).")
-  if (isinstance(num_params, bool) or not isinstance(num_params, numbers.Integral)
-      or num_params < 1):
-    raise ValueError(f"{method}: num_params must be a positive integer, got "
-                     f"{num_params!r}.")
-  return int(num_params)
+  return _checks.integer(num_params, "num_params", method, low=1)
 
 
 def apply_with_grads(method: Aggregator, params: Params, state: State,

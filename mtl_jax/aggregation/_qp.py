@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import cho_solve
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 
 # Newton steps before the active-set phase (see the measurements above).
@@ -84,7 +85,7 @@ def check_projection_hparams(pref_vector: Any, norm_eps: Any, reg_eps: Any,
                           "It is the ridge that keeps the QP strictly convex "
                           "(TorchJD: 1e-4).")
   if max_iters is not None:
-    _base.check_positive_int(max_iters, "max_iters", method)
+    _checks.integer(max_iters, "max_iters", method, low=1)
 
 
 def _masked_solve(hessian: jax.Array, rhs: jax.Array, free: jax.Array,

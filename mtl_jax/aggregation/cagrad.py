@@ -185,7 +185,7 @@ def _check_hparams(c, norm_eps, rescale, max_iters, polish_iters,
     raise ValueError(
         f"{method}: rescale must be 0 (TorchJD), 1 (divide by 1 + c^2, "
         f"LibMTL) or 2 (divide by 1 + c), got {rescale!r}.")
-  _base.check_positive_int(max_iters, "max_iters", method)
+  _checks.integer(max_iters, "max_iters", method, low=1)
   _checks.integer(polish_iters, "polish_iters", method, low=0)
 
 
@@ -279,6 +279,21 @@ def _max_step_cone(x, dx):
 
 
 def _interior_point(factor, b, phi, max_iters):
+  r"""CAGrad's weights as the duals of a second-order cone program.
+
+  With ``factor`` :math:`R` (:math:`\hat G = R R^\top`), ``b`` and ``phi``
+  from :func:`_reduce`, the primal is CAGrad's own problem in the factor's
+  coordinates: over :math:`x = (u, t)`, maximise :math:`t` subject to
+  :math:`t \le b_k + \varphi R_k u` for every task (the linear
+  constraints) and :math:`\lVert u \rVert \le 1` (the cone), i.e. the
+  best worst-task improvement in the ball around :math:`g_0`. The weights
+  are the dual variables of the task constraints. A primal-dual
+  interior-point method with Nesterov-Todd scaling (:func:`_nt_scaling`)
+  and Mehrotra's correction runs exactly ``max_iters`` iterations (a fixed
+  budget, for ``jit``), keeps the iterate of the smallest gap and residuals,
+  and zeroes the weight of every task whose dual is below its slack.
+  Returns ``(K,)`` weights on the simplex; :func:`_polish` finishes them.
+  """
   k = b.shape[0]
   dtype = b.dtype
   a_lin = jnp.concatenate([-phi * factor, jnp.ones((k, 1), dtype)], 1)

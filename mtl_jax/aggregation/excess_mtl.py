@@ -16,12 +16,10 @@ reads the Jacobian itself (``inputs="jacobian"``).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from mtl_jax import _checks
@@ -36,14 +34,10 @@ def _check_hparams(robust_step_size, n_warmup_steps, method: str) -> int:
       robust_step_size, "robust_step_size", method, low=0, low_open=True,
       hint="It is the step size of the exponentiated weight update (TorchJD: "
       "1.0; LibMTL and the official code: 1e-2).")
-  if (isinstance(n_warmup_steps, (bool, np.bool_))
-      or not isinstance(n_warmup_steps, numbers.Integral)
-      or n_warmup_steps < 0):
-    raise ValueError(
-        f"{method}: n_warmup_steps must be an integer >= 0, got "
-        f"{n_warmup_steps!r}. It is the number of calls that only collect "
-        "statistics (TorchJD: 0; LibMTL's behaviour is 1).")
-  return int(n_warmup_steps)
+  return _checks.integer(
+      n_warmup_steps, "n_warmup_steps", method, low=0,
+      hint="It is the number of calls that only collect statistics (TorchJD: "
+      "0; LibMTL's behaviour is 1).")
 
 
 def excess_mtl_weights(jacobian: jax.Array, weights: jax.Array,

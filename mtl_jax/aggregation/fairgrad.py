@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _barrier, _base
 
 
@@ -125,7 +126,7 @@ def _check_hparams(alpha, max_iters, reg_eps, method: str) -> None:
       alpha, "alpha", method,
       "alpha = 0 is linear scalarisation, 1 proportional fairness (Nash-MTL), "
       "large values tend to max-min fairness; LibMTL's default is 1.0.")
-  _base.check_positive_int(max_iters, "max_iters", method)
+  _checks.integer(max_iters, "max_iters", method, low=1)
   _base.check_nonnegative(reg_eps, "reg_eps", method)
 
 

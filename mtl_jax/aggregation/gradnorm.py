@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base
 from mtl_jax.weighting._base import check_num_tasks
 
@@ -148,8 +149,8 @@ def gradnorm(alpha: float = 1.5,
   _base.check_nonnegative(alpha, "alpha", "gradnorm",
                           "It is the restoring force (paper: 1.5).")
   if steps_per_epoch is not None:
-    steps_per_epoch = _base.check_positive_int(steps_per_epoch,
-                                               "steps_per_epoch", "gradnorm")
+    steps_per_epoch = _checks.integer(steps_per_epoch,
+                                               "steps_per_epoch", "gradnorm", low=1)
 
   def init(num_tasks: int, *, key: jax.Array | None = None):
     del key

@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import _checks
 from mtl_jax.aggregation import _base, _qp
 
 
@@ -74,7 +75,7 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
   _base.check_gramian(gramian, None, "mgda_weights")
   _base.check_nonnegative(epsilon, "epsilon", "mgda_weights")
   if max_iters is not None:
-    _base.check_positive_int(max_iters, "max_iters", "mgda_weights")
+    _checks.integer(max_iters, "max_iters", "mgda_weights", low=1)
   newton_steps, active_set_steps = _qp.split_budget(max_iters,
                                                     gramian.shape[0])
   eps = jnp.finfo(_base.float_dtype(gramian)).eps
@@ -96,7 +97,7 @@ def mgda(epsilon: float = 0.0,
   """
   _base.check_nonnegative(epsilon, "epsilon", "mgda")
   if max_iters is not None:
-    _base.check_positive_int(max_iters, "max_iters", "mgda")
+    _checks.integer(max_iters, "max_iters", "mgda", low=1)
   return _base.gramian_aggregator(
       lambda state, g: (mgda_weights(g, epsilon=epsilon, max_iters=max_iters),
                         state),

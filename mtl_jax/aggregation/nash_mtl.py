@@ -131,8 +131,8 @@ def nash_mtl_weights(gramian: jax.Array, *, max_norm: float | None = 1.0,
   """
   _base.check_gramian(gramian, None, "nash_mtl_weights")
   _check_max_norm(max_norm, "nash_mtl_weights")
-  optim_niter = _base.check_positive_int(optim_niter, "optim_niter",
-                                         "nash_mtl_weights")
+  optim_niter = _checks.integer(optim_niter, "optim_niter",
+                                         "nash_mtl_weights", low=1)
   gramian = lax.stop_gradient(gramian)
   alpha = _solve_alpha(gramian, optim_niter, warm_start)
   return lax.stop_gradient(_clip(alpha, gramian, max_norm))
@@ -165,10 +165,10 @@ def nash_mtl(max_norm: float | None = 1.0, update_weights_every: int = 1,
     An ``Aggregator`` with no parameters and a :class:`NashMTLState`.
   """
   _check_max_norm(max_norm, "nash_mtl")
-  every = _base.check_positive_int(update_weights_every,
-                                   "update_weights_every", "nash_mtl")
-  optim_niter = _base.check_positive_int(optim_niter, "optim_niter",
-                                         "nash_mtl")
+  every = _checks.integer(update_weights_every,
+                                   "update_weights_every", "nash_mtl", low=1)
+  optim_niter = _checks.integer(optim_niter, "optim_niter",
+                                         "nash_mtl", low=1)
 
   def init_state(num_tasks: int, key: jax.Array | None) -> NashMTLState:
     del key

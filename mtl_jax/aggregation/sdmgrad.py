@@ -135,7 +135,7 @@ def sdmgrad(lamda: float = 0.3, lr: float = 10.0, momentum: float = 0.5,
                  hint="It is the inner step (TorchJD: 10; LibMTL: 5).")
   _checks.number(momentum, "momentum", "sdmgrad", low=0, high=1,
                  high_open=True, hint="It is the inner momentum (0.5).")
-  n_iter = _base.check_positive_int(n_iter, "n_iter", "sdmgrad")
+  n_iter = _checks.integer(n_iter, "n_iter", "sdmgrad", low=1)
 
   def init(num_tasks, *, key=None):
     del key

@@ -52,6 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mtl_jax import _checks
+
 PyTree = Any
 TaskParamRule = (None | str | Sequence[str]
                  | Callable[[tuple[str, ...]], bool])
@@ -288,11 +290,8 @@ class JacobianOptions:
     if self.reduction not in REDUCTIONS:
       raise ValueError(f"JacobianOptions.reduction must be one of "
                        f"{REDUCTIONS}, got {self.reduction!r}.")
-    size = self.chunk_size
-    if size is not None and (isinstance(size, bool) or
-                             not isinstance(size, int) or size < 1):
-      raise ValueError(
-          "JacobianOptions.chunk_size must be None (all tasks at once) or a "
-          f"positive integer, got {size!r}.")
+    if self.chunk_size is not None:
+      _checks.integer(self.chunk_size, "chunk_size", "JacobianOptions",
+                      low=1, hint="None computes all tasks at once.")
     if self.task_params is not None:
       _matcher(self.task_params)  # raises on a malformed rule

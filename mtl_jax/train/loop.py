@@ -123,6 +123,68 @@ def _data_state(batches: Any) -> Any:
   return batches.get_state() if hasattr(batches, "get_state") else None
 
 
+Hook = Callable[[int, TrainState], tuple[TrainState, bool]]
+"""``hook(step, state) -> (state, stop)``: called every ``hook_every`` steps
+and after the last, with the steps done and the placed (device) state; it
+returns the state to continue from (evaluation, a schedule's change) and
+whether to stop the run there."""
+
+
+def _open_checkpoints(workdir, host_state, batches, *, checkpoint_every,
+                      keep_checkpoints, async_checkpoints):
+  """The checkpointer (``None`` without checkpoints) and the state to start
+  from: the latest checkpoint's, with the iterator's position, if any."""
+  if checkpoint_every is None:
+    return None, host_state
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                              max_to_keep=keep_checkpoints,
+                              async_save=async_checkpoints)
+  if checkpointer.latest_step() is not None:
+    host_state, data_state = checkpointer.restore(host_state)
+    if data_state is not None and hasattr(batches, "set_state"):
+      batches.set_state(data_state)
+    else:
+      warnings.warn("resuming without a data-iterator state: the iterator "
+                    "starts from its beginning.", RuntimeWarning,
+                    stacklevel=3)
+  return checkpointer, host_state
+
+
+def _check_start(host_state: TrainState) -> None:
+  bad = non_finite_leaves(host_state)
+  if bad:
+    raise NonFiniteError(
+        f"the {'resumed' if int(host_state.step) else 'initial'} train state "
+        f"holds non-finite values in {', '.join(bad[:5])}"
+        f"{' ...' if len(bad) > 5 else ''}: every step would be skipped. "
+        "Fix the initialisation (or the values set by hand) before training.")
+
+
+def _save(checkpointer: Checkpointer, placement: Placement, device_state,
+          done: int, batches: Any) -> None:
+  with _allow_fetch():
+    host = placement.get(device_state)
+  bad = non_finite_leaves(host)
+  if bad:  # the guard keeps this from happening; never save it
+    raise NonFiniteError(
+        f"step {done}: the train state holds non-finite values in "
+        f"{', '.join(bad[:5])}; not checkpointed (the checkpoints on "
+        "disk hold finite values only).")
+  checkpointer.save(done, host, _data_state(batches))
+
+
+def _check_arguments(num_steps, log_every, checkpoint_every,
+                     max_consecutive_skips, hook_every) -> None:
+  if log_every < 1 or num_steps < 0 or max_consecutive_skips < 0:
+    raise ValueError(
+        f"need log_every >= 1, num_steps >= 0, max_consecutive_skips >= 0; got "
+        f"{log_every!r}, {num_steps!r}, {max_consecutive_skips!r}.")
+  for name, every in (("checkpoint_every", checkpoint_every),
+                      ("hook_every", hook_every)):
+    if every is not None and every < 1:
+      raise ValueError(f"{name} must be >= 1 or None, got {every!r}.")
+
+
 def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
           num_steps: int, workdir: str | os.PathLike,
           placement: Placement | None = None, log_every: int = 50,
@@ -130,7 +192,8 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
           max_consecutive_skips: int = 10,
           task_names: Sequence[str] | None = None,
           tensorboard: bool = False, progress: bool = True,
-          async_checkpoints: bool = True) -> TrainState:
+          async_checkpoints: bool = True, hook: Hook | None = None,
+          hook_every: int | None = None) -> TrainState:
   """Runs ``train_step`` until ``num_steps`` steps are done; resumes if it can.
 
   Args:
@@ -160,6 +223,10 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
     tensorboard: also write TensorBoard scalars (needs tensorboardX).
     progress: show a tqdm progress bar (process 0 only).
     async_checkpoints: write checkpoints in a background thread.
+    hook: see :data:`Hook` (evaluation, selection, a schedule); it runs
+      before the checkpoint of the same step, so a checkpoint holds what the
+      hook returned.
+    hook_every: call ``hook`` every this many steps (and after the last).
 
   Returns:
     The final state, as a host (numpy) copy of one replica.
@@ -167,77 +234,75 @@ def train(train_step: StepFn, state: TrainState, batches: Iterator[PyTree], *,
   Raises:
     NonFiniteError: see ``max_consecutive_skips``.
   """
-  if log_every < 1 or num_steps < 0 or max_consecutive_skips < 0:
-    raise ValueError(
-        f"need log_every >= 1, num_steps >= 0, max_consecutive_skips >= 0; got "
-        f"{log_every!r}, {num_steps!r}, {max_consecutive_skips!r}.")
-  if checkpoint_every is not None and checkpoint_every < 1:
-    raise ValueError(f"checkpoint_every must be >= 1 or None, got "
-                     f"{checkpoint_every!r}.")
+  _check_arguments(num_steps, log_every, checkpoint_every,
+                   max_consecutive_skips, hook_every)
   placement = placement or single_device()
   main = jax.process_index() == 0
   with _allow_fetch():
     host_state = to_host(state)
-  checkpointer = None
-  if checkpoint_every is not None:
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                max_to_keep=keep_checkpoints,
-                                async_save=async_checkpoints)
-    if checkpointer.latest_step() is not None:
-      host_state, data_state = checkpointer.restore(host_state)
-      if data_state is not None and hasattr(batches, "set_state"):
-        batches.set_state(data_state)
-      else:
-        warnings.warn("resuming without a data-iterator state: the iterator "
-                      "starts from its beginning.", RuntimeWarning,
-                      stacklevel=2)
-  bad = non_finite_leaves(host_state)
-  if bad:
-    raise NonFiniteError(
-        f"the {'resumed' if int(host_state.step) else 'initial'} train state "
-        f"holds non-finite values in {', '.join(bad[:5])}"
-        f"{' ...' if len(bad) > 5 else ''}: every step would be skipped. "
-        "Fix the initialisation (or the values set by hand) before training.")
+  checkpointer, host_state = _open_checkpoints(
+      workdir, host_state, batches, checkpoint_every=checkpoint_every,
+      keep_checkpoints=keep_checkpoints, async_checkpoints=async_checkpoints)
+  _check_start(host_state)
   start = int(host_state.step)
   device_state = placement.put_state(host_state)
   writer = MetricsWriter(workdir, resume_step=start, tensorboard=tensorboard,
                          enabled=main)
-  fetch_every = 1 if max_consecutive_skips == 0 else log_every
-  pending = []
-  bar = tqdm.tqdm(total=num_steps, initial=start, disable=not (progress and main),
-                  desc="train", unit="step", dynamic_ncols=True)
+  logger = _Logger(writer, placement, task_names, max_consecutive_skips,
+                   1 if max_consecutive_skips == 0 else log_every,
+                   tqdm.tqdm(total=num_steps, initial=start,
+                             disable=not (progress and main), desc="train",
+                             unit="step", dynamic_ncols=True))
   try:
     for step in range(start, num_steps):
       device_state, metrics = train_step(device_state,
                                          placement.put_batch(next(batches)))
-      pending.append(metrics)
-      bar.update(1)
       done = step + 1
-      save = checkpointer is not None and (
-          done % checkpoint_every == 0 or done == num_steps)
-      if save or done % fetch_every == 0 or done == num_steps:
-        records, pending = _fetch(pending, placement, task_names), []
-        writer.write(records)
-        if records:
-          last = records[-1]
-          bar.set_postfix(total=last["total"], skips=last["total_skips"],
-                          refresh=False)
-        check_skips(records, max_consecutive_skips)
-      if save:
-        with _allow_fetch():
-          host = placement.get(device_state)
-        bad = non_finite_leaves(host)
-        if bad:  # the guard keeps this from happening; never save it
-          raise NonFiniteError(
-              f"step {done}: the train state holds non-finite values in "
-              f"{', '.join(bad[:5])}; not checkpointed (the checkpoints on "
-              "disk hold finite values only).")
-        checkpointer.save(done, host, _data_state(batches))
+      last = done == num_steps
+      save = checkpointer is not None and (done % checkpoint_every == 0
+                                           or last)
+      logger.add(metrics, done, force=save or last)
+      stop = False
+      if hook is not None and (last or done % (hook_every or 1) == 0):
+        device_state, stop = hook(done, device_state)
+      if save or (stop and checkpointer is not None):
+        _save(checkpointer, placement, device_state, done, batches)
+      if stop:
+        break
     with _allow_fetch():
       return placement.get(device_state)
   finally:
-    bar.close()
-    writer.close()
+    logger.close()
     if checkpointer is not None:
       # Do not hide an error already on its way out behind a second one.
       checkpointer.close(raise_errors=sys.exc_info()[0] is None)
+
+
+class _Logger:
+  """Holds each step's metrics on device; every ``fetch_every`` steps (or
+  when forced) fetches them, writes them, updates the bar and checks the
+  skips."""
+
+  def __init__(self, writer, placement, task_names, max_consecutive_skips,
+               fetch_every, bar):
+    self.writer, self.placement, self.task_names = writer, placement, task_names
+    self.max_skips, self.fetch_every, self.bar = (max_consecutive_skips,
+                                                  fetch_every, bar)
+    self.pending = []
+
+  def add(self, metrics, done: int, *, force: bool) -> None:
+    self.pending.append(metrics)
+    self.bar.update(1)
+    if not (force or done % self.fetch_every == 0):
+      return
+    records = _fetch(self.pending, self.placement, self.task_names)
+    self.pending = []
+    self.writer.write(records)
+    if records:
+      self.bar.set_postfix(total=records[-1]["total"],
+                           skips=records[-1]["total_skips"], refresh=False)
+    check_skips(records, self.max_skips)
+
+  def close(self) -> None:
+    self.bar.close()
+    self.writer.close()

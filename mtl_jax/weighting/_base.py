@@ -26,7 +26,6 @@ averaged losses.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -95,11 +94,7 @@ class Weighting(NamedTuple):
 
 def check_num_tasks(num_tasks: Any) -> int:
   """Returns ``num_tasks`` as an int, or raises a ValueError naming it."""
-  if (isinstance(num_tasks, bool) or not isinstance(num_tasks, numbers.Integral)
-      or num_tasks < 1):
-    raise ValueError(
-        f"num_tasks must be a positive integer, got {num_tasks!r}.")
-  return int(num_tasks)
+  return _checks.integer(num_tasks, "num_tasks", "init", low=1)
 
 
 def check_losses_shape(losses: jax.Array, num_tasks: int | None,

@@ -134,16 +134,10 @@ def uw_so_entropy_weights(losses: jax.Array, target: float = DEFAULT_TARGET,
 
   **Default.** :math:`\rho = 0.9` from :math:`\tau = 1` (largest weight at
   most 0.495 for K = 4, 0.352 for K = 10), chosen once, not per benchmark,
-  from :math:`\rho` = 0.5 and 0.9 on the four offline benchmarks (3 seeds,
-  selection on validation, test :math:`\Delta_m` in %,
-  ``docs/results/uw_so_auto.md``). It is within noise of UW-SO with T tuned
-  on validation on the digit strips (+7.30 against +7.36), the digit
-  attributes (+0.23 against +0.16) and the digit scenes (+7.38 against
-  +7.54), and worse on GradNorm's synthetic regression (+83.2 against
-  +71.6), whose task losses differ by their units (a factor :math:`10^4`;
-  :func:`~mtl_jax.weighting.uw_so_norm_weights` removes them). The earlier
-  default :math:`\rho = 0.5` was worse than tuned UW-SO on the digit
-  attributes (+2.03) and on the synthetic regression.
+  from :math:`\rho` = 0.5 and 0.9 on the four offline benchmarks; the
+  comparison with UW-SO at a tuned T is in ``docs/results/uw_so_auto.md``.
+  Task losses that differ by their units need
+  :func:`~mtl_jax.weighting.uw_so_norm_weights`, which removes them.
 
   Losses must be positive, as for UW-SO.
 

@@ -83,15 +83,9 @@ def uw_so_norm_weights(losses: jax.Array, initial: jax.Array,
     adds the ratio of the first losses, which is as large as the tasks'
     units make it.
 
-  **Evaluation** (3 seeds, selection on validation, test :math:`\Delta_m`
-  in %, ``docs/results/uw_so_auto.md``; the default :math:`\tau = K/2` of
-  :func:`~mtl_jax.weighting.uw_so_rel_weights`, not tuned here). Against
-  UW-SO with T tuned on validation: within noise on the digit strips (+2.89
-  against +7.36), the digit attributes (-0.03 against +0.16) and the digit
-  scenes (+7.16 against +7.54), and better on GradNorm's synthetic regression
-  (+15.4 against +71.6; UW-O, the scale-free weighting, +12.8). Its largest
-  share of the weight stayed at or below 0.89 on every benchmark, where some
-  fixed T put all the weight on one task.
+  **Evaluation.** Against UW-SO with T tuned on validation, on the four
+  offline benchmarks: ``docs/results/uw_so_auto.md`` (3 seeds, selection
+  on validation, test :math:`\Delta_m`).
 
   **How it fails.** Everything rests on the first step's losses. A task
   whose first loss is far above its scale (a regression head that starts
@@ -100,8 +94,7 @@ def uw_so_norm_weights(losses: jax.Array, initial: jax.Array,
   through :math:`v`; a noisy first batch shifts every weight for good. A task
   that cannot improve (an irreducible loss) loses weight to the others, by at
   most the same factor. A fixed, tuned T can still win where a sharper
-  preference for the smallest loss helps; on the digit scenes UW-O's mean
-  (+4.4) is below every UW-SO row's.
+  preference for the smallest loss helps.
 
   Args:
     losses: ``(..., K)`` per-task losses, positive.

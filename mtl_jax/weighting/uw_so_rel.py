@@ -114,18 +114,11 @@ def uw_so_rel_weights(losses: jax.Array, tau: float | None = DEFAULT_TAU,
   differ by less than :math:`e^2`, and the largest is below
   :math:`e^2 / (e^2 + K - 1)`: 0.881 (K = 2), 0.711 (K = 4), 0.451
   (K = 10). Chosen once, not per benchmark, from :math:`\tau` = 1,
-  :math:`K/2` and :math:`K` on the four offline benchmarks (3 seeds,
-  selection on validation, test :math:`\Delta_m` in %,
-  ``docs/results/uw_so_auto.md``). At :math:`K/2` it is within noise of UW-SO
-  with T tuned on validation on the digit strips (+7.80 against +7.36), the
-  digit attributes (-0.05 against +0.16) and the digit scenes (+7.30 against
-  +7.54), with a largest share of 0.49, 0.42 and 0.66. It is worse on
-  GradNorm's synthetic regression (+84.6 against +71.6), whose task losses
-  differ by their units (a factor :math:`10^4`): a weighting of the current
+  :math:`K/2` and :math:`K` on the four offline benchmarks; the comparison
+  with UW-SO at a tuned T, and why the earlier :math:`\tau = 1` was
+  dropped, are in ``docs/results/uw_so_auto.md``. A weighting of the current
   losses cannot tell a task with small units from a solved task, which
-  :func:`~mtl_jax.weighting.uw_so_norm_weights` does. The earlier default
-  :math:`\tau = 1` collapsed on 10 tasks (largest share 1.000 on the digit
-  attributes, +6.43; 0.984 on the synthetic regression).
+  :func:`~mtl_jax.weighting.uw_so_norm_weights` does.
 
   Losses must be positive, as for UW-SO: a zero loss gets logit
   :math:`K/\tau` (all the others 0), a negative one makes the logits

@@ -136,6 +136,34 @@ def _fake_row(label, kind, tests):
                                    for t in tests], ["."] * len(tests))
 
 
+@pytest.mark.slow
+def test_a_run_evaluates_inside_one_loop_and_reads_no_checkpoint_back(
+    config, tmp_path, monkeypatch):
+  """Evaluation and selection run as the train loop's hook: a run with
+  checkpoints reads none back, and a longer run resumes from the last one
+  (one restore) with the earlier evaluations kept."""
+  from mtl_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  restores = []
+  original = ckpt_lib.Checkpointer.restore
+
+  def counting_restore(self, *args, **kwargs):
+    restores.append(self.latest_step())
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "restore", counting_restore)
+  config.train.checkpoint_every = 1
+  config.train.progress = False
+  workdir = str(tmp_path / "run")
+  result = run_lib.run(run_lib.build_program(config), workdir, seed=0)
+  assert restores == []
+  assert [r["step"] for r in run_lib.read_eval_log(workdir)] == [1, 2]
+  assert result["method"] == "ew" and result["hparams"] == {}
+  config.train.num_steps = 3
+  run_lib.run(run_lib.build_program(config), workdir, seed=0)
+  assert restores == [2]
+  assert [r["step"] for r in run_lib.read_eval_log(workdir)] == [1, 2, 3]
+
+
 def test_delta_m_from_single_task_rows_by_hand():
   spec = common.dataset_spec(default.get_config().data)
   base = dict.fromkeys(spec.higher_is_better, 1.0)
