@@ -385,8 +385,9 @@ def with_weights(state: train.TrainState,
   """``state`` with other fixed weights for a scalarization run (the
   weights live in its state, :class:`mtl_jax.weighting.ScalarizationState`,
   so one compiled step serves every weight vector)."""
+  dtype = state.method_state.weights.dtype
   return state.replace(method_state=mw.ScalarizationState(
-      jnp.asarray(weights, jnp.float32)))
+      jnp.asarray(weights, dtype)))
 
 
 def jacobian_options(config: Config, model: nn.Module,

@@ -79,7 +79,8 @@ def summarize(row: Row, spec: common.DatasetSpec,
                          "seeds": len(results),
                          "failed": len(row.results) - len(results),
                          "weights": " ".join(f"{w:g}" for w in row.weights)
-                                    if row.weights else ""}
+                                    if row.weights else "",
+                         "hparams": "" if row.weights else _hparams(results)}
   deltas = [delta_ms(r["test"], base_test, spec) for r in results]
   for mode in MODES:
     mean, std = _mean_std([d[mode] for d in deltas
@@ -100,6 +101,15 @@ def summarize(row: Row, spec: common.DatasetSpec,
   out["wall_s"] = float(sum(r.get("wall_s", 0.0) for r in row.results))
   out["reused"] = sum(bool(r.get("reused")) for r in row.results)
   return out
+
+
+def _hparams(results: Sequence[Mapping[str, Any]]) -> str:
+  """The method's hyperparameters as its runs recorded them
+  (``result.json``'s ``hparams``): ``c=0.4 seed=0``."""
+  recorded = next((r["hparams"] for r in results if "hparams" in r), None)
+  if not recorded:
+    return ""
+  return " ".join(f"{k}={v}" for k, v in recorded.items())
 
 
 def validation_delta(row: Row, spec: common.DatasetSpec,

@@ -39,4 +39,7 @@ def build(factories: Mapping[str, Callable[..., Any]], kind: str, name: str,
     raise ValueError(
         f"{kind} method {key!r} needs the hyperparameter(s) {missing}, "
         f"e.g. get({key!r}, {missing[0]}=...).")
-  return factory(**hparams)
+  bound = inspect.signature(factory).bind(**hparams)
+  bound.apply_defaults()
+  method = factory(**hparams)
+  return method._replace(name=key, hparams=tuple(bound.arguments.items()))

@@ -103,11 +103,24 @@ class Aggregator(NamedTuple):
   (part-major: part 0's K tasks, then part 1's...) and gives ``apply`` the
   :math:`sK \times sK` Gramian of their gradients; ``apply`` returns
   :math:`sK` weights.
+
+  ``name`` and ``hparams`` record how :func:`mtl_jax.get` built the method
+  (every argument of its factory, defaults included); ``repr`` shows them.
   """
   init: InitFn
   apply: ApplyFn
   inputs: str = "gramian"
   batch_splits: int = 1
+  name: str = ""                            # the registry name
+  hparams: tuple[tuple[str, Any], ...] = ()  # every factory argument
+
+  def __repr__(self) -> str:
+    """``name(hp=value, ...)``: how the method was built (from
+    :func:`mtl_jax.get`; a method built otherwise shows its type)."""
+    if not self.name:
+      return f"{type(self).__name__}(<{len(self.hparams)} hparams>)"
+    args = ", ".join(f"{k}={v!r}" for k, v in self.hparams)
+    return f"{self.name}({args})"
 
 
 def _concrete(x: Any) -> np.ndarray | None:

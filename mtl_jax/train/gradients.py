@@ -240,6 +240,16 @@ def _head_gradients(vjps: TaskVJPs, head_weights: jax.Array | None,
 
 
 def _check_compatible(method: Aggregator, options: JacobianOptions) -> None:
+  """Raises, when the step is built, for a method the path cannot run."""
+  if method.inputs not in ("gramian", "jacobian"):
+    raise ValueError(
+        f"Aggregator.inputs must be 'gramian' (apply reads G and returns "
+        f"weights) or 'jacobian' (apply reads J and returns a direction), got "
+        f"{method.inputs!r}.")
+  if (isinstance(method.batch_splits, bool)
+      or not isinstance(method.batch_splits, int) or method.batch_splits < 1):
+    raise ValueError(f"Aggregator.batch_splits must be a positive integer, "
+                     f"got {method.batch_splits!r}.")
   if options.mode == "params":
     return
   if method.batch_splits > 1:

@@ -86,10 +86,24 @@ class Weighting(NamedTuple):
   the same batch at the updated parameters (one extra forward pass, no
   backward) and passes both loss vectors; ``None`` (every other method)
   costs nothing.
+
+  ``name`` and ``hparams`` record how :func:`mtl_jax.get` built the method
+  (every argument of its factory, defaults included), for logs and results;
+  ``repr`` shows them: ``uw_so(temperature=2.0, eps=1e-08, ...)``.
   """
   init: InitFn
   apply: ApplyFn
   after_update: AfterUpdateFn | None = None
+  name: str = ""                            # the registry name
+  hparams: tuple[tuple[str, Any], ...] = ()  # every factory argument
+
+  def __repr__(self) -> str:
+    """``name(hp=value, ...)``: how the method was built (from
+    :func:`mtl_jax.get`; a method built otherwise shows its type)."""
+    if not self.name:
+      return f"{type(self).__name__}(<{len(self.hparams)} hparams>)"
+    args = ", ".join(f"{k}={v!r}" for k, v in self.hparams)
+    return f"{self.name}({args})"
 
 
 def check_num_tasks(num_tasks: Any) -> int:

@@ -68,7 +68,7 @@ def scalarization_grid(num_tasks: int, step: float = 0.1) -> np.ndarray:
 class ScalarizationState(NamedTuple):
   """The fixed weights, in the state so that one compiled train step serves
   every weight vector: swap them with ``state._replace(weights=w)``."""
-  weights: jax.Array  # (K,) float32
+  weights: jax.Array  # (K,) the default float type
 
 
 def scalarization(weights: Sequence[float]) -> _base.Weighting:
@@ -97,7 +97,8 @@ def scalarization(weights: Sequence[float]) -> _base.Weighting:
 
   def init_state(num_tasks: int, key: jax.Array | None) -> ScalarizationState:
     del num_tasks, key
-    return ScalarizationState(jnp.asarray(weights, jnp.float32))
+    # float32, or float64 with jax_enable_x64.
+    return ScalarizationState(jnp.asarray(weights, jnp.result_type(float)))
 
   return _base.fixed_weighting(
       lambda params, state, losses: (state.weights, state),

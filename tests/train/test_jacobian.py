@@ -308,6 +308,29 @@ def test_features_mode_on_a_model_without_marked_features():
     jax.jit(step)(state, fx.make_batch(0))
 
 
+def test_methods_carry_their_hyperparameters_and_show_them():
+  method = mtl_jax.get("cagrad", c=0.25)
+  hparams = dict(method.hparams)
+  assert method.name == "cagrad" and hparams["c"] == 0.25
+  assert "max_iters" in hparams  # the defaults too
+  assert repr(method).startswith("cagrad(c=0.25, ")
+  weighting = mtl_jax.get("UW-SO", temperature=3.0)
+  assert weighting.name == "uw_so"
+  assert dict(weighting.hparams) == {"temperature": 3.0, "eps": 1e-8,
+                                     "check_losses": False}
+  for name in ("ew", "mgda", "upgrad", "famo"):
+    assert repr(mtl_jax.get(name)).startswith(f"{name}(")
+
+
+@pytest.mark.parametrize("field,value", [("inputs", "jacobain"),
+                                         ("batch_splits", 0)])
+def test_a_malformed_aggregator_fails_when_the_step_is_built(field, value):
+  method = mtl_jax.get("mgda")._replace(**{field: value})
+  with pytest.raises(ValueError, match=f"Aggregator.{field}"):
+    train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
+                          fx.task_losses, method, fx.default_optimizer())
+
+
 def test_unknown_name_lists_both_families():
   with pytest.raises(ValueError, match="gradient-space methods") as info:
     mtl_jax.get("pcgrad2")
