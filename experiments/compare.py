@@ -1,9 +1,9 @@
-r"""Compares weighting methods over seeds, with single-task baselines for Delta_m.
+r"""Compares methods of both families over seeds, with single-task baselines for Delta_m.
 
-  python -m experiments.compare          # the offline digit-scenes comparison
+  python -m experiments.compare          # the offline digit-strips comparison
 
-runs, for one config (default ``experiments/configs/default.py``, digit
-scenes quick), every method of ``compare.methods`` for ``compare.seeds``
+runs, for one config (default ``experiments/configs/digit_strips.py``, the
+main job under the papers' protocol), every method of ``compare.methods`` for ``compare.seeds``
 seeds, a small scalarization grid (``compare.scalarization_step``) and the
 single-task baselines (one-hot scalarization weights), then writes into
 ``--workdir``:

@@ -52,6 +52,9 @@ from mtl_jax.train.writers import step_record
 Config = ml_collections.ConfigDict
 RESULT = "result.json"
 EVAL_LOG = "eval.jsonl"
+BEST = "best.msgpack"  # the selected parameters of a run with checkpoints
+# One jitted eval update per data and model config (make_eval_update).
+_EVAL_UPDATES: dict[str, Any] = {}
 
 
 # The drivers' default benchmark: the digit strips (the main job).
@@ -131,8 +134,6 @@ def make_eval_update(config: Config, spec: common.DatasetSpec, model: Any):
     _EVAL_UPDATES[key] = jax.jit(update)
   return _EVAL_UPDATES[key]
 
-
-_EVAL_UPDATES: dict[str, Any] = {}
 
 
 def eval_view(state: train.TrainState) -> train.TrainState:
@@ -390,8 +391,6 @@ class _Selector:
       f.write(serialization.to_bytes(self.best_view))
     os.replace(tmp, os.path.join(workdir, BEST))
 
-
-BEST = "best.msgpack"
 
 
 class _Plateau:

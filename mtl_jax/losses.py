@@ -1,4 +1,4 @@
-"""Task losses and the per-dataset loss vectors fed to the weighting methods.
+"""Task losses and the per-dataset loss vectors fed to the methods of either family.
 
 Pixel-wise losses are means over the *valid* pixels of the whole batch (not
 per-image means averaged), as in LibMTL and MTAN:

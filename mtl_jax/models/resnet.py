@@ -8,7 +8,7 @@ The heads are stored as a single ``Dense(num_attributes)``: column ``k`` of its
 kernel and entry ``k`` of its bias are head ``k``'s weights, so this is exactly
 40 independent linear heads (no parameter is shared between attributes), in
 one matmul. The output is ``{"attributes": (B, 40)}`` float32 logits; the
-weighting sees 40 tasks through
+method sees 40 tasks through
 :func:`mtl_jax.losses.celeba_losses`, which returns one BCE per attribute.
 
 Reference: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image

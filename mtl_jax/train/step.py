@@ -366,7 +366,7 @@ def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
 
   The model runs with ``train=False``. ``metrics["losses"]`` are the
   device-averaged task losses; with ``weighting`` also ``total`` and
-  ``weights`` at the current weighting state (which is not advanced).
+  ``weights`` at the current method state (which is not advanced).
   ``outputs`` are the local float32 model outputs, for task metrics.
   A gradient-space method has no weights without the task gradients, which
   evaluation does not compute: pass ``weighting=None`` for those.
