@@ -175,14 +175,14 @@ def test_uncertainty_weighting_trains_inside_an_nnx_model():
 
 
 @pytest.mark.parametrize("make, match", [
-    (lambda: mtl_nnx.UncertaintyWeighting(0), "num_tasks must be an integer >= 1"),
+    (lambda: mtl_nnx.UncertaintyWeighting(0), "num_tasks must be a positive integer"),
     (lambda: mtl_nnx.UncertaintyWeighting(2, ("regression", "seg")),
      "unknown task type"),
     (lambda: mtl_nnx.UncertaintyWeighting(3, ("regression",) * 2),
      "task_types has 2 entries but there are 3 tasks"),
     (lambda: mtl_nnx.UncertaintyWeighting(2, init_log_var=float("nan")),
      "init_log_var must be a finite number"),
-    (lambda: mtl_nnx.IMTLLWeighting(2.0), "num_tasks must be an integer"),
+    (lambda: mtl_nnx.IMTLLWeighting(2.0), "num_tasks must be a positive integer"),
     (lambda: mtl_nnx.IMTLLWeighting(2, init_log_scale=None),
      "init_log_scale must be a finite number"),
 ])
