@@ -37,6 +37,7 @@ from mtl_jax import losses as mtl_losses
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import models, train
 from mtl_jax import weighting as mw
+from mtl_jax._factory import normalize
 
 Config = ml_collections.ConfigDict
 Loader = Callable[..., Any]
@@ -353,7 +354,7 @@ def method_hparams(config: Config, spec: DatasetSpec,
   (:func:`_run_values`: the seed, steps per epoch, the dataset's task types,
   equal weights) and ``None`` left to the library's default.
   """
-  name = config.method.name.lower().replace("-", "_")
+  name = normalize(config.method.name)
   table = config.method.hparams
   raw = table[name].to_dict() if name in table else {}
   run_values = _run_values(config, spec, steps_per_epoch)

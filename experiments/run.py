@@ -46,6 +46,7 @@ import mtl_jax
 from experiments import common
 from mtl_jax import metrics as mtl_metrics
 from mtl_jax import train
+from mtl_jax._factory import normalize
 from mtl_jax.train.loop import check_skips
 from mtl_jax.train.writers import step_record
 
@@ -205,7 +206,7 @@ def _method_section(config: Config) -> dict[str, Any]:
   """``config.method`` with the hyperparameters of its method only (the
   other methods' entries do not change this run)."""
   section = config.method.to_dict()
-  name = config.method.name.lower().replace("-", "_")
+  name = normalize(config.method.name)
   section["hparams"] = section["hparams"].get(name, {})
   return section
 

@@ -41,6 +41,7 @@ from mtl_jax import _checks
 from mtl_jax.weighting._base import (
   StatelessState,  # noqa: F401
   check_num_tasks,
+  method_repr,
   stateless,  # noqa: F401
 )
 
@@ -114,13 +115,7 @@ class Aggregator(NamedTuple):
   name: str = ""                            # the registry name
   hparams: tuple[tuple[str, Any], ...] = ()  # every factory argument
 
-  def __repr__(self) -> str:
-    """``name(hp=value, ...)``: how the method was built (from
-    :func:`mtl_jax.get`; a method built otherwise shows its type)."""
-    if not self.name:
-      return f"{type(self).__name__}(<{len(self.hparams)} hparams>)"
-    args = ", ".join(f"{k}={v!r}" for k, v in self.hparams)
-    return f"{self.name}({args})"
+  __repr__ = method_repr
 
 
 def _concrete(x: Any) -> np.ndarray | None:

@@ -77,6 +77,15 @@ class AfterUpdateFn(Protocol):
     ...
 
 
+def method_repr(method: Any) -> str:
+  """``name(hp=value, ...)``: how a method of either family was built (by
+  :func:`mtl_jax.get`); a method built otherwise shows its type."""
+  if not method.name:
+    return f"{type(method).__name__}(<{len(method.hparams)} hparams>)"
+  args = ", ".join(f"{k}={v!r}" for k, v in method.hparams)
+  return f"{method.name}({args})"
+
+
 class Weighting(NamedTuple):
   """A loss-weighting method as a pair of pure functions (optax style).
 
@@ -97,13 +106,7 @@ class Weighting(NamedTuple):
   name: str = ""                            # the registry name
   hparams: tuple[tuple[str, Any], ...] = ()  # every factory argument
 
-  def __repr__(self) -> str:
-    """``name(hp=value, ...)``: how the method was built (from
-    :func:`mtl_jax.get`; a method built otherwise shows its type)."""
-    if not self.name:
-      return f"{type(self).__name__}(<{len(self.hparams)} hparams>)"
-    args = ", ".join(f"{k}={v!r}" for k, v in self.hparams)
-    return f"{self.name}({args})"
+  __repr__ = method_repr
 
 
 def check_num_tasks(num_tasks: Any) -> int:
