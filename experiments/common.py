@@ -400,7 +400,7 @@ def jacobian_options(config: Config, model: nn.Module,
   (``mtl_jax.models.task_params``), ``""`` treats every parameter as shared,
   anything else is a comma-separated list of glob patterns.
   """
-  if not isinstance(method, mtl_jax.aggregation.Aggregator):
+  if not isinstance(method, mtl_jax.aggregation.GradientMethod):
     return None
   rule = config.model.get("task_params", "auto")
   if rule == "auto":

@@ -6,7 +6,7 @@ from typing import Any
 
 from mtl_jax import _factory, aggregation, weighting
 
-Method = weighting.Weighting | aggregation.Aggregator
+Method = weighting.Weighting | aggregation.GradientMethod
 
 
 def names() -> tuple[str, ...]:

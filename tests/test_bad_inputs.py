@@ -65,7 +65,7 @@ class Case(NamedTuple):
 
 
 def _init(method, num_tasks=K):
-  if getattr(method, "inputs", None) == "jacobian":
+  if isinstance(method, aggregation.JacobianAggregator):
     return method.init(num_tasks, num_params=P)
   return method.init(num_tasks)
 
@@ -76,9 +76,9 @@ def _inputs(method, num_tasks):
   losses = jnp.asarray(rng.uniform(0.5, 2.0, num_tasks), jnp.float32)
   if isinstance(method, weighting.Weighting):
     return (losses,), {}
-  splits = method.batch_splits
+  splits = getattr(method, "batch_splits", 1)
   jac = jnp.asarray(rng.normal(size=(splits * num_tasks, P)), jnp.float32)
-  x = jac if method.inputs == "jacobian" else jac @ jac.T
+  x = jac if isinstance(method, aggregation.JacobianAggregator) else jac @ jac.T
   return (x,), {"losses": jnp.tile(losses, splits)}
 
 
@@ -114,10 +114,10 @@ def count(name: str, match: str) -> Case:
     method.apply(params, state, *args, **kwargs)
 
   family = mtl_jax.family(name)
+  reads_jacobian = isinstance(mtl_jax.get(name, **REQUIRED.get(name, {})),
+                              aggregation.JacobianAggregator)
   what = ("3 losses" if family == "weighting" else
-          "a Jacobian of 3 rows" if mtl_jax.get(
-              name, **REQUIRED.get(name, {})).inputs == "jacobian"
-          else "a Gramian of 3 tasks")
+          "a Jacobian of 3 rows" if reads_jacobian else "a Gramian of 3 tasks")
   return Case(f"{name}-count", f"get({name!r}).init({K}), apply to {what}",
               "apply", call, match, name)
 

@@ -22,7 +22,7 @@ applied once, with the keyword inputs of an optional fifth element
 (``{"losses": [...]}`` for the methods that read the losses). A pure
 function ``fn`` in place of the name is called as ``fn(G, **kwargs)`` (to
 inject a random draw) and covers the method ``fn``'s name without
-``_weights``. A method that reads J itself (``inputs="jacobian"``: GradDrop,
+``_weights``. A method that reads J itself (``JacobianAggregator``: GradDrop,
 MoCo, DB-MTL, ExcessMTL) is initialised with ``num_params=3`` and applied to
 J; its row holds the weights it reports and the direction it returns (in
 general not ``J^T w``).
@@ -452,7 +452,7 @@ def test_pinned_gradient_method(row, x64):
       method = aggregation.get(name, **kwargs)
       inputs = {k: jnp.asarray(v, dtype)
                 for k, v in (inputs[0] if inputs else {}).items()}
-      if method.inputs == "jacobian":  # reads J, returns its direction
+      if isinstance(method, aggregation.JacobianAggregator):  # reads J, returns its direction
         params, state = method.init(2, num_params=3)
         out = method.apply(params, state, jac, **inputs)
         w, d = out.weights, out.direction

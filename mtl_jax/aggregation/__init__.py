@@ -4,9 +4,20 @@ Each method is a pure function of the :math:`K \times K` Gramian
 :math:`G = J J^\top` of the task gradients, returning the weights :math:`w` of
 the update direction :math:`d = J^\top w`, and a factory returning an
 :class:`Aggregator` (``init``, ``apply``), found by name with :func:`get`.
+The few methods that read the Jacobian itself return the update direction
+instead (:class:`JacobianAggregator`).
 The train step of :mod:`mtl_jax.train` computes the Jacobian and runs them.
 """
-from mtl_jax.aggregation._base import Aggregator, GradientWeights, StatelessState, combine, gramian
+from mtl_jax.aggregation._base import (
+    Aggregator,
+    GradientDirection,
+    GradientMethod,
+    GradientWeights,
+    JacobianAggregator,
+    StatelessState,
+    combine,
+    gramian,
+)
 from mtl_jax.aggregation._registry import get, names
 from mtl_jax.aggregation.aligned_mtl import aligned_mtl, aligned_mtl_weights
 from mtl_jax.aggregation.cagrad import cagrad, cagrad_weights
@@ -39,7 +50,10 @@ __all__ = (
     "GradDropState",
     "GradNormState",
     "GradVacState",
+    "GradientDirection",
+    "GradientMethod",
     "GradientWeights",
+    "JacobianAggregator",
     "MoCoState",
     "MoDoState",
     "NashMTLState",

@@ -10,20 +10,26 @@ Every method of :mod:`mtl_jax.aggregation` comes in two forms:
   the update direction :math:`d = J^\top w` (TorchJD's ``Weighting``
   convention): ``mgda_weights(G)``, ``upgrad_weights(G)``... A user who has a
   Jacobian gets the direction with :func:`combine`;
-* a factory (``upgrad()``, ``cagrad(c=0.4)``) returning an
-  :class:`Aggregator`, a pair of pure functions in the style of
-  ``optax.GradientTransformation`` and of :class:`mtl_jax.weighting.Weighting`:
+* a factory (``upgrad()``, ``cagrad(c=0.4)``) returning a pair of pure
+  functions in the style of ``optax.GradientTransformation`` and of
+  :class:`mtl_jax.weighting.Weighting`, of one of two types:
 
-  - ``init(num_tasks, *, key=None) -> (params, state)``: ``params`` is ``{}``
-    (no method here learns parameters); ``state`` is a NamedTuple that
-    records :math:`K` and whatever the method carries from step to step
-    (Nash-MTL's warm start, GradVac's averages, the PRNG key of PCGrad);
-  - ``apply(params, state, gramian, *, losses=None) ->
-    GradientWeights(weights, state)``.
+  - :class:`Aggregator` (almost every method): ``apply(params, state, G, *,
+    losses=None) -> GradientWeights(weights, state)``;
+  - :class:`JacobianAggregator` (GradDrop, MoCo, DB-MTL, ExcessMTL):
+    ``apply(params, state, J, *, losses=None) -> GradientDirection(direction,
+    weights, state)``.
+
+  ``init(num_tasks, *, key=None) -> (params, state)``: ``params`` is ``{}``
+  except for the methods that learn (GradNorm's logits, IMTL's loss scales);
+  ``state`` is a NamedTuple that records :math:`K` and whatever the method
+  carries from step to step (Nash-MTL's warm start, GradVac's averages, the
+  PRNG key of PCGrad).
 
 The methods never see the model: the engine (:mod:`mtl_jax.train`) computes
 :math:`J` of the shared parameters in the compiled step, averages it over the
-devices, forms :math:`G`, calls ``apply`` and combines :math:`d = J^\top w`.
+devices, forms :math:`G`, calls ``apply`` and combines :math:`d = J^\top w`
+(or takes the direction of a :class:`JacobianAggregator`).
 The weights carry no gradient.
 """
 from __future__ import annotations
@@ -52,12 +58,9 @@ State = Any   # a NamedTuple of non-learnable state
 class GradientWeights(NamedTuple):
   """What :attr:`Aggregator.apply` returns.
 
-  Only ``weights`` and ``state`` are required. The optional fields serve the
-  methods that do more than weight the rows of :math:`J`:
+  ``weights`` and ``state`` are always there. The two optional fields are the
+  method's hooks into the rest of the step, ``None`` when unused:
 
-  * ``direction``: the ``(P,)`` update of a method that reads :math:`J`
-    itself (``Aggregator.inputs == "jacobian"``: GradDrop, MoCo, DB-MTL,
-    ExcessMTL); its ``weights`` are then what it reports per task;
   * ``head_weights``: the ``(K,)`` multiplier of each task's own gradient in
     the task-specific parameters (1 when ``None``, as TorchJD's
     ``mtl_backward``; LibMTL's IMTL scales the heads by :math:`e^{s_k}`);
@@ -67,9 +70,20 @@ class GradientWeights(NamedTuple):
   """
   weights: jax.Array  # (K,) w: the update direction is d = J^T w; no gradient
   state: State        # the new state
-  direction: jax.Array | None = None     # (P,) for inputs == "jacobian"
   head_weights: jax.Array | None = None  # (K,) on the heads' gradients
   aux_loss: jax.Array | None = None      # () trains params
+
+
+class GradientDirection(NamedTuple):
+  """What :attr:`JacobianAggregator.apply` returns: the update itself.
+
+  ``weights`` are what the method reports per task (the step logs them);
+  ``head_weights`` is the optional hook of :class:`GradientWeights`.
+  """
+  direction: jax.Array  # (P,) the update of the shared parameters
+  weights: jax.Array    # (K,) reported per task; no gradient
+  state: State          # the new state
+  head_weights: jax.Array | None = None  # (K,) on the heads' gradients
 
 
 class InitFn(Protocol):
@@ -87,15 +101,11 @@ class ApplyFn(Protocol):
 
 
 class Aggregator(NamedTuple):
-  r"""A gradient-space method as a pair of pure functions (optax style).
+  r"""A gradient-space method that reads the Gramian and returns weights.
 
-  ``inputs`` says what ``apply`` reads: ``"gramian"`` (the default, and
-  every method of part 1): ``apply(params, state, G, *, losses)``;
-  ``"jacobian"``: ``apply(params, state, J, *, losses)`` with the flat
-  ``(K, P)`` Jacobian of the shared parameters, returning the update in
-  ``GradientWeights.direction``. Such a method's ``init`` also takes
-  ``num_params=P`` when it keeps ``(K, P)`` buffers (MoCo, DB-MTL,
-  ExcessMTL), and the train step gives every device the whole Jacobian.
+  A pair of pure functions (optax style): ``init(num_tasks, *, key)`` and
+  ``apply(params, state, G, *, losses) -> GradientWeights``; the engine
+  combines :math:`d = J^\top w`.
 
   ``batch_splits``: a method that needs gradients from independent batches
   (SDMGrad, MoDo: three) asks for the batch to be split. The train step
@@ -110,12 +120,49 @@ class Aggregator(NamedTuple):
   """
   init: InitFn
   apply: ApplyFn
-  inputs: str = "gramian"
   batch_splits: int = 1
   name: str = ""                            # the registry name
   hparams: tuple[tuple[str, Any], ...] = ()  # every factory argument
 
   __repr__ = method_repr
+
+
+class JacobianAggregator(NamedTuple):
+  r"""A gradient-space method that reads the Jacobian and returns a direction.
+
+  ``apply(params, state, J, *, losses) -> GradientDirection`` takes the flat
+  ``(K, P)`` Jacobian of the shared parameters (GradDrop's per-coordinate
+  rule, the ``(K, P)`` buffers of MoCo, DB-MTL and ExcessMTL); the train step
+  gives every device the whole :math:`J`, in ``mode="params"`` only. ``init``
+  also takes ``num_params=P`` when the method keeps ``(K, P)`` buffers.
+  """
+  init: InitFn
+  apply: Callable[..., GradientDirection]
+  name: str = ""
+  hparams: tuple[tuple[str, Any], ...] = ()
+
+  __repr__ = method_repr
+
+
+GradientMethod = Aggregator | JacobianAggregator
+"""Either kind of gradient-space method (usable in ``isinstance``)."""
+
+
+def check_method(method: Any) -> None:
+  """Raises a ValueError for a gradient-space method built wrongly (a
+  ``batch_splits`` that is not a positive integer, ``init``/``apply`` that
+  are not callable); :func:`mtl_jax.get` and the train step call it."""
+  if not isinstance(method, GradientMethod):
+    raise ValueError(
+        "expected a gradient-space method (mtl_jax.aggregation.Aggregator or "
+        f"JacobianAggregator), got {type(method).__name__}.")
+  if not (callable(method.init) and callable(method.apply)):
+    raise ValueError(f"{type(method).__name__}: init and apply must be "
+                     "functions.")
+  splits = getattr(method, "batch_splits", 1)
+  if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+    raise ValueError(f"Aggregator.batch_splits must be a positive integer, "
+                     f"got {splits!r}.")
 
 
 def _concrete(x: Any) -> np.ndarray | None:
@@ -270,9 +317,9 @@ def check_num_params(num_params: Any, method: str) -> int:
   return _checks.integer(num_params, "num_params", method, low=1)
 
 
-def apply_with_grads(method: Aggregator, params: Params, state: State,
+def apply_with_grads(method: GradientMethod, params: Params, state: State,
                      inputs: jax.Array, losses: jax.Array | None
-                     ) -> tuple[GradientWeights, Params]:
+                     ) -> tuple[GradientWeights | GradientDirection, Params]:
   """``method.apply`` and the gradient of its ``aux_loss`` in ``params``.
 
   The gradient is zero where the method has no ``aux_loss``.
@@ -280,7 +327,8 @@ def apply_with_grads(method: Aggregator, params: Params, state: State,
 
   def objective(p):
     out = method.apply(p, state, inputs, losses=losses)
-    aux = jnp.zeros((), jnp.float32) if out.aux_loss is None else out.aux_loss
+    aux = getattr(out, "aux_loss", None)
+    aux = jnp.zeros((), jnp.float32) if aux is None else aux
     return jnp.asarray(aux, jnp.float32), out
 
   if not jax.tree.leaves(params):

@@ -30,7 +30,7 @@ from mtl_jax.aggregation.sdmgrad import sdmgrad
 from mtl_jax.aggregation.sum_ import sum_
 from mtl_jax.aggregation.upgrad import upgrad
 
-_FACTORIES: dict[str, Callable[..., _base.Aggregator]] = {
+_FACTORIES: dict[str, Callable[..., _base.GradientMethod]] = {
     "aligned_mtl": aligned_mtl,
     "cagrad": cagrad,
     "config": config,
@@ -62,7 +62,7 @@ def names() -> tuple[str, ...]:
   return tuple(sorted(_FACTORIES))
 
 
-def get(name: str, **hparams: Any) -> _base.Aggregator:
+def get(name: str, **hparams: Any) -> _base.GradientMethod:
   """Builds the gradient-space method ``name`` with its hyperparameters.
 
   Args:
@@ -71,7 +71,9 @@ def get(name: str, **hparams: Any) -> _base.Aggregator:
       ``c=0.4`` for ``"cagrad"``.
 
   Returns:
-    An :class:`~mtl_jax.aggregation.Aggregator` (``init``, ``apply``).
+    An :class:`~mtl_jax.aggregation.Aggregator` (``init``, ``apply`` on the
+    Gramian), or a :class:`~mtl_jax.aggregation.JacobianAggregator` for the
+    methods that read the Jacobian.
 
   Raises:
     ValueError: for an unknown name (listing the valid ones), or for a
@@ -89,4 +91,6 @@ def get(name: str, **hparams: Any) -> _base.Aggregator:
     ...
     ValueError: gradient-space method 'cagrad' needs the hyperparameter(s) ['c'], ...
   """
-  return _factory.build(_FACTORIES, "gradient-space", name, hparams)
+  method = _factory.build(_FACTORIES, "gradient-space", name, hparams)
+  _base.check_method(method)
+  return method

@@ -11,7 +11,7 @@ Lin, Ye, Xu, Shi, Zhang, "Dual-Balancing for Multi-Task Learning", 2023,
 https://arxiv.org/abs/2308.12029.
 
 It keeps a ``(K, P)`` buffer, so it reads the Jacobian itself
-(``inputs="jacobian"``) and needs the task losses.
+(a :class:`~mtl_jax.aggregation.JacobianAggregator`) and needs the task losses.
 """
 from __future__ import annotations
 
@@ -131,13 +131,13 @@ class DBMTLState(NamedTuple):
   step: jax.Array    # () int32, calls so far: the next call has t = step + 1
 
 
-def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.Aggregator:
-  r"""DB-MTL as an :class:`~mtl_jax.aggregation.Aggregator` on :math:`J`.
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.JacobianAggregator:
+  r"""DB-MTL as a :class:`~mtl_jax.aggregation.JacobianAggregator`.
 
-  ``inputs="jacobian"``: ``apply(params, state, J, *, losses)`` takes the
+  ``apply(params, state, J, *, losses)`` takes the
   flat ``(K, P)`` Jacobian of the shared parameters and the ``(K,)`` losses
   (a ValueError without them) and returns :func:`db_mtl_direction`'s
-  :math:`d` in ``GradientWeights.direction``, :math:`\alpha` as
+  :math:`d` in ``GradientDirection.direction``, :math:`\alpha` as
   ``weights`` and ``head_weights`` :math:`= 1/(L_i + 10^{-8})`: each task
   head gets the gradient of its log-loss, as in LibMTL.
 
@@ -151,7 +151,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.Aggregator:
     beta_sigma: see :func:`db_mtl_direction` (default 0).
 
   Returns:
-    An ``Aggregator`` with ``inputs="jacobian"``, no parameters and a
+    A ``JacobianAggregator`` with no parameters and a
     :class:`DBMTLState`.
   """
   _check_hparams(beta, beta_sigma, "db_mtl")
@@ -175,8 +175,7 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0) -> _base.Aggregator:
     dtype = _base.float_dtype(jacobian)
     losses = lax.stop_gradient(jnp.asarray(losses))
     head_weights = (1.0 / (losses.astype(dtype) + _LOG_EPS)).astype(dtype)
-    return _base.GradientWeights(alpha, DBMTLState(buffer, step),
-                                 direction=direction,
-                                 head_weights=head_weights)
+    return _base.GradientDirection(direction, alpha, DBMTLState(buffer, step),
+                                   head_weights=head_weights)
 
-  return _base.Aggregator(init, apply, inputs="jacobian")
+  return _base.JacobianAggregator(init, apply)

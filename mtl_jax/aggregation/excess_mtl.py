@@ -12,7 +12,7 @@ He, Zhou, Zhao, Wang, "Robust Multi-Task Learning with Excess Risks", ICML
 2024, https://proceedings.mlr.press/v235/he24n.html.
 
 The weights come from a ``(K, P)`` accumulator of squared gradients, so it
-reads the Jacobian itself (``inputs="jacobian"``).
+reads the Jacobian itself (a :class:`~mtl_jax.aggregation.JacobianAggregator`).
 """
 from __future__ import annotations
 
@@ -163,13 +163,13 @@ class ExcessMTLState(NamedTuple):
 
 
 def excess_mtl(robust_step_size: float = 1.0,
-               n_warmup_steps: int = 0) -> _base.Aggregator:
-  r"""ExcessMTL as an :class:`~mtl_jax.aggregation.Aggregator` on :math:`J`.
+               n_warmup_steps: int = 0) -> _base.JacobianAggregator:
+  r"""ExcessMTL as a :class:`~mtl_jax.aggregation.JacobianAggregator`.
 
-  ``inputs="jacobian"``: ``apply(params, state, J)`` takes the flat
+  ``apply(params, state, J)`` takes the flat
   ``(K, P)`` Jacobian of the shared parameters (``losses`` is not used) and
   returns the new weights :math:`w` of :func:`excess_mtl_weights` and
-  :math:`d = J^\top w` in ``GradientWeights.direction``.
+  :math:`d = J^\top w` in ``GradientDirection.direction``.
 
   ``init(num_tasks, *, key=None, num_params)`` needs ``num_params`` = P:
   the state (:class:`ExcessMTLState`) holds :math:`w = 1/K`, :math:`S`,
@@ -183,7 +183,7 @@ def excess_mtl(robust_step_size: float = 1.0,
     n_warmup_steps: see :func:`excess_mtl_weights` (default 0).
 
   Returns:
-    An ``Aggregator`` with ``inputs="jacobian"``, no parameters and an
+    A ``JacobianAggregator`` with no parameters and an
     :class:`ExcessMTLState`.
   """
   _check_hparams(robust_step_size, n_warmup_steps, "excess_mtl")
@@ -210,8 +210,8 @@ def excess_mtl(robust_step_size: float = 1.0,
     jac = lax.stop_gradient(jacobian)
     direction = jnp.matmul(weights.astype(dtype), jac,
                            precision=lax.Precision.HIGHEST)
-    return _base.GradientWeights(
-        weights.astype(dtype), ExcessMTLState(weights, sq_sum, baseline, step),
-        direction=lax.stop_gradient(direction))
+    return _base.GradientDirection(
+        lax.stop_gradient(direction), weights.astype(dtype),
+        ExcessMTLState(weights, sq_sum, baseline, step))
 
-  return _base.Aggregator(init, apply, inputs="jacobian")
+  return _base.JacobianAggregator(init, apply)

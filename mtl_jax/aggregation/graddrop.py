@@ -12,7 +12,7 @@ Optimizing Deep Multitask Models with Gradient Sign Dropout", NeurIPS 2020,
 https://arxiv.org/abs/2010.06808.
 
 The rule is per coordinate, so it reads the Jacobian itself
-(``inputs="jacobian"``), not the Gramian.
+(a :class:`~mtl_jax.aggregation.JacobianAggregator`), not the Gramian.
 """
 from __future__ import annotations
 
@@ -172,12 +172,12 @@ class GradDropState(NamedTuple):
   tasks: jax.Array  # (K,) int8 zeros: records K
 
 
-def graddrop(leak: Any = 0.0, seed: int = 0) -> _base.Aggregator:
-  r"""GradDrop as an :class:`~mtl_jax.aggregation.Aggregator` on :math:`J`.
+def graddrop(leak: Any = 0.0, seed: int = 0) -> _base.JacobianAggregator:
+  r"""GradDrop as a :class:`~mtl_jax.aggregation.JacobianAggregator`.
 
-  ``inputs="jacobian"``: ``apply(params, state, J)`` takes the flat
+  ``apply(params, state, J)`` takes the flat
   ``(K, P)`` Jacobian of the shared parameters (``losses`` is not used) and
-  returns :func:`graddrop_direction` in ``GradientWeights.direction``. The
+  returns :func:`graddrop_direction` in ``GradientDirection.direction``. The
   draws are ``jax.random.uniform(sub, (P,), jnp.float32)`` with ``sub`` the
   second half of ``jax.random.split(state.key)`` (the first is kept), so
   float32 and float64 runs draw the same :math:`U`, and a replicated state
@@ -193,7 +193,7 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> _base.Aggregator:
     seed: seeds the key when ``init`` is given none.
 
   Returns:
-    An ``Aggregator`` with ``inputs="jacobian"``, no parameters and a
+    A ``JacobianAggregator`` with no parameters and a
     :class:`GradDropState`. Its ``init(num_tasks, *, key=None,
     num_params=None)`` does not need ``num_params`` (no buffers).
   """
@@ -218,8 +218,8 @@ def graddrop(leak: Any = 0.0, seed: int = 0) -> _base.Aggregator:
     coef = _coefficients(jacobian, uniform, leak)
     direction = _sum_rows(coef * jacobian)
     weights = _kept_fraction(jacobian, coef)
-    return _base.GradientWeights(lax.stop_gradient(weights),
-                                 state._replace(key=key),
-                                 direction=lax.stop_gradient(direction))
+    return _base.GradientDirection(lax.stop_gradient(direction),
+                                   lax.stop_gradient(weights),
+                                   state._replace(key=key))
 
-  return _base.Aggregator(init, apply, inputs="jacobian")
+  return _base.JacobianAggregator(init, apply)

@@ -13,7 +13,7 @@ in Multi-objective Learning: A Provably Convergent Approach", ICLR 2023,
 https://openreview.net/forum?id=dLAYGdKTi2.
 
 It keeps a ``(K, P)`` buffer, so it reads the Jacobian itself
-(``inputs="jacobian"``) and needs the task losses.
+(a :class:`~mtl_jax.aggregation.JacobianAggregator`) and needs the task losses.
 """
 from __future__ import annotations
 
@@ -137,13 +137,13 @@ class MoCoState(NamedTuple):
 
 
 def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
-         gamma_sigma: float = 0.5, rho: float = 0.0) -> _base.Aggregator:
-  r"""MoCo as an :class:`~mtl_jax.aggregation.Aggregator` on :math:`J`.
+         gamma_sigma: float = 0.5, rho: float = 0.0) -> _base.JacobianAggregator:
+  r"""MoCo as a :class:`~mtl_jax.aggregation.JacobianAggregator`.
 
-  ``inputs="jacobian"``: ``apply(params, state, J, *, losses)`` takes the
+  ``apply(params, state, J, *, losses)`` takes the
   flat ``(K, P)`` Jacobian of the shared parameters and the ``(K,)`` losses
   (a ValueError without them) and returns :func:`moco_direction`'s
-  :math:`d` in ``GradientWeights.direction`` and the new :math:`\lambda` as
+  :math:`d` in ``GradientDirection.direction`` and the new :math:`\lambda` as
   ``weights``. The task heads get their own unweighted gradients (LibMTL
   does the same: it backpropagates each loss, then overwrites only the
   shared gradients).
@@ -162,7 +162,7 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
     rho: ridge of the :math:`\lambda` step (default 0).
 
   Returns:
-    An ``Aggregator`` with ``inputs="jacobian"``, no parameters and a
+    A ``JacobianAggregator`` with no parameters and a
     :class:`MoCoState`.
   """
   _check_hparams("moco", beta=beta, beta_sigma=beta_sigma, gamma=gamma,
@@ -187,7 +187,7 @@ def moco(beta: float = 0.5, beta_sigma: float = 0.5, gamma: float = 0.1,
         jacobian, losses, state.y, state.lambd, step, beta=beta,
         beta_sigma=beta_sigma, gamma=gamma, gamma_sigma=gamma_sigma, rho=rho)
     weights = lambd.astype(_base.float_dtype(jacobian))
-    return _base.GradientWeights(weights, MoCoState(y, lambd, step),
-                                 direction=direction)
+    return _base.GradientDirection(direction, weights,
+                                   MoCoState(y, lambd, step))
 
-  return _base.Aggregator(init, apply, inputs="jacobian")
+  return _base.JacobianAggregator(init, apply)

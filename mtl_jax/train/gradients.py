@@ -28,8 +28,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl_jax.aggregation import Aggregator, combine, gramian
-from mtl_jax.aggregation._base import apply_with_grads
+from mtl_jax.aggregation import (
+    Aggregator,
+    GradientMethod,
+    JacobianAggregator,
+    combine,
+    gramian,
+)
+from mtl_jax.aggregation._base import apply_with_grads, check_method
 from mtl_jax.train import jacobian as jac_lib
 from mtl_jax.train.jacobian import JacobianOptions
 from mtl_jax.weighting import Weighting
@@ -91,7 +97,7 @@ def weighted_sum_gradients(weighting: Weighting) -> GradientFn:
   the gradients of all parameters are averaged over ``axis_name`` in one
   ``pmean``.
   """
-  if isinstance(weighting, Aggregator):
+  if isinstance(weighting, GradientMethod):
     raise ValueError(
         "weighted_sum_gradients takes a loss-weighting method "
         "(mtl_jax.weighting), got a gradient-space method "
@@ -193,11 +199,8 @@ def _jacobian_direction(vjps, run, axis_name, chunk_size):
   acc = jnp.promote_types(flat.dtype, jnp.float32)
   finite = jnp.isfinite(jnp.sum(jnp.square(flat.astype(acc)), axis=1))
   weights, extra = run(flat)
-  direction = extra[0].direction
-  if direction is None:
-    raise ValueError("A method with inputs='jacobian' must return its "
-                     "update in GradientWeights.direction.")
-  return unflatten(lax.stop_gradient(direction)), weights, extra, finite
+  direction = unflatten(lax.stop_gradient(extra[0].direction))
+  return direction, weights, extra, finite
 
 
 def _features_gramian(vjps, run, axis_name, chunk_size):
@@ -215,10 +218,10 @@ def _features_gramian(vjps, run, axis_name, chunk_size):
           jac_lib.rows_finite(gram))
 
 
-def _aggregate_stage(method: Aggregator, options: JacobianOptions):
+def _aggregate_stage(method: GradientMethod, options: JacobianOptions):
   if options.mode == "features":
     return _features_gramian
-  if method.inputs == "jacobian":
+  if isinstance(method, JacobianAggregator):
     return _jacobian_direction
   if options.reduction == "reduce_scatter":
     return _gramian_scattered
@@ -239,33 +242,26 @@ def _head_gradients(vjps: TaskVJPs, head_weights: jax.Array | None,
   return pmean(vjps(cotangent)[1], axis_name)
 
 
-def _check_compatible(method: Aggregator, options: JacobianOptions) -> None:
+def _check_compatible(method: GradientMethod, options: JacobianOptions
+                      ) -> None:
   """Raises, when the step is built, for a method the path cannot run."""
-  if method.inputs not in ("gramian", "jacobian"):
-    raise ValueError(
-        f"Aggregator.inputs must be 'gramian' (apply reads G and returns "
-        f"weights) or 'jacobian' (apply reads J and returns a direction), got "
-        f"{method.inputs!r}.")
-  if (isinstance(method.batch_splits, bool)
-      or not isinstance(method.batch_splits, int) or method.batch_splits < 1):
-    raise ValueError(f"Aggregator.batch_splits must be a positive integer, "
-                     f"got {method.batch_splits!r}.")
+  check_method(method)
   if options.mode == "params":
     return
-  if method.batch_splits > 1:
+  if isinstance(method, Aggregator) and method.batch_splits > 1:
     raise ValueError(
         f"This gradient-space method compares the gradients of "
         f"{method.batch_splits} parts of the batch; in mode='features' the "
         "parts' feature gradients are orthogonal (disjoint examples), so it "
         "needs JacobianOptions(mode='params').")
-  if method.inputs == "jacobian":
+  if isinstance(method, JacobianAggregator):
     raise ValueError(
         "This gradient-space method reads the Jacobian J itself (its "
         "per-coordinate rule or its (K, P) buffers are defined on the shared "
         "parameters), so it needs JacobianOptions(mode='params').")
 
 
-def jacobian_gradients(method: Aggregator,
+def jacobian_gradients(method: GradientMethod,
                        options: JacobianOptions | None = None
                        ) -> GradientFn:
   r"""The gradient-space path: Jacobian, Gramian, weights, combined update.
@@ -281,12 +277,12 @@ def jacobian_gradients(method: Aggregator,
     ``total`` is :math:`\sum_k w_k L_k` (whose gradient in the shared
     parameters is the update, for the methods that weight the rows of
     :math:`J`), and the method's own params (GradNorm's logits) get the
-    gradient of its ``aux_loss``, zero without one. A method that reads
-    :math:`J` itself (``method.inputs == "jacobian"``) gets the flat
-    ``(K, P)`` Jacobian, the same on every device (an all-reduce whatever
-    the reduction), and returns the update.
+    gradient of its ``aux_loss``, zero without one. A
+    :class:`~mtl_jax.aggregation.JacobianAggregator` gets the flat ``(K, P)``
+    Jacobian, the same on every device (an all-reduce whatever the
+    reduction), and returns the update.
   """
-  if not isinstance(method, Aggregator):
+  if not isinstance(method, GradientMethod):
     raise ValueError(
         "jacobian_gradients takes a gradient-space method "
         f"(mtl_jax.aggregation.get(...)), got {type(method).__name__}. A "
@@ -299,7 +295,7 @@ def jacobian_gradients(method: Aggregator,
                      f"{type(options).__name__}.")
   _check_compatible(method, options)
   aggregate = _aggregate_stage(method, options)
-  splits = method.batch_splits
+  splits = method.batch_splits if isinstance(method, Aggregator) else 1
 
   def gradient_fn(losses_fn: LossesFn, params: PyTree, method_state: PyTree,
                   axis_name: str | None, perturbations: PyTree = None

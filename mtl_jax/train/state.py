@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax._registry import Method
+from mtl_jax.aggregation import JacobianAggregator
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -55,11 +56,11 @@ def init_method(method: Method, num_tasks: int, key: jax.Array,
   """``method.init``, given the number of shared parameters when it needs it.
 
   A gradient-space method that reads the Jacobian itself and keeps
-  ``(K, P)`` buffers (``inputs == "jacobian"``: MoCo, DB-MTL, ExcessMTL)
+  ``(K, P)`` buffers (a ``JacobianAggregator``: MoCo, DB-MTL, ExcessMTL)
   sizes them by ``P``, the shared parameters of ``model_params`` under the
   rule ``task_params`` (the same rule the train step gets).
   """
-  if getattr(method, "inputs", "gramian") != "jacobian":
+  if not isinstance(method, JacobianAggregator):
     return method.init(num_tasks, key=key)
   from mtl_jax.train import jacobian as jac_lib  # pylint: disable=g-import-not-at-top
   mask = jac_lib.task_param_mask(model_params, task_params)

@@ -60,7 +60,7 @@ import optax
 from jax import lax
 
 from mtl_jax._registry import Method
-from mtl_jax.aggregation import Aggregator
+from mtl_jax.aggregation import GradientMethod
 from mtl_jax.train.gradients import (
   GradientFn,
   Gradients,
@@ -182,12 +182,12 @@ def _gradient_path(method: Method, gradient_fn: GradientFn | None,
           "jacobian= configures the built-in Jacobian path; a custom "
           "gradient_fn replaces it. Pass one or the other.")
     return gradient_fn
-  if isinstance(method, Aggregator):
+  if isinstance(method, GradientMethod):
     return jacobian_gradients(method, jacobian)
   if not isinstance(method, Weighting):
     raise ValueError(
         f"the method must come from mtl_jax.get(...) (a Weighting or an "
-        f"Aggregator), got {type(method).__name__}.")
+        f"a gradient-space method), got {type(method).__name__}.")
   if jacobian is not None:
     raise ValueError(
         "jacobian= only applies to gradient-space methods "
@@ -371,7 +371,7 @@ def make_eval_step(model_apply: ModelApply, task_loss_fn: TaskLossFn, *,
   A gradient-space method has no weights without the task gradients, which
   evaluation does not compute: pass ``weighting=None`` for those.
   """
-  if isinstance(weighting, Aggregator):
+  if isinstance(weighting, GradientMethod):
     raise ValueError(
         "make_eval_step(weighting=...) takes a loss-weighting method; a "
         "gradient-space method's weights need the per-task gradients, which "

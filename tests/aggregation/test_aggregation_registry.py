@@ -42,21 +42,25 @@ def _gramian(seed, k, dtype=np.float32):
   return jnp.asarray(jac @ jac.T, dtype)
 
 
-# Methods with inputs="jacobian" (GradDrop, MoCo, DB-MTL, ExcessMTL) read the
+# JacobianAggregators (GradDrop, MoCo, DB-MTL, ExcessMTL) read the
 # (K, P) Jacobian itself and return the direction; those with (K, P) buffers
 # need num_params at init. The same contract holds with J in place of G.
 def _init(method, k, **kwargs):
-  if method.inputs == "jacobian":
+  if isinstance(method, aggregation.JacobianAggregator):
     kwargs["num_params"] = k + 3
   return method.init(k, **kwargs)
 
 
+def _splits(method):
+  return getattr(method, "batch_splits", 1)
+
+
 def _input(method, seed, k, dtype=np.float32):
   """What ``method.apply`` reads: G, or the (k, k + 3) J of that G."""
-  if method.inputs == "jacobian":
+  if isinstance(method, aggregation.JacobianAggregator):
     return jnp.asarray(_inputs.jacobian(seed, k, k + 3, k), dtype)
   # SDMGrad, MoDo: the Gramian of the K tasks on each part of the batch.
-  return _gramian(seed, method.batch_splits * k, dtype)
+  return _gramian(seed, _splits(method) * k, dtype)
 
 
 def test_names_and_the_unified_entry_point():
@@ -67,7 +71,7 @@ def test_names_and_the_unified_entry_point():
   assert not set(METHODS) & set(mtl_jax.weighting.names())
   for name in METHODS:
     assert isinstance(mtl_jax.get(name, **_hparams(name)),
-                      aggregation.Aggregator)
+                      aggregation.GradientMethod)
     assert mtl_jax.family(name) == "aggregation"
 
 
@@ -87,9 +91,9 @@ def test_weights_shape_dtype_and_stable_state(name, k):
   for g in seq:
     out = jitted(params, state, g)
     # One weight per row: K, or K per part of the batch (SDMGrad, MoDo).
-    _asserts.assert_finite_shape(out.weights, (method.batch_splits * k,))
+    _asserts.assert_finite_shape(out.weights, (_splits(method) * k,))
     assert out.weights.dtype == jnp.float32
-    if method.inputs == "jacobian":
+    if isinstance(method, aggregation.JacobianAggregator):
       _asserts.assert_finite_shape(out.direction, (k + 3,))
       assert out.direction.dtype == jnp.float32
     assert jax.tree.structure(out.state) == jax.tree.structure(state)
@@ -139,11 +143,11 @@ def test_weights_carry_no_gradient(name):
 def test_gramian_of_the_wrong_size_or_shape(name):
   method = _method(name)
   params, state = _init(method, 3)
-  expected = ("3 x 3 tasks = 9 rows" if method.batch_splits == 3 else
+  expected = ("3 x 3 tasks = 9 rows" if _splits(method) == 3 else
               "initialised for 3 tasks")
   with pytest.raises(ValueError, match=expected):
     method.apply(params, state, _input(method, 0, 2), losses=_losses(3))
-  if method.inputs == "jacobian":
+  if isinstance(method, aggregation.JacobianAggregator):
     with pytest.raises(ValueError, match=r"\(num_tasks, num_params\) matrix"):
       method.apply(params, state, jnp.ones((3,)), losses=_losses(3))
     return

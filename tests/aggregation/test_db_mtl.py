@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtl_jax import aggregation
 from mtl_jax.aggregation.db_mtl import db_mtl, db_mtl_direction
 
 J_BASE = np.array([[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]])
@@ -155,7 +156,7 @@ def test_state_is_stable_and_carries_no_gradient():
   losses = jnp.array([1.0, 2.0, 3.0])
   method = db_mtl()
   params, state = method.init(3, num_params=4)
-  assert method.inputs == "jacobian" and params == {}
+  assert isinstance(method, aggregation.JacobianAggregator) and params == {}
   assert state.buffer.shape == (3, 4) and state.buffer.dtype == jnp.float32
   _asserts.assert_no_retrace(
       lambda p, s, j: method.apply(p, s, j, losses=losses), params, state,

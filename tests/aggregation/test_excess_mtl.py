@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mtl_jax import aggregation
 from mtl_jax.aggregation.excess_mtl import excess_mtl, excess_mtl_weights
 
 E = math.e
@@ -140,7 +141,7 @@ def test_state_pure_function_and_no_gradient():
   jac = jnp.asarray(_inputs.jacobian(1, 3, 4, 3))
   method = excess_mtl()
   params, state = method.init(3, num_params=4)
-  assert method.inputs == "jacobian" and params == {}
+  assert isinstance(method, aggregation.JacobianAggregator) and params == {}
   np.testing.assert_allclose(state.weights, 1 / 3)
   out = method.apply(params, state, jac)
   w, sq_sum, baseline = excess_mtl_weights(jac, state.weights, state.sq_sum,

@@ -15,7 +15,7 @@ for the properties TorchJD asserts for it (REFERENCE 8.6):
 
 The methods see only the K x K Gramian, so one compilation per (K, dtype)
 serves every drawn Jacobian. The methods that read J itself
-(``inputs="jacobian"``: GradDrop, MoCo, DB-MTL, ExcessMTL) are in none of
+(``JacobianAggregator``: GradDrop, MoCo, DB-MTL, ExcessMTL) are in none of
 TorchJD's property lists (their directions are random or depend on the
 state); their own invariances are tested in their files.
 """

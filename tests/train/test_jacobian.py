@@ -23,7 +23,8 @@ from mtl_jax import aggregation, train
 TOL = 1e-5
 # SDMGrad and MoDo split the batch: tests/train/test_batch_splits.py.
 METHODS = tuple(n for n in aggregation.names()
-                if aggregation.get(n, **fx.hparams(n)).batch_splits == 1)
+                if getattr(aggregation.get(n, **fx.hparams(n)), "batch_splits",
+                           1) == 1)
 
 
 def _is_head(path):
@@ -58,7 +59,7 @@ def _hand_step(name, state, batch, *, heads=True, mode="params"):
     jf = jax.jacrev(lambda e: losses(params, e))(zeros)
     jf = np.asarray(jf, np.float64).reshape(fx.NUM_TASKS, -1)
     gram = jf @ jf.T
-  reads_jacobian = method.inputs == "jacobian"
+  reads_jacobian = isinstance(method, aggregation.JacobianAggregator)
   inputs = rows if reads_jacobian else gram
   # The method's own maths, jitted: eager, an iterative solver would compile
   # every op of its loops on its own.
@@ -322,13 +323,25 @@ def test_methods_carry_their_hyperparameters_and_show_them():
     assert repr(mtl_jax.get(name)).startswith(f"{name}(")
 
 
-@pytest.mark.parametrize("field,value", [("inputs", "jacobain"),
-                                         ("batch_splits", 0)])
-def test_a_malformed_aggregator_fails_when_the_step_is_built(field, value):
-  method = mtl_jax.get("mgda")._replace(**{field: value})
-  with pytest.raises(ValueError, match=f"Aggregator.{field}"):
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_a_malformed_aggregator_fails_when_the_step_is_built(value):
+  method = mtl_jax.get("mgda")._replace(batch_splits=value)
+  with pytest.raises(ValueError, match=r"Aggregator\.batch_splits"):
     train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
                           fx.task_losses, method, fx.default_optimizer())
+
+
+def test_each_gradient_method_has_the_type_of_what_it_reads():
+  """Gramian in, weights out (Aggregator); J in, a direction out
+  (JacobianAggregator): the type says which, no flag."""
+  for name in aggregation.names():
+    method = aggregation.get(name, **fx.hparams(name))
+    reads_jacobian = name in ("graddrop", "moco", "db_mtl", "excess_mtl")
+    kind = (aggregation.JacobianAggregator if reads_jacobian
+            else aggregation.Aggregator)
+    assert type(method) is kind, name
+  assert "direction" not in aggregation.GradientWeights._fields
+  assert "batch_splits" not in aggregation.JacobianAggregator._fields
 
 
 def test_unknown_name_lists_both_families():

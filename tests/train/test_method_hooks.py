@@ -3,7 +3,7 @@
 Toy methods, so that each hook is checked on its own against a hand
 computation: a loss weighting's ``after_update`` (FAMO's extra step), a
 gradient method's ``aux_loss`` (its own learnable params), ``head_weights``
-and ``inputs="jacobian"`` (the whole flat Jacobian, ``(K, P)`` buffers in
+and ``JacobianAggregator`` (the whole flat Jacobian, ``(K, P)`` buffers in
 the train state, sized at init).
 """
 from typing import NamedTuple
@@ -23,7 +23,7 @@ SGD = optax.sgd(1.0)
 
 def _step(method, optimizer=SGD, **jacobian):
   options = None
-  if isinstance(method, aggregation.Aggregator):
+  if isinstance(method, aggregation.GradientMethod):
     jacobian.setdefault("task_params", fx.HEADS)
     options = train.JacobianOptions(**jacobian)
   return jax.jit(train.make_train_step(train.module_apply_fn(fx.TinyMLP()),
@@ -186,10 +186,10 @@ def _jacobian_toy():
                          "toy")
     total = state.total + jac
     weights = jnp.zeros((jac.shape[0],)).at[0].set(1.0)
-    return aggregation.GradientWeights(weights, _BufferState(total),
-                                       direction=2.0 * total[0])
+    return aggregation.GradientDirection(2.0 * total[0], weights,
+                                         _BufferState(total))
 
-  return aggregation.Aggregator(init, apply, inputs="jacobian")
+  return aggregation.JacobianAggregator(init, apply)
 
 
 def _shared_rows(model_params, batch):
