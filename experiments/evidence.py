@@ -170,14 +170,6 @@ def checks(rows: Sequence[Row], spec, base_test,
   return out
 
 
-def checks_markdown(results: Sequence[Mapping[str, Any]]) -> str:
-  lines = []
-  for i, c in enumerate(results, 1):
-    lines.append(f"{i}. **{'PASS' if c['passed'] else 'FAIL'}**: {c['name']}")
-    lines += [f"   - {x}" for x in c["lines"]]
-  return "\n".join(lines) + "\n"
-
-
 def paired_rows(config, rows: Sequence[Row], spec, base_test,
                 best_grid: Row | None) -> list[dict[str, Any]]:
   """``compare.paired`` (``"a:b,..."``; ``scalarization`` is the grid point
@@ -222,12 +214,3 @@ def verdicts_against(rows: Sequence[Row], reference: Row | None, spec,
   chosen on validation), paired over seeds on test Delta_m."""
   return {label: verdict_text(res) for label, res in
           paired_against(rows, reference, spec, base_test).items()}
-
-
-def paired_markdown(pairs: Sequence[Mapping[str, Any]]) -> str:
-  lines = ["| A | B | seeds | mean Δm(A) − Δm(B) | std | t | verdict (5 %) |",
-           "|---|---|---:|---:|---:|---:|---|"]
-  for p in pairs:
-    lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {p['mean']:+.2f} | "
-                 f"{p['std']:.2f} | {p['t']:+.2f} | {p['text']} |")
-  return "\n".join(lines) + "\n"

@@ -28,7 +28,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments import compare, report
+from experiments import report
 
 BEGIN, END = "<!-- sweep_summary:begin -->", "<!-- sweep_summary:end -->"
 # The paper's best T values: 2 to 3 on NYUv2, 20 to 48 on Cityscapes; the
@@ -118,7 +118,7 @@ def _pm(row: Mapping[str, Any]) -> str:
 
 def embed(path: str, block: str) -> None:
   """Replaces the text between ``BEGIN`` and ``END`` in ``path``."""
-  compare.embed(path, block, BEGIN, END)
+  report.embed(path, block, BEGIN, END)
 
 
 def define_flags() -> None:

@@ -236,10 +236,10 @@ def test_compare_end_to_end_writes_table_csv_and_plots(config, tmp_path):
   assert "Wall time of the whole command: **0.2 min**" in md
   assert "| ew |" in md and "Δm % (tasks)" in md
   assert "Paired comparisons" in md and "The benchmark's checks" in md
-  block = compare.summary_markdown(config, out, 12.0, "r/results.md")
+  block = report.summary_markdown(config, out, 12.0, "r/results.md")
   assert "| ew | loss |" in block and "[r/results.md](r/results.md)" in block
   assert "The benchmark's checks" in block
-  text = compare.summary(out, 12.0, workdir)
+  text = report.summary(out, 12.0, workdir)
   assert len(text.splitlines()) < 60
   assert max(len(line) for line in text.splitlines()[:-1]) <= 100
   assert text.splitlines()[-1] == os.path.join(workdir, "results.md")
