@@ -19,6 +19,7 @@ ours in float64 for the methods TorchJD solves iteratively (MGDA's Frank-Wolfe
 with ``epsilon=1e-3``, FairGrad) or not at all (Nash-MTL, ConFIG). A column
 says which.
 
+Without TorchJD (``pip install ".[bench]"``) only our columns are filled.
 A library whose call takes longer than ``--cap`` seconds at some K is not run
 at larger K (marked ``>cap``). Both libraries run in this one process, one
 after the other for each (method, K), so the ratio is side by side.
@@ -31,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import sys
@@ -41,6 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+HAVE_TORCHJD = importlib.util.find_spec("torchjd") is not None
 KS = (2, 4, 8, 16, 32, 64, 128, 256, 512)
 NUM_PARAMS = 2000
 # our name: (our hparams, TorchJD weighting, its kwargs, float64 reference)
@@ -99,7 +102,7 @@ def torchjd(name: str, gram64: np.ndarray, repeats: int, cap: float,
   """Median call time and weights of TorchJD's weighting (None if it has
   none)."""
   cls_name, kwargs = METHODS[name][1], METHODS[name][2]
-  if cls_name is None:
+  if cls_name is None or not HAVE_TORCHJD:
     return None
   import torch  # pylint: disable=g-import-not-at-top
   from torchjd import aggregation  # pylint: disable=g-import-not-at-top
@@ -130,9 +133,9 @@ def _timed(call, repeats: int, cap: float) -> list[float]:
 
 def reference(name: str, k: int, gram64: np.ndarray) -> np.ndarray | None:
   kind = METHODS[name][3]
-  if kind == "torchjd":
+  if kind == "torchjd" and HAVE_TORCHJD:
     return torchjd(name, gram64, 1, 0.0, "float64")["weights"]
-  if kind == "ours":
+  if kind is not None:
     import jax  # pylint: disable=g-import-not-at-top
     with jax.enable_x64(True):
       return ours(name, k, gram64, 1, 0.0, np.float64)["weights"]

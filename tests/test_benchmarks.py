@@ -358,3 +358,20 @@ def test_qm9_vs_pytorch_smoke(tmp_path):
   assert result["papers"]["ew"]["layout"] == "dense"
   assert result["cpu"]["ew"]["layout"] == "edges"
   assert "| ew |" in out.stdout
+
+
+@pytest.mark.slow
+def test_solver_scaling_smoke(tmp_path):
+  out = tmp_path / "scaling.json"
+  subprocess.run([sys.executable, str(BENCH / "solver_scaling.py"), "--ks",
+                  "2", "5", "--methods", "upgrad", "pcgrad", "--repeats", "2",
+                  "--json", str(out), "--plot", str(tmp_path / "s.png")],
+                 check=True, cwd=ROOT, capture_output=True, timeout=600)
+  rows = json.loads(out.read_text())["rows"]
+  assert [(r["method"], r["k"]) for r in rows] == [
+      ("upgrad", 2), ("upgrad", 5), ("pcgrad", 2), ("pcgrad", 5)]
+  for r in rows:
+    assert r["ours"]["median_ms"] > 0 and r["ours"]["calls"] == 2
+  # UPGrad's float32 weights agree with the float64 reference.
+  assert all(r["ours"]["error"] < 1e-4 for r in rows if r["method"] == "upgrad")
+  assert (tmp_path / "s.png").stat().st_size > 0
