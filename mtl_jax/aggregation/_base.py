@@ -26,6 +26,10 @@ Every method of :mod:`mtl_jax.aggregation` comes in two forms:
   carries from step to step (Nash-MTL's warm start, GradVac's averages, the
   PRNG key of PCGrad).
 
+The factories check the hyperparameters, once, when the method is built; the
+pure functions check the shapes of their array inputs and trust their
+hyperparameters.
+
 The methods never see the model: the engine (:mod:`mtl_jax.train`) computes
 :math:`J` of the shared parameters in the compiled step, averages it over the
 devices, forms :math:`G`, calls ``apply`` and combines :math:`d = J^\top w`

@@ -74,10 +74,10 @@ def split_budget(max_iters: int | None, num_tasks: int) -> tuple[int, int]:
 
 
 def check_projection_hparams(pref_vector: Any, norm_eps: Any, reg_eps: Any,
-                             max_iters: Any, num_tasks: int | None,
-                             method: str) -> None:
-  """The ValueErrors of UPGrad's and DualProj's hyperparameters."""
-  _base.check_pref_vector(pref_vector, num_tasks, method)
+                             max_iters: Any, method: str) -> None:
+  """The ValueErrors of UPGrad's and DualProj's hyperparameters, raised by
+  their factories (``init`` checks the length of ``pref_vector`` against K)."""
+  _base.check_pref_vector(pref_vector, None, method)
   _base.check_nonnegative(norm_eps, "norm_eps", method,
                           "It is the trace below which G counts as zero "
                           "(TorchJD: 1e-4).")

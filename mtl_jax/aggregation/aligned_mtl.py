@@ -66,7 +66,6 @@ def aligned_mtl_weights(gramian: jax.Array, pref_vector: Any | None = None,
     Learning", CVPR 2023, https://arxiv.org/abs/2305.19000.
   """
   _base.check_gramian(gramian, None, "aligned_mtl_weights")
-  _check_scale_mode(scale_mode, "aligned_mtl_weights")
   num_tasks = gramian.shape[0]
   _base.check_pref_vector(pref_vector, num_tasks, "aligned_mtl_weights")
   dtype = _base.float_dtype(gramian)

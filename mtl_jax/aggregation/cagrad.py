@@ -127,8 +127,6 @@ def cagrad_weights(gramian: jax.Array, c: float, *, norm_eps: float = 1e-4,
     2010, https://www.seas.ucla.edu/~vandenbe/publications/coneprog.pdf.
   """
   _base.check_gramian(gramian, None, "cagrad_weights")
-  _check_hparams(c, norm_eps, rescale, max_iters, polish_iters,
-                 "cagrad_weights")
   gramian = lax.stop_gradient(gramian)
   num_tasks = gramian.shape[0]
   dtype = _base.float_dtype(gramian)

@@ -109,7 +109,6 @@ def db_mtl_direction(jacobian: jax.Array, losses: jax.Array,
     raise ValueError(
         f"{method}: buffer must be {jnp.shape(jacobian)} like the Jacobian, "
         f"got {jnp.shape(buffer)}. Start from zeros.")
-  _check_hparams(beta, beta_sigma, method)
   dtype = jnp.result_type(jacobian)
   acc = jnp.promote_types(dtype, jnp.result_type(buffer))
   jac = lax.stop_gradient(jacobian).astype(acc)

@@ -81,8 +81,7 @@ def dualproj_weights(gramian: jax.Array, pref_vector: Any = None, *,
   """
   _base.check_gramian(gramian, None, "dualproj_weights")
   num_tasks = gramian.shape[0]
-  _qp.check_projection_hparams(pref_vector, norm_eps, reg_eps, max_iters,
-                               num_tasks, "dualproj_weights")
+  _base.check_pref_vector(pref_vector, num_tasks, "dualproj_weights")
   gramian = jax.lax.stop_gradient(gramian)
   dtype = _base.float_dtype(gramian)
   pref = jax.lax.stop_gradient(_base.pref_or_mean(pref_vector, num_tasks,
@@ -109,7 +108,7 @@ def dualproj(pref_vector: Any = None, norm_eps: float = 1e-4,
     An ``Aggregator`` with no parameters and a state that only records K.
   """
   _qp.check_projection_hparams(pref_vector, norm_eps, reg_eps, max_iters,
-                               None, "dualproj")
+                               "dualproj")
 
   def check_init(num_tasks: int) -> None:
     _base.check_pref_vector(pref_vector, num_tasks, "dualproj")

@@ -126,7 +126,7 @@ def excess_mtl_weights(jacobian: jax.Array, weights: jax.Array,
         f"{jnp.shape(jacobian)} like the Jacobian, got {jnp.shape(weights)}, "
         f"{jnp.shape(baseline)} and {jnp.shape(sq_sum)}. Start from 1/K, "
         "zeros and zeros.")
-  warmup = _check_hparams(robust_step_size, n_warmup_steps, method)
+  warmup = int(n_warmup_steps)  # a Python int: it picks the branch below
   acc = jnp.promote_types(jnp.result_type(jacobian), jnp.result_type(sq_sum))
   jac = lax.stop_gradient(jacobian).astype(acc)
   squares = jac * jac

@@ -107,7 +107,6 @@ def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,
     IEEE/ACM Transactions on Networking, 2000 (alpha-fairness).
   """
   _base.check_gramian(gramian, None, "fairgrad_weights")
-  _check_hparams(alpha, max_iters, reg_eps, "fairgrad_weights")
   gramian = jax.lax.stop_gradient(gramian)
   num_tasks = gramian.shape[0]
   dtype = _base.float_dtype(gramian)

@@ -128,8 +128,6 @@ def gradvac_weights(gramian: jax.Array, phi_hat: jax.Array, key: jax.Array,
     raise ValueError(
         f"gradvac_weights: phi_hat must be ({num_tasks}, {num_tasks}) like the "
         f"Gramian, got shape {jnp.shape(phi_hat)}. Start from zeros.")
-  _check_beta(beta, "gradvac_weights")
-  _base.check_nonnegative(eps, "eps", "gradvac_weights")
   gramian = lax.stop_gradient(gramian)
   dtype = _base.float_dtype(gramian)
   beta = jnp.asarray(beta, dtype)

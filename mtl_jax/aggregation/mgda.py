@@ -73,9 +73,6 @@ def mgda_weights(gramian: jax.Array, *, epsilon: float = 0.0,
     (the active-set NNLS algorithm).
   """
   _base.check_gramian(gramian, None, "mgda_weights")
-  _base.check_nonnegative(epsilon, "epsilon", "mgda_weights")
-  if max_iters is not None:
-    _checks.integer(max_iters, "max_iters", "mgda_weights", low=1)
   newton_steps, active_set_steps = _qp.split_budget(max_iters,
                                                     gramian.shape[0])
   eps = jnp.finfo(_base.float_dtype(gramian)).eps

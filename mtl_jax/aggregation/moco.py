@@ -109,8 +109,6 @@ def moco_direction(jacobian: jax.Array, losses: jax.Array, y: jax.Array,
         f"{method}: y must be {jnp.shape(jacobian)} like the Jacobian and "
         f"lambd ({num_tasks},), got {jnp.shape(y)} and {jnp.shape(lambd)}. "
         "Start from zeros and 1/K.")
-  _check_hparams(method, beta=beta, beta_sigma=beta_sigma, gamma=gamma,
-                 gamma_sigma=gamma_sigma, rho=rho)
   acc = jnp.promote_types(jnp.result_type(jacobian), jnp.result_type(y))
   jac = lax.stop_gradient(jacobian).astype(acc)
   losses = lax.stop_gradient(jnp.asarray(losses)).astype(acc)

@@ -130,9 +130,6 @@ def nash_mtl_weights(gramian: jax.Array, *, max_norm: float | None = 1.0,
     https://arxiv.org/abs/2202.01017.
   """
   _base.check_gramian(gramian, None, "nash_mtl_weights")
-  _check_max_norm(max_norm, "nash_mtl_weights")
-  optim_niter = _checks.integer(optim_niter, "optim_niter",
-                                         "nash_mtl_weights", low=1)
   gramian = lax.stop_gradient(gramian)
   alpha = _solve_alpha(gramian, optim_niter, warm_start)
   return lax.stop_gradient(_clip(alpha, gramian, max_norm))

@@ -84,8 +84,7 @@ def upgrad_weights(gramian: jax.Array, pref_vector: Any = None, *,
   """
   _base.check_gramian(gramian, None, "upgrad_weights")
   num_tasks = gramian.shape[0]
-  _qp.check_projection_hparams(pref_vector, norm_eps, reg_eps, max_iters,
-                               num_tasks, "upgrad_weights")
+  _base.check_pref_vector(pref_vector, num_tasks, "upgrad_weights")
   gramian = jax.lax.stop_gradient(gramian)
   dtype = _base.float_dtype(gramian)
   pref = jax.lax.stop_gradient(_base.pref_or_mean(pref_vector, num_tasks,
@@ -122,7 +121,7 @@ def upgrad(pref_vector: Any = None, norm_eps: float = 1e-4,
     Array([1.1109, 0.7894], dtype=float32)
   """
   _qp.check_projection_hparams(pref_vector, norm_eps, reg_eps, max_iters,
-                               None, "upgrad")
+                               "upgrad")
 
   def check_init(num_tasks: int) -> None:
     _base.check_pref_vector(pref_vector, num_tasks, "upgrad")

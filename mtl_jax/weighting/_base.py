@@ -17,6 +17,10 @@ Every method of :mod:`mtl_jax.weighting` comes in two forms:
   - ``apply(params, state, losses) -> WeightedLoss(total, weights, state)``,
     which rejects, at trace time, losses whose count is not that :math:`K`.
 
+The factories check the hyperparameters, once, when the method is built; the
+pure functions check the shapes of their array inputs and trust their
+hyperparameters.
+
 ``WeightedLoss.weights`` is always the effective multiplier of each task loss,
 ``d total / d losses``, with no gradient attached. For the linear methods it is
 the weight vector itself; for GLS it is ``GLS(L) / (K L_k)``. This makes the

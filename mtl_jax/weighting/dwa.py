@@ -45,7 +45,6 @@ def dwa_weights(prev_losses: jax.Array, prev_prev_losses: jax.Array,
     Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention",
     CVPR 2019, https://arxiv.org/abs/1803.10704.
   """
-  _base.check_temperature(temperature, "dwa_weights")
   ratio = jax.lax.stop_gradient(prev_losses / prev_prev_losses)
   num_tasks = jnp.shape(ratio)[-1]
   return num_tasks * jax.nn.softmax(ratio / temperature, axis=-1)

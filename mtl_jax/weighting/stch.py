@@ -116,7 +116,6 @@ def stch_loss(losses: jax.Array, mu: float,
     Lin et al., "Smooth Tchebycheff Scalarization for Multi-Objective
     Optimization", ICML 2024, https://arxiv.org/abs/2402.19078.
   """
-  _check_mu(mu, "stch_loss")
   num_tasks = jnp.shape(losses)[-1]
   _check_vector("weights", weights, num_tasks, "stch_loss")
   _check_vector("reference", reference, num_tasks, "stch_loss")

@@ -61,8 +61,6 @@ def uw_so_weights(losses: jax.Array, temperature: float,
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
-  _base.check_temperature(temperature, "uw_so_weights")
-  _base.check_eps(eps, "uw_so_weights")
   inverse = 1.0 / (jax.lax.stop_gradient(losses) + eps)
   return jax.nn.softmax(inverse / temperature, axis=-1)
 

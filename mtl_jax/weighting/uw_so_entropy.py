@@ -162,9 +162,6 @@ def uw_so_entropy_weights(losses: jax.Array, target: float = DEFAULT_TARGET,
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
-  _check_target(target, "uw_so_entropy_weights")
-  _rel.check_tau(tau, "uw_so_entropy_weights")
-  _base.check_eps(eps, "uw_so_entropy_weights")
   logits = _rel.relative_logits(losses, tau, eps)
   min_entropy = target * math.log(jnp.shape(losses)[-1])
   scale = entropy_floor_scale(logits, min_entropy)

@@ -115,8 +115,6 @@ def uw_so_norm_weights(losses: jax.Array, initial: jax.Array,
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
-  check_tau(tau, "uw_so_norm_weights")  # None (K / 2) passes
-  _base.check_eps(eps, "uw_so_norm_weights")
   losses = jax.lax.stop_gradient(losses)
   first = jax.lax.stop_gradient(initial).astype(losses.dtype) + eps
   ratio = (losses + eps) / first

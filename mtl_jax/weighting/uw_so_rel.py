@@ -143,8 +143,6 @@ def uw_so_rel_weights(losses: jax.Array, tau: float | None = DEFAULT_TAU,
     Kirchdorfer et al., "Analytical Uncertainty-Based Loss Weighting in
     Multi-Task Learning", GCPR 2024, https://arxiv.org/abs/2408.07985.
   """
-  check_tau(tau, "uw_so_rel_weights")
-  _base.check_eps(eps, "uw_so_rel_weights")
   return jax.nn.softmax(relative_logits(losses, tau, eps), axis=-1)
 
 

@@ -207,5 +207,3 @@ def test_weights_carry_no_gradient():
 def test_bad_hyperparameters_raise(kwargs):
   with pytest.raises(ValueError):
     cagrad(**kwargs)
-  with pytest.raises(ValueError):
-    cagrad_weights(jnp.eye(2), **kwargs)

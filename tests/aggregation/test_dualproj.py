@@ -192,8 +192,6 @@ def test_bad_hyperparameters_raise():
     dualproj(norm_eps=-1e-4)
   with pytest.raises(ValueError, match="reg_eps"):
     dualproj(reg_eps=-1.0)
-  with pytest.raises(ValueError, match="reg_eps"):
-    dualproj_weights(g, reg_eps=-1.0)
   with pytest.raises(ValueError, match="max_iters"):
     dualproj(max_iters=0)
   with pytest.raises(ValueError, match="square"):

@@ -299,9 +299,6 @@ def test_bad_hyperparameters_raise(kwargs):
   name = next(iter(kwargs))
   with pytest.raises(ValueError, match=name):
     gradvac(**kwargs)
-  with pytest.raises(ValueError, match=name):
-    gradvac_weights(jnp.eye(2), jnp.zeros((2, 2)), jax.random.PRNGKey(0),
-                    **kwargs)
 
 
 def test_bad_phi_hat_shape_raises():

@@ -211,8 +211,6 @@ def test_jit_equals_no_jit_and_no_gradient():
 def test_bad_hyperparameters_raise(kwargs):
   with pytest.raises(ValueError, match="nash_mtl"):
     nash_mtl(**kwargs)
-  with pytest.raises(ValueError, match="nash_mtl_weights"):
-    nash_mtl_weights(jnp.asarray(G_BASE), **kwargs)
 
 
 @pytest.mark.parametrize("every", [0, -1, 1.5])

@@ -196,8 +196,6 @@ def test_bad_hyperparameters_raise():
     upgrad(norm_eps=-1e-4)
   with pytest.raises(ValueError, match="reg_eps"):
     upgrad(reg_eps=-1.0)
-  with pytest.raises(ValueError, match="reg_eps"):
-    upgrad_weights(g, reg_eps=-1.0)
   with pytest.raises(ValueError, match="max_iters"):
     upgrad(max_iters=0)
   with pytest.raises(ValueError, match="square"):

@@ -8,11 +8,8 @@ import pytest
 
 from mtl_jax import weighting
 from mtl_jax.weighting import (
-  dwa_weights,
   imtl_l_loss,
   uncertainty_loss,
-  uw_o_weights,
-  uw_so_weights,
 )
 
 L2 = jnp.asarray([0.5, 2.0])
@@ -23,14 +20,11 @@ BAD_TEMPERATURE = [0.0, -1.0, -1e-9, float("nan")]
 
 @pytest.mark.parametrize("temperature", BAD_TEMPERATURE)
 @pytest.mark.parametrize("build", [
-    lambda t: uw_so_weights(L2, t),
     lambda t: weighting.uw_so(t),
     lambda t: weighting.get("uw_so", temperature=t),
-    lambda t: dwa_weights(L2, L2, t),
     lambda t: weighting.dwa(t, steps_per_epoch=2),
     lambda t: weighting.get("dwa", temperature=t, steps_per_epoch=2),
-], ids=["uw_so_weights", "uw_so", "get_uw_so", "dwa_weights", "dwa",
-        "get_dwa"])
+], ids=["uw_so", "get_uw_so", "dwa", "get_dwa"])
 def test_temperature_must_be_positive(build, temperature):
   with pytest.raises(ValueError, match="temperature must be a number > 0") as info:
     build(temperature)
@@ -44,10 +38,9 @@ def test_dwa_needs_steps_per_epoch(steps_per_epoch):
 
 
 @pytest.mark.parametrize("call", [
-    lambda: uw_o_weights(L2, eps=-1.0),
-    lambda: uw_so_weights(L2, 1.0, eps=-1e-3),
+    lambda: weighting.uw_so(1.0, eps=-1e-3),
     lambda: weighting.uw_o(eps=-1.0),
-], ids=["uw_o_weights", "uw_so_weights", "uw_o"])
+], ids=["uw_so", "uw_o"])
 def test_eps_must_be_non_negative(call):
   with pytest.raises(ValueError, match="eps must be a finite number >= 0"):
     call()
