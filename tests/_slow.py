@@ -1,7 +1,7 @@
 """What README command 2 runs and what only CI runs (``-m slow``).
 
 README command 2 deselects the tests marked ``slow``, so a contributor's
-check takes about 6 minutes (369 s measured on 2 cores); ``.ci/run`` runs
+check takes a few minutes on 2 cores; ``.ci/run`` runs
 them as its second step, so nothing is dropped. Slow are the end-to-end runs (drivers, subprocesses,
 notebooks, benchmarks' smoke runs) and, for a property checked once per
 method, the methods beyond a core set that covers every path of the engine.
@@ -33,6 +33,13 @@ def core_first(values: Iterable[Any], core: Iterable[str] = CORE) -> list[Any]:
   return out
 
 # The engine's whole-step tests (several compiles of the train step each):
-# one method per path of the step.
-ENGINE_CORE = frozenset({"ew", "gls", "famo", "mgda", "upgrad", "graddrop",
-                         "sdmgrad"})
+# one method per path of the step: a loss weighting, one with an
+# after-update, a Gramian method, a Jacobian reader and a split batch.
+ENGINE_CORE = frozenset({"ew", "famo", "mgda", "graddrop", "sdmgrad"})
+
+
+def slow(*values: Any) -> list[Any]:
+  """``values`` as ``pytest.param``s marked slow (for a parametrize list
+  whose first entries stay in the default suite)."""
+  return [pytest.param(*(v if isinstance(v, tuple) else (v,)),
+                       marks=pytest.mark.slow) for v in values]

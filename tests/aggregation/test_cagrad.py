@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+from _slow import slow
 
 from mtl_jax.aggregation.cagrad import cagrad, cagrad_weights
 
@@ -129,7 +130,7 @@ def test_matches_scipy_reference(name, jac, c):
     np.testing.assert_allclose(w, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("k, rank", [(3, 3), (4, 2), (9, 9)])
+@pytest.mark.parametrize("k, rank", [(3, 3), (4, 2), *slow((9, 9))])
 def test_c_zero_gives_the_mean(k, rank):
   jac = _inputs.jacobian(20 + k, k, 7, rank)
   np.testing.assert_allclose(_weights(jnp.asarray(jac @ jac.T), 0.0),
@@ -182,6 +183,7 @@ def test_jit_matches_no_jit():
                              rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmaps():
   # The interior point under vmap, against the jitted K = 3 float32 function.
   jac = _inputs.jacobian(50, 3, 5, 3)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _slow import core_first
 
 from mtl_jax import train
 from mtl_jax.aggregation.modo import modo
@@ -59,7 +60,7 @@ def _flat_shared(g):
                          np.ravel(g["Dense_0"]["kernel"])]).astype(np.float64)
 
 
-@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("name", core_first(sorted(FACTORIES)))
 def test_step_equals_hand_computation_on_interleaved_parts(name):
   method, step = _single("default", name)
   state = _state(method)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _slow import core_first
+from _slow import ENGINE_CORE, core_first, slow
 
 import mtl_jax
 from mtl_jax import aggregation, train
@@ -103,7 +103,8 @@ def _compiled(name, heads, mode, chunk_size=None):
 CASES = [(name, True) for name in METHODS] + [("mgda", False), ("config", False)]
 
 
-@pytest.mark.parametrize("name,heads", core_first(CASES),
+@pytest.mark.parametrize("name,heads",
+                         core_first(CASES, ENGINE_CORE | {"pcgrad"}),
                          ids=[f"{n}-{'heads' if h else 'all_shared'}"
                               for n, h in CASES])
 def test_step_equals_hand_computation(name, heads):
@@ -120,7 +121,7 @@ def test_step_equals_hand_computation(name, heads):
   assert not bool(metrics["skipped"])
 
 
-@pytest.mark.parametrize("name", ["mgda", "imtl_g"])
+@pytest.mark.parametrize("name", ["mgda", *slow("imtl_g")])
 def test_features_mode_equals_hand_computation(name):
   state, _, _ = fx.init_state(name)
   batch = fx.make_batch(4)
@@ -130,7 +131,7 @@ def test_features_mode_equals_hand_computation(name):
   assert fx.max_abs_diff(new.params, params) < TOL
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 3, 7])
+@pytest.mark.parametrize("chunk_size", [1, 3, *slow(2, 7)])
 def test_chunks_give_the_same_step(chunk_size):
   state, _, _ = fx.init_state("mgda")
   batch = fx.make_batch(5)
@@ -350,7 +351,7 @@ def test_unknown_name_lists_both_families():
   assert "uw_so" in str(info.value) and "mgda" in str(info.value)
 
 
-@pytest.mark.parametrize("mode", ["params", "features"])
+@pytest.mark.parametrize("mode", ["params", *slow("features")])
 def test_bfloat16_model_keeps_the_jacobian_path_in_float32(mode):
   state, _, _ = fx.init_state("upgrad")
   step = jax.jit(fx.make_step("upgrad", compute_dtype=jnp.bfloat16,

@@ -11,7 +11,7 @@ import _train_fixtures as fx
 import jax
 import numpy as np
 import pytest
-from _slow import ENGINE_CORE, core_first
+from _slow import ENGINE_CORE, core_first, slow
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -22,7 +22,7 @@ NUM_STEPS = 5
 TOL = 1e-5
 METHODS = mtl_jax.names()
 # The representation mode reduces only the K x K Gramian across devices.
-FEATURE_METHODS = ("mgda", "imtl_g")
+FEATURE_METHODS = ["mgda", *slow("imtl_g")]
 
 
 def _run(step, state, put_batch, get):
@@ -81,7 +81,7 @@ def test_pmap_and_mesh_shard_map_equal_single_device(name, single_runs):
   _assert_same(ref, got, "mesh")
 
 
-@pytest.mark.parametrize("name", ["mgda", "config"])
+@pytest.mark.parametrize("name", ["mgda", *slow("config")])
 def test_all_reduce_jacobian_equals_single_device(name, single_runs):
   """The simple reduction (the whole K x P Jacobian on every device) agrees
   too; the default reduce-scatter is covered by the tests above."""
@@ -109,7 +109,7 @@ def test_features_mode_pmap_and_mesh_equal_single_device(name):
                          train.to_host))
 
 
-@pytest.mark.parametrize("name", ["gls", "uw", "rlw", "mgda"])
+@pytest.mark.parametrize("name", ["uw", "mgda", *slow("gls", "rlw")])
 def test_gspmd_jit_over_sharded_batch_equals_single_device(name, single_runs):
   """No axis name: jit partitions the whole-batch maths over the mesh."""
   mesh = train.make_mesh("data")
