@@ -16,10 +16,13 @@ MGDA's minimum-norm point of the simplex is this problem with
 
 Written here: no JAX library this project keeps solves a QP with inequality
 constraints (optax has projections onto simple sets only), and TorchJD calls
-quadprog on the host. The solver is one fixed-trip ``fori_loop`` whose step
-is one masked :math:`K \times K` Cholesky solve (batched under ``vmap``), so
-it runs inside ``jit`` with no host round trip and no data-dependent
-control flow. Its steps come in two phases:
+quadprog on the host. The solver is one ``while_loop`` with a fixed maximum
+number of steps, each one masked :math:`K \times K` Cholesky solve (batched
+under ``vmap``), so it runs inside ``jit`` with no host round trip. It stops
+early at the first step whose iterate satisfies the KKT conditions (under
+``vmap``: when every problem of the batch does), which is what makes large
+K affordable: the active set is usually right after a few Newton steps,
+whatever K. Its steps come in two phases:
 
 1. a few primal-dual active-set (semismooth Newton) steps, which move many
    constraints at once and usually land on the optimal active set, but can
@@ -126,15 +129,17 @@ def solve_nonneg_qp(hessian: jax.Array, linear: jax.Array, *,
       ``-rtol * (|H| |x| + |c|)``; None gives 16 machine epsilons.
 
   Returns:
-    ``(K,)`` the minimiser, with every entry >= 0. The loop runs exactly
-    ``newton_steps + active_set_steps`` steps; a solution is a fixed point of
-    the active-set steps, and a budget cut short still returns a feasible
-    point no worse than the clipped Newton iterate.
+    ``(K,)`` the minimiser, with every entry >= 0. The loop runs at most
+    ``newton_steps + active_set_steps`` steps and stops at the first
+    iterate that is optimal (the solve on its free set is feasible and no
+    bound index has a negative gradient); a budget cut short still returns
+    a feasible point no worse than the clipped Newton iterate. No gradient
+    flows through the solution.
   """
   num = linear.shape[-1]
   dtype = jnp.result_type(hessian, linear)
-  hessian = jnp.asarray(hessian, dtype)
-  linear = jnp.asarray(linear, dtype)
+  hessian = lax.stop_gradient(jnp.asarray(hessian, dtype))
+  linear = lax.stop_gradient(jnp.asarray(linear, dtype))
   eps = jnp.finfo(dtype).eps
   rtol = 16 * eps if rtol is None else rtol
   if active_set_steps is None:
@@ -150,8 +155,8 @@ def solve_nonneg_qp(hessian: jax.Array, linear: jax.Array, *,
 
   index = jnp.arange(num)
 
-  def step(i, carry):
-    x, free = carry
+  def step(carry):
+    i, x, free, _ = carry
     # Phase 2 starts from the clipped Newton iterate, which is feasible.
     start = i == newton_steps
     x = jnp.where(start, jnp.maximum(x, 0), x)
@@ -177,16 +182,23 @@ def solve_nonneg_qp(hessian: jax.Array, linear: jax.Array, *,
     back_free = free & ~(blocking & (ratio <= alpha)) & (back_x > 0)
     back_x = jnp.where(back_free, back_x, 0)
     feasible = ~jnp.any(blocking)
+    optimal = feasible & ~(bound_grad[t] < 0)
     newton = i < newton_steps
     new_x = jnp.where(newton | feasible, z, back_x)
     new_free = jnp.where(newton, newton_free,
                          jnp.where(feasible, full_free, back_free))
     ok = jnp.all(jnp.isfinite(new_x))
-    return jnp.where(ok, new_x, x), jnp.where(ok, new_free, free)
+    return (i + 1, jnp.where(ok, new_x, x), jnp.where(ok, new_free, free),
+            ok & optimal)
+
+  def more(carry):
+    i, _, _, done = carry
+    return (i < newton_steps + active_set_steps) & ~done
 
   free0 = linear < -tolerance(jnp.zeros_like(linear))
-  x, _ = lax.fori_loop(0, newton_steps + active_set_steps, step,
-                       (jnp.zeros_like(linear), free0))
+  _, x, _, _ = lax.while_loop(
+      more, step, (jnp.asarray(0), jnp.zeros_like(linear), free0,
+                   jnp.asarray(False)))
   return jnp.maximum(x, 0)
 
 
