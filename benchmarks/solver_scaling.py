@@ -67,13 +67,17 @@ METHODS = {
 }
 
 
-def gramian(k: int, seed: int = 0) -> np.ndarray:
+def gramian(k: int, seed: int = 0, kind: str = "conflicting") -> np.ndarray:
   """``J J^T`` in float64 of a seeded ``k x P`` Jacobian whose rows share a
   few directions, so that tasks conflict as they do in training: ``J = C B
   + 0.1 N`` with ``C`` of ``k x r`` and ``B`` of ``r x P`` Gaussian, ``r =
   min(k, 8)``, and ``N`` Gaussian noise (a Gaussian ``J`` alone has nearly
-  orthogonal rows when ``P >> K``: no conflict, nothing to solve)."""
+  orthogonal rows when ``P >> K``: no conflict, nothing to solve; it is
+  ``kind="gaussian"``)."""
   rng = np.random.default_rng(seed + k)
+  if kind == "gaussian":  # the issue's measurement: J Gaussian, K x 2000
+    jac = rng.standard_normal((k, NUM_PARAMS)).astype(np.float32)
+    return (jac @ jac.T).astype(np.float64)
   rank = min(k, 8)
   jac = (rng.standard_normal((k, rank)) @ rng.standard_normal(
       (rank, NUM_PARAMS)) + 0.1 * rng.standard_normal((k, NUM_PARAMS)))
@@ -158,12 +162,13 @@ def rel_error(w: np.ndarray, ref: np.ndarray | None,
   return float(np.sqrt(num / den))
 
 
-def run(methods, ks, repeats: int, cap: float) -> list[dict]:
+def run(methods, ks, repeats: int, cap: float,
+        kind: str = "conflicting") -> list[dict]:
   rows = []
   skip = set()  # (library, method) past the cap
   for name in methods:
     for k in ks:
-      gram64 = gramian(k)
+      gram64 = gramian(k, kind=kind)
       row = {"method": name, "k": k}
       ref = reference(name, k, gram64)
       for lib in ("ours", "torchjd"):
@@ -245,6 +250,10 @@ def main() -> None:
   parser.add_argument("--cap", type=float, default=20.0,
                       help="seconds: a library slower than this per call at "
                       "some K is not run at larger K")
+  parser.add_argument("--jacobian", choices=("conflicting", "gaussian"),
+                      default="conflicting",
+                      help="rows sharing a few directions (default), or a "
+                      "plain Gaussian J (nearly orthogonal rows)")
   parser.add_argument("--json", default=None)
   parser.add_argument("--plot", default=None)
   args = parser.parse_args()
@@ -252,11 +261,12 @@ def main() -> None:
   if unknown:
     parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
   print(_common.machine_line(), flush=True)
-  rows = run(args.methods, args.ks, args.repeats, args.cap)
+  rows = run(args.methods, args.ks, args.repeats, args.cap, args.jacobian)
   print(table(rows))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": _common.machine_line(), "rows": rows}, f, indent=1)
+      json.dump({"machine": _common.machine_line(), "jacobian": args.jacobian,
+                 "rows": rows}, f, indent=1)
   if args.plot:
     plot(rows, args.plot)
 

@@ -144,3 +144,48 @@ def test_simplex_min_norm_on_known_cases():
   np.testing.assert_allclose(w[0], [0.6, 0.4], atol=1e-6)
   np.testing.assert_allclose(jnp.sum(w[1]), 1.0, atol=1e-6)
   np.testing.assert_allclose(w[2:], 0.5, atol=1e-6)
+
+
+def _conflicting_gramian(k, seed):
+  """G = J J^T of rows that share 8 directions plus noise: many tasks
+  conflict and G is ill-conditioned (benchmarks/solver_scaling.py)."""
+  rng = np.random.default_rng(seed)
+  jac = (rng.standard_normal((k, 8)) @ rng.standard_normal((8, 300))
+         + 0.1 * rng.standard_normal((k, 300)))
+  return jac @ jac.T
+
+
+@pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
+def test_kkt_residuals_at_64_tasks(x64):
+  """UPGrad's 64 projections and DualProj's one at K = 64 satisfy the KKT
+  conditions of min_{v >= u} v^T A v (A v >= 0, v >= u, A v . (v - u) = 0),
+  and MGDA's simplex point those of min_{w in simplex} w^T G w, to the
+  precision of the dtype; the early exit does not cut them short."""
+  k = 64
+  gram = _conflicting_gramian(k, 3)
+  a = normalize_regularize(gram)
+  bounds = np.vstack([np.eye(k) / k, np.full((1, k), 1 / k)])
+  tol = 1e-9 if x64 else 2e-4
+  with jax.enable_x64(x64):
+    dtype = jnp.float64 if x64 else jnp.float32
+    v = np.asarray(_qp.project_to_dual_cone(jnp.asarray(a, dtype),
+                                            jnp.asarray(bounds, dtype)),
+                   np.float64)
+    w = np.asarray(_qp.simplex_min_norm(jnp.asarray(gram / np.trace(gram),
+                                                    dtype)), np.float64)
+  grad = v @ a  # (rows, K): A v, the multipliers
+  scale = np.abs(grad).max()
+  assert np.all(v >= bounds - tol / k)
+  assert np.all(grad >= -tol * scale)
+  assert np.abs(grad * (v - bounds)).max() <= tol * scale / k
+  ref = np.stack([reference_projection(a, u) for u in bounds[[0, -1]]])
+  assert _relative_error(v[[0, -1]], ref).max() < (1e-8 if x64 else 1e-3)
+  # MGDA: w on the simplex, (G w)_i >= w^T G w, with equality on the support,
+  # to rounding on the scale of G (the minimum norm is 1e-5 of it here).
+  g = gram / np.trace(gram)
+  gw, value = g @ w, w @ g @ w
+  g_scale = np.abs(g).max()
+  assert np.all(w >= 0) and abs(w.sum() - 1) < tol
+  assert np.all(gw >= value - tol * g_scale)
+  support = w > 1e-3 / k
+  np.testing.assert_allclose(gw[support], value, atol=tol * g_scale)
