@@ -100,9 +100,8 @@ def normalise(gramian: jax.Array, reg_eps) -> tuple[jax.Array, jax.Array,
                                                     jax.Array]:
   r"""``(G / g + ridge, g, nonzero)`` with ``g = tr(G) / K``.
 
-  The ridge is :math:`\max(\epsilon, K \cdot \text{eps})
-  \operatorname{diag}(\hat G)` (``eps`` of the dtype: below :math:`K \cdot
-  \text{eps}` the Gramian is not known better), except that a zero gradient
+  The ridge is :math:`\max(\epsilon, \text{eps}) \operatorname{diag}(\hat
+  G)` (``eps`` of the dtype), except that a zero gradient
   (:math:`\hat G_{ii} \le \text{eps}^2`) gets 1 (then :math:`u_i = 1`).
   ``g`` is 1 where :math:`G` is 0 to rounding, flagged by ``nonzero`` false.
   """
@@ -114,7 +113,7 @@ def normalise(gramian: jax.Array, reg_eps) -> tuple[jax.Array, jax.Array,
   mean_diag = jnp.where(nonzero, mean_diag, 1.0)
   sym = 0.5 * (gramian + gramian.T) / mean_diag
   diag = jnp.diagonal(sym)
-  relative = jnp.maximum(jnp.asarray(reg_eps, dtype), num_tasks * eps)
+  relative = jnp.maximum(jnp.asarray(reg_eps, dtype), eps)
   ridge = jnp.where(diag > eps * eps, relative * diag, 1.0)
   return sym + jnp.diag(ridge), mean_diag, nonzero
 

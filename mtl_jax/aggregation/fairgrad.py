@@ -54,9 +54,11 @@ def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,
   at most 14.
 
   A ridge :math:`\epsilon \operatorname{diag}(G)` is added to :math:`G`, with
-  :math:`\epsilon = \max(\text{reg\_eps}, K \cdot \text{eps of the dtype})`
-  (below that the Gramian is not known better): on full-rank inputs its
-  effect is within the accuracy above. It matters where no solution exists,
+  :math:`\epsilon = \max(\text{reg\_eps}, \text{eps of the dtype})`: on
+  full-rank inputs its effect is within the accuracy above. (A floor of
+  :math:`K \cdot \text{eps}` moved the float32 direction by 0.4 % at K = 64
+  and 5 % at K = 512 on ill-conditioned Gramians:
+  ``benchmarks/solver_scaling.py``, ``docs/benchmarks.md`` section 5.7.) It matters where no solution exists,
   that is where some :math:`v \ge 0`, :math:`v \ne 0` has :math:`J^\top v =
   0` (two opposite gradients, a Pareto-stationary point, more tasks than the
   rank): the objective then decreases without bound along :math:`v`. With
@@ -66,13 +68,11 @@ def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,
   :math:`\operatorname{tr}(G)/K`), and :math:`d` improves the tasks that can
   improve. Where every task takes part (:math:`v > 0`, a Pareto-stationary
   point, where MGDA gives :math:`d = 0`) :math:`d` shrinks only like
-  :math:`\epsilon^{1/(1+\alpha)}`: measured on 21 such Jacobians (2 to 20
-  tasks), :math:`\|d\|` is at most 0.0002, 0.001, 0.013, 0.12 and 1.2 times
-  the root-mean-square gradient norm in float32 (0.000001, 0.00007, 0.002,
-  0.03 and 0.6 in float64) for :math:`\alpha` = 0.1, 0.5, 1, 2 and 5. So
-  for :math:`\alpha > 1` near such points the direction is not small; a
-  smaller ``reg_eps`` helps in float64 only (float32 cannot represent the
-  larger weights' cancellation). A zero gradient (:math:`G_{ii} \le
+  :math:`\epsilon^{1/(1+\alpha)}` (``tests/aggregation/test_fairgrad.py``
+  bounds it for :math:`\alpha` from 0.1 to 5). So for :math:`\alpha > 1`
+  near such points the direction is not small; a smaller ``reg_eps`` helps
+  in float64 only (float32 cannot represent the larger weights'
+  cancellation). A zero gradient (:math:`G_{ii} \le
   \text{eps}^2 \operatorname{tr}(G)/K`) gets the ridge
   :math:`\operatorname{tr}(G)/K` instead, so a finite weight that does not
   change :math:`d`; an all-zero Gramian gives :math:`1/K`.

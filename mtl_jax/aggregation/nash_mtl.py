@@ -80,7 +80,7 @@ def nash_mtl_weights(gramian: jax.Array, *, max_norm: float | None = 1.0,
   damped Newton on the strictly convex :math:`\min_{\alpha > 0} \frac12
   \alpha^\top G \alpha - \sum_i \log \alpha_i`, shared with FairGrad (see
   :func:`~mtl_jax.aggregation.fairgrad.fairgrad_weights` for its ridge,
-  here :math:`\max(10^{-8}, K \cdot \text{eps}) \operatorname{diag}(G)`,
+  here :math:`\max(10^{-8}, \text{eps}) \operatorname{diag}(G)`,
   the measured accuracy and the behaviour where no solution exists),
   exactly ``optim_niter`` iterations inside
   ``jit``, from ``warm_start`` where that has the lower objective, else from
