@@ -223,13 +223,15 @@ def plot(rows: list[dict], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   names = sorted({r["method"] for r in rows})
+  colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
   for ax, lib in zip(axes, ("ours", "torchjd")):
     for name in names:
       pts = [(r["k"], r[lib]["median_ms"]) for r in rows
              if r["method"] == name and isinstance(r[lib], dict)]
       if pts:
-        ax.loglog(*zip(*pts), marker="o", ms=3, label=name)
+        ax.loglog(*zip(*pts), marker="o", ms=3, label=name,
+                  color=colors[name])
     ks = np.array(sorted({r["k"] for r in rows}), float)
     ax.loglog(ks, 1e-4 * ks ** 3, "k:", lw=1, label="K³ (slope)")
     ax.set_title({"ours": "mtl_jax (jit, CPU)",
@@ -237,7 +239,7 @@ def plot(rows: list[dict], path: str) -> None:
     ax.set_xlabel("K (tasks)")
     ax.grid(True, which="both", alpha=0.3)
   axes[0].set_ylabel("ms per call (median)")
-  axes[1].legend(fontsize=7, ncol=2)
+  axes[0].legend(fontsize=7, ncol=2)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 

@@ -375,3 +375,17 @@ def test_solver_scaling_smoke(tmp_path):
   # UPGrad's float32 weights agree with the float64 reference.
   assert all(r["ours"]["error"] < 1e-4 for r in rows if r["method"] == "upgrad")
   assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_large_k_training_smoke(tmp_path):
+  out = tmp_path / "large_k.json"
+  subprocess.run([sys.executable, str(BENCH / "large_k_training.py"),
+                  "--tasks", "5", "--steps", "40", "--batch", "6", "--lr", "0.01",
+                  "--methods", "ew", "upgrad", "sdmgrad", "--json", str(out)],
+                 check=True, cwd=ROOT, capture_output=True, timeout=600)
+  rows = json.loads(out.read_text())["rows"]
+  assert [r["method"] for r in rows] == ["ew", "upgrad", "sdmgrad"]
+  for r in rows:
+    assert r["skipped"] == 0 and r["step_ms"] > 0
+    assert r["last10"] < r["first10"]  # 40 steps of Adam lower the loss
