@@ -55,10 +55,9 @@ def fairgrad_weights(gramian: jax.Array, alpha: float, *, max_iters: int = 32,
 
   A ridge :math:`\epsilon \operatorname{diag}(G)` is added to :math:`G`, with
   :math:`\epsilon = \max(\text{reg\_eps}, \text{eps of the dtype})`: on
-  full-rank inputs its effect is within the accuracy above. (A floor of
-  :math:`K \cdot \text{eps}` moved the float32 direction by 0.4 % at K = 64
-  and 5 % at K = 512 on ill-conditioned Gramians:
-  ``benchmarks/solver_scaling.py``, ``docs/benchmarks.md`` section 5.7.) It matters where no solution exists,
+  full-rank inputs its effect is within the accuracy above. (Why the floor
+  is eps and not :math:`K \cdot \text{eps}`: ``docs/benchmarks.md``,
+  section 5.7.) It matters where no solution exists,
   that is where some :math:`v \ge 0`, :math:`v \ne 0` has :math:`J^\top v =
   0` (two opposite gradients, a Pareto-stationary point, more tasks than the
   rank): the objective then decreases without bound along :math:`v`. With
