@@ -43,3 +43,16 @@ def slow(*values: Any) -> list[Any]:
   whose first entries stay in the default suite)."""
   return [pytest.param(*(v if isinstance(v, tuple) else (v,)),
                        marks=pytest.mark.slow) for v in values]
+
+
+# The Jacobians of ``_inputs.all_jacobians()`` that the default suite keeps
+# for a property checked on each: K = 2 of full rank, K = 4 > P = 3 of rank
+# 2, K = 9 of rank 5, and a zero matrix. CI's slow step checks all ten.
+REPRESENTATIVE = (1, 4, 6, 8)
+
+
+def representative(indices: Iterable[int]) -> list[Any]:
+  """``indices`` (of ``_inputs.all_jacobians()``) for parametrize, those
+  outside :data:`REPRESENTATIVE` marked slow."""
+  return [i if i in REPRESENTATIVE else pytest.param(i, marks=pytest.mark.slow)
+          for i in indices]

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
-from _slow import slow
+from _slow import representative, slow
 
 from mtl_jax.aggregation.cagrad import cagrad, cagrad_weights
 
@@ -84,7 +84,7 @@ def test_factory_and_rescale_conventions(rescale, divisor, direction):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("index", range(len(_inputs.all_jacobians())))
+@pytest.mark.parametrize("index", representative(range(len(_inputs.all_jacobians()))))
 @pytest.mark.slow
 def test_non_conflicting_for_c_at_least_one(index, dtype):
   # TorchJD: CAGrad is non-conflicting (J d >= 0) for c = 1 and c = 2.

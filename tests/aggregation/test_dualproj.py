@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _slow import slow
+from _slow import representative, slow
 from test_qp import normalize_regularize, reference_projection
 
 from mtl_jax.aggregation.dualproj import dualproj, dualproj_weights
@@ -69,7 +69,7 @@ def test_one_violated_constraint_has_gems_closed_form():
 
 
 @pytest.mark.parametrize("scale", _inputs.JACOBIAN_SCALES)
-@pytest.mark.parametrize("index", _JACOBIANS)
+@pytest.mark.parametrize("index", representative(_JACOBIANS))
 def test_expected_structure(index, scale):
   jac = scale * _inputs.all_jacobians()[index]
   k = jac.shape[0]
@@ -80,7 +80,7 @@ def test_expected_structure(index, scale):
 
 @pytest.mark.parametrize("reg_eps", [1e-4, 0.0])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("index", _JACOBIANS)
+@pytest.mark.parametrize("index", representative(_JACOBIANS))
 def test_non_conflicting(index, dtype, reg_eps):
   jac = _inputs.all_jacobians(dtype=dtype)[index]
   with jax.enable_x64() if dtype == np.float64 else contextlib.nullcontext():
@@ -97,7 +97,7 @@ def test_non_conflicting_on_stationary_jacobians(make, reg_eps):
   _assert_non_conflicting(make(0), reg_eps, atol=1e-4)
 
 
-@pytest.mark.parametrize("index", _JACOBIANS)
+@pytest.mark.parametrize("index", representative(_JACOBIANS))
 def test_float64_matches_the_reference(index):
   jac = _inputs.all_jacobians(dtype=np.float64)[index]
   with jax.enable_x64():

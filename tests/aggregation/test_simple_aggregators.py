@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _slow import representative
 
 from mtl_jax import aggregation
 from mtl_jax.aggregation import constant_weights, mean_weights, random_weights, sum_weights
@@ -30,7 +31,7 @@ def _random_fn(draw):
   return lambda g: random_weights(g, jnp.asarray(draw))
 
 
-@pytest.mark.parametrize("index", range(len(_inputs.all_jacobians())))
+@pytest.mark.parametrize("index", representative(range(len(_inputs.all_jacobians()))))
 def test_directions_are_mean_sum_and_combination(index):
   jac = _inputs.all_jacobians()[index]
   k = jac.shape[0]
