@@ -57,8 +57,7 @@ def gramian_methods() -> list[str]:
   """Every registered gradient-space method that reads the Gramian."""
   import mtl_jax  # pylint: disable=g-import-not-at-top
   return [n for n in mtl_jax.aggregation.names()
-          if isinstance(_common.make_gradient_method(n, 1) if n == "constant"
-                        else _common.make_gradient_method(n),
+          if isinstance(_common.make_gradient_method(n, num_tasks=1),
                         mtl_jax.aggregation.Aggregator)]
 
 

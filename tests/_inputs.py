@@ -125,6 +125,16 @@ JACOBIAN_SHAPES = ((1, 1, 1), (2, 5, 2), (2, 5, 1), (4, 3, 1), (4, 3, 2),
 JACOBIAN_SCALES = (0.0, 1e-10, 1.0, 1e3, 1e5)
 
 
+def conflicting_jacobian(seed: int, num_tasks: int,
+                         num_params: int = 300) -> np.ndarray:
+  """Float64 rows that share 8 directions plus noise: many tasks conflict and
+  ``J J^T`` is ill-conditioned (benchmarks/solver_scaling.py's Gramians)."""
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal((num_tasks, 8))
+          @ rng.standard_normal((8, num_params))
+          + 0.1 * rng.standard_normal((num_tasks, num_params)))
+
+
 def jacobian(seed: int, num_tasks: int, num_params: int, rank: int, *,
              dtype=np.float32) -> np.ndarray:
   """A random ``(num_tasks, num_params)`` matrix of the given rank."""

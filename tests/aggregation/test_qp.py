@@ -146,15 +146,6 @@ def test_simplex_min_norm_on_known_cases():
   np.testing.assert_allclose(w[2:], 0.5, atol=1e-6)
 
 
-def _conflicting_gramian(k, seed):
-  """G = J J^T of rows that share 8 directions plus noise: many tasks
-  conflict and G is ill-conditioned (benchmarks/solver_scaling.py)."""
-  rng = np.random.default_rng(seed)
-  jac = (rng.standard_normal((k, 8)) @ rng.standard_normal((8, 300))
-         + 0.1 * rng.standard_normal((k, 300)))
-  return jac @ jac.T
-
-
 @pytest.mark.parametrize("x64", [False, True], ids=["float32", "float64"])
 def test_kkt_residuals_at_64_tasks(x64):
   """UPGrad's 64 projections and DualProj's one at K = 64 satisfy the KKT
@@ -162,7 +153,8 @@ def test_kkt_residuals_at_64_tasks(x64):
   and MGDA's simplex point those of min_{w in simplex} w^T G w, to the
   precision of the dtype; the early exit does not cut them short."""
   k = 64
-  gram = _conflicting_gramian(k, 3)
+  jac = _inputs.conflicting_jacobian(3, k)
+  gram = jac @ jac.T
   a = normalize_regularize(gram)
   bounds = np.vstack([np.eye(k) / k, np.full((1, k), 1 / k)])
   tol = 1e-9 if x64 else 2e-4
